@@ -1,0 +1,128 @@
+"""Data specs -> arrays: ``example:``, ``npz:`` and ``python:module:fn``.
+
+A ``Dataset`` is a dict of named input arrays (first axis = samples) and optional labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimserve.errors import DataError
+
+if TYPE_CHECKING:
+    from slimserve.recipe import DataSpec
+
+
+@dataclass(frozen=True)
+class Dataset:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, count: int) -> Dataset:
+        labels = None if self.labels is None else self.labels[:count]
+        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels)
+
+    def batches(self, size: int) -> Iterator[Dataset]:
+        for start in range(0, len(self), size):
+            stop = start + size
+            labels = None if self.labels is None else self.labels[start:stop]
+            yield Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels)
+
+    def renamed(self, names: tuple[str, ...]) -> Dataset:
+        """The same arrays under the model's input names (positional when counts match)."""
+        if set(names) == set(self.inputs):
+            return self
+        if len(names) != len(self.inputs):
+            raise DataError(
+                f"The model takes {len(names)} input(s) {list(names)} but the data has "
+                f"{len(self.inputs)} array(s) {list(self.inputs)}. Name the data arrays "
+                "after the model inputs."
+            )
+        return Dataset(dict(zip(names, self.inputs.values(), strict=True)), self.labels)
+
+
+def load_data(spec: DataSpec) -> Dataset:
+    """Materialize one data split from its recipe spec."""
+    if spec.example is not None:
+        dataset = _example(spec.example, spec.split)
+    elif spec.npz is not None:
+        dataset = _npz(spec.npz, spec.inputs, spec.labels)
+    elif spec.python is not None:
+        dataset = _python(spec.python, spec.split)
+    else:  # the recipe model guarantees exactly one source
+        raise DataError("A data spec needs one of: example, npz, python.")
+    if spec.samples is not None:
+        if spec.samples > len(dataset):
+            raise DataError(
+                f"The data spec asks for {spec.samples} samples but the source has only "
+                f"{len(dataset)}. Lower 'samples' or give more data."
+            )
+        dataset = dataset.take(spec.samples)
+    return dataset
+
+
+def _example(name: str, split: str | None) -> Dataset:
+    if name != "digits":
+        raise DataError(f"Unknown example dataset '{name}'. Available: digits.")
+    from slimserve.examples.digits import load_split
+
+    if split not in ("train", "test"):
+        raise DataError(f"The digits example has splits 'train' and 'test', not '{split}'.")
+    x, y = load_split(split)
+    return Dataset({"input": x}, y)
+
+
+def _npz(path: Path, inputs: list[str] | None, labels: str | None) -> Dataset:
+    if not path.is_file():
+        raise DataError(f"Data file '{path}' does not exist.")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"'{path}' is not a readable .npz file ({exc}).") from exc
+    with archive:
+        keys = list(archive.keys())
+        wanted = inputs or [k for k in keys if k != (labels or "labels")]
+        missing = [k for k in [*wanted, *([labels] if labels else [])] if k not in keys]
+        if missing:
+            raise DataError(f"'{path}' has no array(s) {missing}; it holds {keys}.")
+        label_key = labels or ("labels" if "labels" in keys else None)
+        arrays = {k: archive[k] for k in wanted}
+        label_array = archive[label_key] if label_key else None
+    if not arrays:
+        raise DataError(f"'{path}' holds no input arrays (only {keys}).")
+    lengths = {len(a) for a in arrays.values()}
+    if label_array is not None:
+        lengths.add(len(label_array))
+    if len(lengths) != 1:
+        raise DataError(f"The arrays in '{path}' disagree on the number of samples: {lengths}.")
+    return Dataset(arrays, label_array)
+
+
+def _python(spec: str, split: str | None) -> Dataset:
+    from slimserve.models.torch import resolve_callable
+
+    try:
+        fn = resolve_callable(spec)
+    except Exception as exc:
+        raise DataError(str(exc)) from exc
+    result: Any = fn(split) if split is not None else fn()
+    if isinstance(result, Dataset):
+        return result
+    if isinstance(result, tuple) and len(result) == 2:
+        x, y = result
+        inputs = x if isinstance(x, dict) else {"input": x}
+        return Dataset({k: np.asarray(v) for k, v in inputs.items()}, np.asarray(y))
+    if isinstance(result, dict):
+        return Dataset({k: np.asarray(v) for k, v in result.items()})
+    raise DataError(
+        f"'{spec}' returned {type(result).__name__}; return (inputs, labels), a dict of "
+        "input arrays, or a slimserve Dataset."
+    )

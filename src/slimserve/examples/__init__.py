@@ -1,0 +1,1 @@
+"""Bundled examples: models and data that need no download."""

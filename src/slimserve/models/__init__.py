@@ -1,0 +1,87 @@
+"""Model loading: one entry point that turns a source into a TorchModel or OnnxModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimserve.errors import ModelLoadError
+from slimserve.models.onnx import OnnxModel, load_onnx
+from slimserve.models.torch import (
+    TorchModel,
+    load_exported_program,
+    load_factory,
+    load_torchscript,
+)
+
+if TYPE_CHECKING:
+    from slimserve.recipe import ModelSpec
+
+Model = TorchModel | OnnxModel
+
+EXAMPLES = {"digits": "slimserve.examples.digits:build"}
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".ts")
+
+
+def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> Model:
+    """Load a model from a recipe spec, a path, ``"pkg.module:function"`` or ``example:NAME``.
+
+    Paths: ``.onnx``; TorchScript ``.pt``; ``torch.export`` ``.pt2``; an artifact folder.
+    """
+    from slimserve.recipe import ModelSpec
+
+    if isinstance(source, ModelSpec):
+        return _load_spec(source)
+    text = str(source)
+    if isinstance(source, str) and text.startswith("example:"):
+        return _load_spec(ModelSpec(example=text.removeprefix("example:")))
+    path = Path(text)
+    if isinstance(source, str) and not path.exists() and ":" in text:
+        return load_factory(text, Path(weights) if weights else None)
+    return _load_path(path)
+
+
+def _load_spec(spec: ModelSpec) -> Model:
+    if spec.example is not None:
+        if spec.example not in EXAMPLES:
+            raise ModelLoadError(
+                f"Unknown example model '{spec.example}'. Available: {', '.join(EXAMPLES)}."
+            )
+        return load_factory(EXAMPLES[spec.example], spec.weights)
+    if spec.python is not None:
+        return load_factory(spec.python, spec.weights)
+    if spec.path is not None:
+        return _load_path(spec.path)
+    raise ModelLoadError(
+        "Hugging Face models ('hf:') are not supported by this version yet; "
+        "export the model to ONNX and give it as 'path:'."
+    )
+
+
+def _load_path(path: Path) -> Model:
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            from slimserve.artifact import load_artifact
+
+            return load_artifact(path).model
+        raise ModelLoadError(
+            f"'{path}' is a folder without manifest.json, so it is not a slimserve artifact. "
+            "Give a model file (.onnx, .pt, .pt2) or an artifact folder."
+        )
+    if not path.exists():
+        raise ModelLoadError(f"Model file '{path}' does not exist.")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return load_onnx(path)
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        return load_torchscript(path)
+    if suffix == ".pt2":
+        return load_exported_program(path)
+    raise ModelLoadError(
+        f"Don't know how to load '{path}' (suffix '{suffix}'). Supported: .onnx, "
+        "TorchScript .pt, torch.export .pt2, an artifact folder, or a "
+        "'pkg.module:function' factory."
+    )
+
+
+__all__ = ["Model", "OnnxModel", "TorchModel", "load"]

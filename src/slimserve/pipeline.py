@@ -1,0 +1,294 @@
+"""Run a recipe: load, baseline, each step in order, bench every stage, save an artifact."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimserve.context import Context
+from slimserve.errors import DataError, RecipeError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from slimserve.artifact import Artifact
+    from slimserve.data import Dataset
+    from slimserve.models import Model
+    from slimserve.recipe import Recipe
+
+ORDER_ADVICE = (
+    "The right order is prune -> fine-tune -> quantize: pruning and fine-tuning in float "
+    "let training recover what pruning costs, and quantization then calibrates the final "
+    "weights. Move this step before the quantization/export step."
+)
+
+
+def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
+    """Check each step accepts what the previous produces; insert ``export`` where needed."""
+    from slimserve.models.export import ExportConfig
+
+    fmt = source_format
+    planned: list[Any] = []
+    for index, step in enumerate(steps):
+        if fmt not in step.accepts:
+            if fmt == "torch" and "onnx" in step.accepts:
+                planned.append(ExportConfig())
+                fmt = "onnx"
+            else:
+                turned = next((s.name for s in reversed(planned) if s.produces == fmt), None)
+                because = (
+                    f"step '{turned}' before it already made an ONNX model"
+                    if turned
+                    else "the source model is ONNX"
+                )
+                raise RecipeError(
+                    f"steps[{index}] '{step.name}' needs a {'/'.join(step.accepts)} model, "
+                    f"but {because}. {ORDER_ADVICE if turned else ''}".rstrip()
+                )
+        planned.append(step)
+        fmt = step.produces
+    if fmt == "torch":
+        planned.append(ExportConfig())
+    return tuple(planned)
+
+
+@dataclass
+class Stage:
+    """One point of the comparison: the baseline or the model after a step."""
+
+    name: str
+    model: Model
+    metrics: dict[str, float] = field(default_factory=dict)
+    size_bytes: int = 0
+    compressed_bytes: int = 0
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "stage": self.name,
+            "format": self.model.format,
+            "metrics": self.metrics,
+            "size_bytes": self.size_bytes,
+            "compressed_bytes": self.compressed_bytes,
+            "timings": {str(b): t for b, t in self.timings.items()},
+        }
+
+
+@dataclass
+class RunResult:
+    artifact: Artifact
+    stages: list[Stage]
+    notes: list[str]
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> RunResult:
+    """Run every step of ``recipe`` and save the artifact to ``out_dir/<recipe.name>``."""
+    from slimserve import __version__
+    from slimserve.artifact import Manifest, SourceRecord, StepRecord, save_artifact
+    from slimserve.bench import model_bytes
+    from slimserve.data import load_data
+    from slimserve.models import OnnxModel
+    from slimserve.models import load as load_model
+    from slimserve.models.onnx import describe_io
+    from slimserve.report import render_markdown
+
+    out = Path(out_dir)
+    steps = plan_steps(recipe.steps, recipe.model.format)
+    threads = recipe.bench.threads
+    with _progress(console, len(steps) + 3) as advance:
+        advance("loading data")
+        data = {
+            split: load_data(spec)
+            for split in ("train", "calibration", "eval")
+            if (spec := getattr(recipe.data, split)) is not None
+        }
+        advance("loading model")
+        model = load_model(recipe.model)
+        model = _with_example_inputs(model, data)
+        eval_data = _eval_split(data, model)
+        baseline = Stage("baseline", model)
+        reference = _outputs(model, eval_data, threads) if eval_data is not None else None
+        baseline.metrics = _quality(model, eval_data, None, threads)
+        ctx = Context(
+            data=data,
+            reference=model,
+            work_dir=out.parent if out.parent.exists() else Path("."),
+            seed=recipe.seed,
+            threads=threads,
+        )
+        stages = [baseline]
+        records = []
+        current: Model = model
+        for step in steps:
+            advance(f"step {step.name}")
+            started = time.perf_counter()
+            source = copy.deepcopy(current) if current.format == "torch" else current
+            current = step.apply(source, ctx)
+            duration = time.perf_counter() - started
+            stage = Stage(step.name, current)
+            stage.metrics = _quality(current, eval_data, reference, threads)
+            stages.append(stage)
+            records.append(
+                StepRecord(
+                    name=step.name,
+                    config=step.model_dump(mode="json"),
+                    duration_s=round(duration, 3),
+                    metrics=stage.metrics,
+                )
+            )
+        advance("benchmarking every stage")
+        _bench_stages(stages, eval_data, recipe)
+    assert isinstance(current, OnnxModel)
+    notes = _goal_notes(recipe, stages)
+    manifest = Manifest(
+        name=recipe.name,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        slimserve_version=__version__,
+        source=SourceRecord(
+            spec=recipe.model.model_dump(mode="json", exclude_none=True),
+            sha256=_sha256(model_bytes(model)),
+        ),
+        parent=str(recipe.model.path) if recipe.model.path and recipe.model.path.is_dir() else None,
+        recipe=recipe.resolved(),
+        steps=records,
+        io=describe_io(current.proto),
+        baseline=baseline.metrics,
+        final=stages[-1].metrics,
+        stages=[s.row() for s in stages],
+        packages=_packages(),
+    )
+    report = render_markdown(manifest, notes)
+    artifact = save_artifact(out / recipe.name, current, manifest, {"report.md": report.encode()})
+    return RunResult(artifact, stages, notes)
+
+
+@contextmanager
+def _progress(console: Console | None, total: int) -> Iterator[Any]:
+    if console is None:
+        yield lambda message: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=total)
+        first = [True]
+
+        def advance(message: str) -> None:
+            if not first[0]:
+                progress.advance(task)
+            first[0] = False
+            progress.update(task, description=message)
+
+        yield advance
+        progress.update(task, completed=total)
+
+
+def _with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:
+    from slimserve.models import TorchModel
+
+    if not isinstance(model, TorchModel) or model.example_inputs is not None:
+        return model
+    source = data.get("calibration") or data.get("eval") or data.get("train")
+    if source is None:
+        return model
+    import torch
+
+    batch = source.renamed(model.input_names).take(2)
+    inputs = tuple(torch.from_numpy(batch.inputs[n]) for n in model.input_names)
+    return TorchModel(model.module, inputs, model.input_names, model.output_names)
+
+
+def _eval_split(data: dict[str, Dataset], model: Model) -> Dataset | None:
+    split = data.get("eval") or data.get("calibration")
+    return split.renamed(model.input_names) if split is not None else None
+
+
+def _outputs(model: Model, data: Dataset, threads: int) -> np.ndarray:
+    from slimserve.evaluate import predict_all
+    from slimserve.runtime import load
+
+    return predict_all(load(model, threads), data)
+
+
+def _quality(
+    model: Model, data: Dataset | None, reference: np.ndarray | None, threads: int
+) -> dict[str, float]:
+    if data is None:
+        return {}
+    from slimserve.evaluate import evaluate
+    from slimserve.runtime import load
+
+    try:
+        return evaluate(load(model, threads), data, reference)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"Running the model on the eval data failed: {exc}. Check that the data "
+            "matches the model's inputs (shape and dtype)."
+        ) from exc
+
+
+def _bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> None:
+    from slimserve.bench import bench_interleaved, model_size
+    from slimserve.runtime import load
+
+    for stage in stages:
+        stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
+    if data is None:
+        return
+    predictors = {s.name: load(s.model, recipe.bench.threads) for s in stages}
+    timings = bench_interleaved(
+        predictors, data, recipe.bench.batch_sizes, recipe.bench.warmup, recipe.bench.repeats
+    )
+    for stage in stages:
+        stage.timings = {b: t.as_dict() for b, t in timings[stage.name].items()}
+
+
+def _goal_notes(recipe: Recipe, stages: list[Stage]) -> list[str]:
+    metric = recipe.goal.metric
+    base, final = stages[0].metrics.get(metric), stages[-1].metrics.get(metric)
+    if metric in ("cosine_mean", "top1_agreement"):
+        base = 1.0
+    if base is None or final is None:
+        return [f"Goal not checked: no '{metric}' measured (the recipe has no eval data)."]
+    drop = base - final
+    if drop > recipe.goal.max_drop:
+        return [
+            f"Goal missed: {metric} dropped {drop:.4f} (from {base:.4f} to {final:.4f}), "
+            f"more than the allowed {recipe.goal.max_drop:.4f}."
+        ]
+    return [f"Goal met: {metric} {final:.4f} vs baseline {base:.4f} (drop {drop:+.4f})."]
+
+
+def _sha256(data: bytes) -> str:
+    from slimserve.artifact import sha256_bytes
+
+    return sha256_bytes(data)
+
+
+def _packages() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("slimserve", "torch", "onnx", "onnxruntime", "numpy", "pydantic"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,1 @@
+"""Quantization techniques (ONNX Runtime engine)."""

@@ -1,0 +1,282 @@
+"""Recipes: YAML -> frozen pydantic models, with errors that name the key path and the fix.
+
+``STEPS`` is the one registry of techniques: recipe key -> config class.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from slimserve.errors import RecipeError
+from slimserve.models.export import ExportConfig
+from slimserve.quantize.ort import QuantizeConfig
+
+STEPS: dict[str, type[BaseModel]] = {
+    "export": ExportConfig,
+    "quantize": QuantizeConfig,
+}
+"""Recipe key -> technique config. Adding a technique = one module + one entry here."""
+
+RECIPE_SCHEMA_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths in a recipe are relative to the recipe file's folder."""
+    base = (info.context or {}).get("base") if info.context else None
+    if path is None or path.is_absolute() or base is None:
+        return path
+    return (Path(base) / path).resolve()
+
+
+class ModelSpec(_Frozen):
+    """Where the model comes from: exactly one of example, path, python, hf."""
+
+    example: str | None = Field(None, description="A bundled example model, e.g. 'digits'.")
+    path: Path | None = Field(None, description="An .onnx, TorchScript .pt or .pt2 file.")
+    python: str | None = Field(
+        None, description="A 'pkg.module:function' factory returning (module, inputs)."
+    )
+    hf: Path | None = Field(None, description="A local Hugging Face model folder.")
+    weights: Path | None = Field(
+        None, description="A .safetensors (or weights-only .pt) state dict for 'python'."
+    )
+
+    _resolve_paths = field_validator("path", "hf", "weights")(_resolve)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [k for k in ("example", "path", "python", "hf") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of example, path, python, hf "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        if self.weights is not None and self.python is None and self.example is None:
+            raise ValueError("'weights' goes with a 'python' factory model")
+        return self
+
+    @property
+    def format(self) -> str:
+        """The format the model loads as, known before loading it."""
+        if self.path is not None and self.path.suffix.lower() == ".onnx":
+            return "onnx"
+        if self.path is not None and self.path.is_dir():
+            return "onnx"  # an artifact folder serves its model.onnx
+        return "torch"
+
+
+class DataSpec(_Frozen):
+    """One data split: exactly one of example, npz, python."""
+
+    example: str | None = Field(None, description="A bundled example dataset, e.g. 'digits'.")
+    npz: Path | None = Field(None, description="A .npz file with input arrays and labels.")
+    python: str | None = Field(
+        None, description="A 'pkg.module:function' returning (inputs, labels)."
+    )
+    split: str | None = Field(None, description="Split name passed to example/python sources.")
+    samples: int | None = Field(None, ge=1, description="Use only the first N samples.")
+    inputs: list[str] | None = Field(None, description="npz: arrays that are model inputs.")
+    labels: str | None = Field(None, description="npz: the array of labels (default 'labels').")
+
+    _resolve_paths = field_validator("npz")(_resolve)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        given = [k for k in ("example", "npz", "python") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of example, npz, python "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        return self
+
+
+class DataConfig(_Frozen):
+    train: DataSpec | None = Field(None, description="Training data (fine-tuning, QAT).")
+    calibration: DataSpec | None = Field(None, description="Calibration data (static quant).")
+    eval: DataSpec | None = Field(None, description="Evaluation data for every stage.")
+
+
+class Goal(_Frozen):
+    metric: Literal["accuracy", "cosine_mean", "top1_agreement"] = Field(
+        "accuracy", description="Quality metric the goal bounds."
+    )
+    max_drop: float = Field(0.01, ge=0, le=1, description="Largest allowed drop vs baseline.")
+
+
+class BenchConfig(_Frozen):
+    batch_sizes: tuple[int, ...] = Field((1, 32), description="Batch sizes to time.")
+    threads: int = Field(2, ge=1, description="Intra-op threads for every runtime.")
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
+    repeats: int = Field(50, ge=3, description="Timed runs per model and batch size.")
+
+
+class Recipe(_Frozen):
+    """A declared pipeline: model, data, steps in order, goal and bench settings."""
+
+    schema_version: Literal[1] = Field(1, description="Recipe format version.")
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Artifact folder name."
+    )
+    model: ModelSpec
+    data: DataConfig = Field(default_factory=DataConfig)
+    steps: tuple[Any, ...] = Field((), description="Technique steps, run in order.")
+    goal: Goal = Field(default_factory=Goal)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    seed: int = Field(0, description="Seed for every random choice.")
+
+    @field_serializer("steps")
+    def _dump_steps(self, steps: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [{s.name: s.model_dump(mode="json")} for s in steps]
+
+    def resolved(self) -> dict[str, Any]:
+        """Every default filled in: what the manifest stores and ``optimize`` re-runs."""
+        return self.model_dump(mode="json")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe; errors name the file, the key path and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file '{path}' does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{path}{where}: not valid YAML ({problem}).") from exc
+    return parse_recipe(raw, base=path.parent.resolve(), source=str(path))
+
+
+def parse_recipe(raw: Any, base: Path | None = None, source: str = "recipe") -> Recipe:
+    """Validate a recipe given as data (a dict, e.g. a manifest's resolved recipe)."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of keys, got {type(raw).__name__}.")
+    context = {"base": base} if base else None
+    problems: list[str] = []
+    steps = []
+    raw_steps = raw.get("steps") or []
+    if not isinstance(raw_steps, list):
+        problems.append("steps: a list of steps, e.g. [{quantize: {mode: dynamic}}]")
+        raw_steps = []
+    for index, item in enumerate(raw_steps):
+        step, errors = _parse_step(index, item, context)
+        problems.extend(errors)
+        if step is not None:
+            steps.append(step)
+    recipe = None
+    try:
+        recipe = Recipe.model_validate({**raw, "steps": ()}, context=context)
+    except ValidationError as exc:
+        problems.extend(_format(exc, Recipe, ()))
+    if problems:
+        listing = "\n  ".join(problems)
+        raise RecipeError(f"{source} has {len(problems)} problem(s):\n  {listing}")
+    assert recipe is not None
+    recipe = recipe.model_copy(update={"steps": tuple(steps)})
+    from slimserve.pipeline import plan_steps
+
+    plan_steps(recipe.steps, recipe.model.format)
+    return recipe
+
+
+def _parse_step(
+    index: int, item: Any, context: dict[str, Any] | None
+) -> tuple[BaseModel | None, list[str]]:
+    where = f"steps[{index}]"
+    if isinstance(item, str):
+        item = {item: {}}
+    if not isinstance(item, dict) or len(item) != 1:
+        return None, [f"{where}: a step is one key naming the technique, e.g. {{quantize: {{}}}}"]
+    ((key, body),) = item.items()
+    if key not in STEPS:
+        return None, [f"{where}: unknown step '{key}'{_suggest(str(key), list(STEPS))}"]
+    try:
+        return STEPS[key].model_validate(body or {}, context=context), []
+    except ValidationError as exc:
+        return None, _format(exc, STEPS[key], (where, key))
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "."
+    return f"{hint} Valid: {', '.join(sorted(valid))}"
+
+
+def _path(parts: tuple[Any, ...]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif str(part).startswith("steps["):
+            text += str(part)
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the key at ``loc`` (to list its valid keys)."""
+    current: Any = cls
+    for part in loc:
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return annotation
+
+
+def _format(exc: ValidationError, cls: type[BaseModel], prefix: tuple[Any, ...]) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        where = _path(prefix + loc)
+        if error["type"] == "extra_forbidden":
+            parent = _model_at(cls, loc[:-1])
+            valid = list(parent.model_fields) if parent else []
+            key = str(loc[-1])
+            lines.append(f"{where}: unknown key '{key}'{_suggest(key, valid)}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
+            lines.append(f"{where}: {message} (got {error['input']!r})")
+        else:
+            lines.append(f"{where or 'recipe'}: {message}")
+    return lines

@@ -1,0 +1,104 @@
+"""The one place that dispatches on model format: ``load(x) -> Predictor``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from slimserve.errors import DataError
+
+if TYPE_CHECKING:
+    from slimserve.models import Model, OnnxModel, TorchModel
+
+
+class Predictor(Protocol):
+    """Runs a batch of named numpy inputs and returns the outputs in order."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def _check_names(expected: tuple[str, ...], inputs: dict[str, np.ndarray]) -> None:
+    if set(inputs) != set(expected):
+        raise DataError(
+            f"The model takes inputs {list(expected)} but got {list(inputs)}. "
+            "Name the input arrays after the model's inputs."
+        )
+
+
+class OrtPredictor:
+    """An ONNX Runtime session with explicit thread counts."""
+
+    def __init__(self, model: OnnxModel, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            model.to_bytes(), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self._input_types = {
+            i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()
+        }
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        _check_names(self.input_names, inputs)
+        feeds: dict[str, np.ndarray] = {
+            k: np.ascontiguousarray(v, dtype=self._input_types[k]) for k, v in inputs.items()
+        }
+        return list(self.session.run(None, feeds))
+
+
+_ORT_TYPES: dict[str, type] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class TorchPredictor:
+    """A torch module run under ``inference_mode`` with a fixed thread count."""
+
+    def __init__(self, model: TorchModel, threads: int = 2) -> None:
+        import torch
+
+        self.model = model
+        self.threads = threads
+        self.input_names = model.input_names
+        self.output_names = model.output_names
+        model.module.eval()
+        self._torch = torch
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        _check_names(self.input_names, inputs)
+        torch.set_num_threads(self.threads)
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names]
+        with torch.inference_mode():
+            out = self.model.module(*args)
+        outs = [out] if isinstance(out, torch.Tensor) else list(out)
+        return [o.detach().float().numpy() for o in outs]
+
+
+def load(source: Model | str | Path, threads: int = 2) -> Predictor:
+    """A predictor for a model state, a model file or an artifact folder."""
+    from slimserve.models import OnnxModel, TorchModel
+    from slimserve.models import load as load_model
+
+    model = source if isinstance(source, OnnxModel | TorchModel) else load_model(source)
+    if isinstance(model, OnnxModel):
+        return OrtPredictor(model, threads)
+    return TorchPredictor(model, threads)
