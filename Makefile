@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install demo test test-fast bench lint format docs clean
 
 install: $(STAMP)
 
@@ -28,9 +28,12 @@ bench: install
 	$(BIN)/python benchmarks/digits_stages.py --update BENCHMARKS.md
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 	$(BIN)/mypy
+
+docs: install
+	$(BIN)/python docs/gen.py
 
 format: install
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -49,26 +49,25 @@ def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
 
 
 class ModelSpec(_Frozen):
-    """Where the model comes from: exactly one of example, path, python, hf."""
+    """Where the model comes from: exactly one of example, path, python."""
 
     example: str | None = Field(None, description="A bundled example model, e.g. 'digits'.")
     path: Path | None = Field(None, description="An .onnx, TorchScript .pt or .pt2 file.")
     python: str | None = Field(
         None, description="A 'pkg.module:function' factory returning (module, inputs)."
     )
-    hf: Path | None = Field(None, description="A local Hugging Face model folder.")
     weights: Path | None = Field(
         None, description="A .safetensors (or weights-only .pt) state dict for 'python'."
     )
 
-    _resolve_paths = field_validator("path", "hf", "weights")(_resolve)
+    _resolve_paths = field_validator("path", "weights")(_resolve)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in ("example", "path", "python", "hf") if getattr(self, k) is not None]
+        given = [k for k in ("example", "path", "python") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of example, path, python, hf "
+                "give exactly one of example, path, python "
                 f"(got {', '.join(given) if given else 'none'})"
             )
         if self.weights is not None and self.python is None and self.example is None:
@@ -112,12 +111,16 @@ class DataSpec(_Frozen):
 
 
 class DataConfig(_Frozen):
+    """The data splits a recipe uses; each is optional."""
+
     train: DataSpec | None = Field(None, description="Training data (fine-tuning, QAT).")
     calibration: DataSpec | None = Field(None, description="Calibration data (static quant).")
     eval: DataSpec | None = Field(None, description="Evaluation data for every stage.")
 
 
 class Goal(_Frozen):
+    """The quality bound the final model is checked against."""
+
     metric: Literal["accuracy", "cosine_mean", "top1_agreement"] = Field(
         "accuracy", description="Quality metric the goal bounds."
     )
@@ -125,6 +128,8 @@ class Goal(_Frozen):
 
 
 class BenchConfig(_Frozen):
+    """How every stage is timed (interleaved, medians)."""
+
     batch_sizes: tuple[int, ...] = Field((1, 32), description="Batch sizes to time.")
     threads: int = Field(2, ge=1, description="Intra-op threads for every runtime.")
     warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
@@ -138,11 +143,13 @@ class Recipe(_Frozen):
     name: str = Field(
         ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Artifact folder name."
     )
-    model: ModelSpec
-    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelSpec = Field(..., description="The model to optimize.")
+    data: DataConfig = Field(
+        default_factory=DataConfig, description="Data splits: train, calibration, eval."
+    )
     steps: tuple[Any, ...] = Field((), description="Technique steps, run in order.")
-    goal: Goal = Field(default_factory=Goal)
-    bench: BenchConfig = Field(default_factory=BenchConfig)
+    goal: Goal = Field(default_factory=Goal, description="The quality the result must keep.")
+    bench: BenchConfig = Field(default_factory=BenchConfig, description="How every stage is timed.")
     seed: int = Field(0, description="Seed for every random choice.")
 
     @field_serializer("steps")

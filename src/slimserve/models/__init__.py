@@ -50,12 +50,9 @@ def _load_spec(spec: ModelSpec) -> Model:
         return load_factory(EXAMPLES[spec.example], spec.weights)
     if spec.python is not None:
         return load_factory(spec.python, spec.weights)
-    if spec.path is not None:
-        return _load_path(spec.path)
-    raise ModelLoadError(
-        "Hugging Face models ('hf:') are not supported by this version yet; "
-        "export the model to ONNX and give it as 'path:'."
-    )
+    if spec.path is None:  # the recipe model guarantees one source
+        raise ModelLoadError("A model spec needs one of: example, path, python.")
+    return _load_path(spec.path)
 
 
 def _load_path(path: Path) -> Model:

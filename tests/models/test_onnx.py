@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+
+import slimserve as ss
+from slimserve.models.onnx import describe_io
+
+
+def test_load_onnx_file(onnx_file: Path) -> None:
+    model = ss.load(onnx_file)
+    assert isinstance(model, ss.OnnxModel)
+    io = describe_io(model.proto)
+    assert io["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    assert io["outputs"] == [{"name": "output", "dtype": "float32", "shape": ["batch", 10]}]
+
+
+def test_truncated_onnx_file_is_refused(tmp_path: Path, onnx_file: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(onnx_file.read_bytes()[:1000])
+    with pytest.raises(ss.ModelLoadError, match="not a valid ONNX model.*export it again"):
+        ss.load(broken)
+
+
+def test_text_file_named_onnx_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.onnx"
+    fake.write_text("this is not a model")
+    with pytest.raises(ss.ModelLoadError, match="not a valid ONNX model"):
+        ss.load(fake)
+
+
+def test_folder_without_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ss.ModelLoadError, match="without manifest.json"):
+        ss.load(tmp_path)

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slimserve as ss
+from slimserve.recipe import DataSpec
+
+
+def test_example_split_and_samples() -> None:
+    data = ss.load_data(DataSpec(example="digits", split="train", samples=100))
+    assert len(data) == 100 and data.labels is not None
+
+
+def test_unknown_split_and_too_many_samples() -> None:
+    with pytest.raises(ss.DataError, match="splits 'train' and 'test', not 'val'"):
+        ss.load_data(DataSpec(example="digits", split="val"))
+    with pytest.raises(ss.DataError, match="asks for 5000 samples but the source has only"):
+        ss.load_data(DataSpec(example="digits", split="test", samples=5000))
+
+
+def test_npz(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, input=np.zeros((6, 3), "f4"), labels=np.arange(6))
+    data = ss.load_data(DataSpec(npz=path))
+    assert list(data.inputs) == ["input"] and data.labels is not None and len(data) == 6
+
+
+def test_npz_errors(tmp_path: Path) -> None:
+    with pytest.raises(ss.DataError, match="does not exist"):
+        ss.load_data(DataSpec(npz=tmp_path / "missing.npz"))
+    bad = tmp_path / "bad.npz"
+    bad.write_text("nope")
+    with pytest.raises(ss.DataError, match="not a readable .npz"):
+        ss.load_data(DataSpec(npz=bad))
+    uneven = tmp_path / "uneven.npz"
+    np.savez(uneven, input=np.zeros((6, 3)), labels=np.arange(4))
+    with pytest.raises(ss.DataError, match="disagree on the number of samples"):
+        ss.load_data(DataSpec(npz=uneven))
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((6, 3)))
+    with pytest.raises(ss.DataError, match=r"no array\(s\) \['pixels'\]"):
+        ss.load_data(DataSpec(npz=path, inputs=["pixels"]))
+
+
+def test_python_source() -> None:
+    data = ss.load_data(DataSpec(python="slimserve.examples.digits:load_split", split="test"))
+    assert data.labels is not None and len(data) == 450
+    with pytest.raises(ss.DataError, match="Cannot import module"):
+        ss.load_data(DataSpec(python="nowhere.mod:fn"))

@@ -1,0 +1,30 @@
+"""The reference pages are generated from the code and must match it."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+gen = runpy.run_path(str(ROOT / "docs" / "gen.py"))
+
+
+def test_recipe_reference_is_up_to_date() -> None:
+    committed = (ROOT / "docs" / "recipe-reference.md").read_text()
+    assert committed == gen["recipe_reference"](), "run: make docs"
+
+
+def test_recipe_reference_lists_every_step_and_key() -> None:
+    from slimserve.recipe import STEPS
+
+    text = gen["recipe_reference"]()
+    for key, config in STEPS.items():
+        assert f"### `{key}`" in text
+        for field in config.model_fields:
+            assert f"| `{field}` |" in text
+
+
+@pytest.mark.slow
+def test_cli_reference_is_up_to_date() -> None:
+    committed = (ROOT / "docs" / "cli.md").read_text()
+    assert committed == gen["cli_reference"](), "run: make docs"

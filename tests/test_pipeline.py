@@ -1,0 +1,88 @@
+"""The pipeline and the demo, end to end on the real digits model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import slimserve as ss
+from slimserve.cli import app
+
+RECIPE = {
+    "name": "digits-test",
+    "model": {"example": "digits"},
+    "data": {
+        "calibration": {"example": "digits", "split": "train", "samples": 64},
+        "eval": {"example": "digits", "split": "test", "samples": 128},
+    },
+    "steps": [{"quantize": {"mode": "static"}}],
+    "bench": {"batch_sizes": [1, 8], "warmup": 1, "repeats": 3},
+}
+
+
+def test_run_recipe_records_every_step(tmp_path: Path) -> None:
+    recipe = ss.parse_recipe(RECIPE)
+    result = ss.run_recipe(recipe, tmp_path)
+    assert [s.name for s in result.stages] == ["baseline", "export", "quantize"]
+    artifact = ss.load_artifact(tmp_path / "digits-test")
+    manifest = artifact.manifest
+    assert [s.name for s in manifest.steps] == ["export", "quantize"]
+    assert manifest.steps[1].config["mode"] == "static"
+    assert manifest.baseline["accuracy"] >= 0.95
+    assert manifest.final["accuracy"] >= manifest.baseline["accuracy"] - 0.02
+    assert manifest.io["inputs"][0]["shape"] == ["batch", 1, 8, 8]
+    assert manifest.source.sha256 and len(manifest.source.sha256) == 64
+    assert manifest.packages["onnxruntime"]
+    assert set(manifest.files) == {"model.onnx", "report.md"}
+    assert manifest.stages[2]["timings"]["8"]["items_per_s"] > 0
+    # the resolved recipe re-runs as is
+    again = ss.parse_recipe(manifest.recipe)
+    assert again == recipe
+    report = (tmp_path / "digits-test" / "report.md").read_text()
+    assert "| quantize | onnx |" in report and "Goal" in report
+
+
+def test_failed_run_leaves_previous_artifact(tmp_path: Path) -> None:
+    ss.run_recipe(ss.parse_recipe(RECIPE), tmp_path)
+    before = (tmp_path / "digits-test" / "manifest.json").read_bytes()
+    broken = {
+        **RECIPE,
+        "data": {
+            **RECIPE["data"],
+            "calibration": {"example": "digits", "split": "train", "samples": 8},
+        },
+    }
+    with pytest.raises(ss.DataError, match="at least 16"):
+        ss.run_recipe(ss.parse_recipe(broken), tmp_path)
+    assert (tmp_path / "digits-test" / "manifest.json").read_bytes() == before
+
+
+def test_optimize_command(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    result = CliRunner().invoke(
+        app, ["optimize", str(path), "--out", str(tmp_path / "out")], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "Artifact:" in result.output and "quantize" in result.output
+    assert (tmp_path / "out" / "digits-test" / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_demo_on_reduced_budget(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--repeats", "3"], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    for column in ("accuracy", "size", "gzip", "b1 p50 ms", "b32 items/s"):
+        assert column in result.output
+    for stage in ("baseline", "export", "quantize"):
+        assert stage in result.output
+    artifact = ss.load_artifact(out / "digits-cnn")
+    assert artifact.manifest.final["accuracy"] >= 0.97
+    inspect = CliRunner().invoke(app, ["inspect", str(out / "digits-cnn")], env={"COLUMNS": "160"})
+    assert inspect.exit_code == 0 and "all file hashes verified" in inspect.output
