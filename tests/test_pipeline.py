@@ -26,7 +26,7 @@ RECIPE = {
 def test_run_recipe_records_every_step(tmp_path: Path) -> None:
     recipe = ss.parse_recipe(RECIPE)
     result = ss.run_recipe(recipe, tmp_path)
-    assert [s.name for s in result.stages] == ["baseline", "export", "quantize"]
+    assert [s.name for s in result.stages] == ["baseline", "export", "quantize static int8"]
     artifact = ss.load_artifact(tmp_path / "digits-test")
     manifest = artifact.manifest
     assert [s.name for s in manifest.steps] == ["export", "quantize"]
@@ -42,7 +42,7 @@ def test_run_recipe_records_every_step(tmp_path: Path) -> None:
     again = ss.parse_recipe(manifest.recipe)
     assert again == recipe
     report = (tmp_path / "digits-test" / "report.md").read_text()
-    assert "| quantize | onnx |" in report and "Goal" in report
+    assert "| quantize static int8 | onnx |" in report and "Goal" in report
 
 
 def test_failed_run_leaves_previous_artifact(tmp_path: Path) -> None:

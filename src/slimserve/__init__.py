@@ -20,6 +20,15 @@ from slimserve.errors import (
 from slimserve.models import OnnxModel, TorchModel, load
 from slimserve.models.export import ExportConfig, check_parity, export_onnx
 from slimserve.pipeline import RunResult, run_recipe
+from slimserve.prune.api import (
+    get_pruner,
+    prune_low_magnitude,
+    strip_pruning,
+    update_pruning_step,
+)
+from slimserve.prune.masks import Pruner
+from slimserve.prune.schedules import ConstantSparsity, PolynomialDecay
+from slimserve.prune.train import FinetuneConfig, PruneConfig
 from slimserve.quantize.ort import CalibrationConfig, QuantizeConfig, quantize_onnx
 from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
 from slimserve.runtime import Predictor
@@ -33,16 +42,21 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "CalibrationConfig",
+    "ConstantSparsity",
     "Context",
     "DataError",
     "Dataset",
     "ExportConfig",
     "ExportError",
+    "FinetuneConfig",
     "Manifest",
     "MissingExtraError",
     "ModelLoadError",
     "OnnxModel",
+    "PolynomialDecay",
     "Predictor",
+    "PruneConfig",
+    "Pruner",
     "QuantizeConfig",
     "Recipe",
     "RecipeError",
@@ -52,14 +66,18 @@ __all__ = [
     "__version__",
     "check_parity",
     "export_onnx",
+    "get_pruner",
     "load",
     "load_artifact",
     "load_data",
     "load_predictor",
     "load_recipe",
     "parse_recipe",
+    "prune_low_magnitude",
     "quantize_onnx",
     "run_recipe",
     "save_artifact",
+    "strip_pruning",
     "summarize",
+    "update_pruning_step",
 ]

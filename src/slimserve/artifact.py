@@ -40,6 +40,7 @@ class StepRecord(_Record):
     duration_s: float
     metrics: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 class SourceRecord(_Record):

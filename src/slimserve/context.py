@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slimserve.data import Dataset
@@ -19,6 +19,14 @@ def _no_progress(message: str, fraction: float) -> None:
     """Default progress sink: techniques report, nobody listens."""
 
 
+@dataclass
+class StepLog:
+    """What a step wants kept besides its model: notes for people, details for plots."""
+
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Context:
     """Data splits, the original model, a work folder, a seed and a progress sink."""
@@ -29,6 +37,9 @@ class Context:
     seed: int = 0
     threads: int = 2
     progress: ProgressFn = _no_progress
+    goal_metric: str = "accuracy"
+    max_drop: float = 0.01
+    log: StepLog = field(default_factory=StepLog)
 
     def split(self, *names: str) -> Dataset | None:
         """The first of the named data splits that the recipe defines."""

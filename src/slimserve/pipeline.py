@@ -6,14 +6,14 @@ import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimserve.context import Context
+from slimserve.context import Context, StepLog
 from slimserve.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
@@ -123,17 +123,23 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
             work_dir=out.parent if out.parent.exists() else Path("."),
             seed=recipe.seed,
             threads=threads,
+            progress=lambda message, fraction: advance(message, fraction),
+            goal_metric=recipe.goal.metric,
+            max_drop=recipe.goal.max_drop,
         )
         stages = [baseline]
         records = []
+        notes: list[str] = []
         current: Model = model
         for step in steps:
             advance(f"step {step.name}")
             started = time.perf_counter()
             source = copy.deepcopy(current) if current.format == "torch" else current
-            current = step.apply(source, ctx)
+            log = StepLog()
+            current = step.apply(source, replace(ctx, log=log))
             duration = time.perf_counter() - started
-            stage = Stage(step.name, current)
+            notes.extend(log.notes)
+            stage = Stage(_stage_name(step, [s.name for s in stages]), current)
             stage.metrics = _quality(current, eval_data, reference, threads)
             stages.append(stage)
             records.append(
@@ -142,12 +148,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
                     config=step.model_dump(mode="json"),
                     duration_s=round(duration, 3),
                     metrics=stage.metrics,
+                    notes=log.notes,
+                    details=log.details,
                 )
             )
         advance("benchmarking every stage")
         _bench_stages(stages, eval_data, recipe)
     assert isinstance(current, OnnxModel)
-    notes = _goal_notes(recipe, stages)
+    notes = _goal_notes(recipe, stages) + notes
     manifest = Manifest(
         name=recipe.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -173,7 +181,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
 @contextmanager
 def _progress(console: Console | None, total: int) -> Iterator[Any]:
     if console is None:
-        yield lambda message: None
+        yield lambda message, fraction=None: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -188,14 +196,30 @@ def _progress(console: Console | None, total: int) -> Iterator[Any]:
         task = progress.add_task("starting", total=total)
         first = [True]
 
-        def advance(message: str) -> None:
-            if not first[0]:
-                progress.advance(task)
-            first[0] = False
-            progress.update(task, description=message)
+        def advance(message: str, fraction: float | None = None) -> None:
+            """A new stage (fraction None) moves the bar; a step's own progress only
+            updates the text (and the bar within the stage)."""
+            if fraction is None:
+                if not first[0]:
+                    progress.update(task, completed=int(progress.tasks[0].completed) + 1)
+                first[0] = False
+                progress.update(task, description=message)
+                return
+            whole = int(progress.tasks[0].completed)
+            progress.update(task, description=message, completed=whole + min(fraction, 0.99))
 
         yield advance
         progress.update(task, completed=total)
+
+
+def _stage_name(step: Any, taken: list[str]) -> str:
+    """The step's own label if it has one; unique within the run."""
+    describe = getattr(step, "describe", None)
+    name = str(describe() if callable(describe) else step.name)
+    candidate, index = name, 2
+    while candidate in taken:
+        candidate, index = f"{name} #{index}", index + 1
+    return candidate
 
 
 def _with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:

@@ -25,9 +25,11 @@ from pydantic import (
 
 from slimserve.errors import RecipeError
 from slimserve.models.export import ExportConfig
+from slimserve.prune.train import PruneConfig
 from slimserve.quantize.ort import QuantizeConfig
 
 STEPS: dict[str, type[BaseModel]] = {
+    "prune": PruneConfig,
     "export": ExportConfig,
     "quantize": QuantizeConfig,
 }

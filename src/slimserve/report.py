@@ -11,6 +11,14 @@ HONESTY_NOTES = {
         "Unstructured zeros shrink the compressed file but not CPU time: ONNX Runtime's "
         "dense kernels multiply zeros like any other number."
     ),
+    "n:m": (
+        "N:M sparsity (e.g. 2:4) is a pattern sparse tensor cores can use; on this CPU "
+        "runtime it saves compressed bytes, not time."
+    ),
+    "channel": (
+        "Channel pruning removed whole channels/neurons: the layers are physically smaller, "
+        "so the model is smaller and faster on any runtime."
+    ),
     "quantize": (
         "int8 weights make the file about 4x smaller; speed depends on the CPU's int8 "
         "kernels (VNNI/AMX) and on batch size, so read the timings above, not the promise."
@@ -111,11 +119,13 @@ def render_markdown(manifest: Manifest, notes: list[str]) -> str:
         "",
     ]
     for step in manifest.steps:
-        config = ", ".join(f"{k}={v}" for k, v in step.config.items() if v not in (None, [], {}))
+        config = ", ".join(f"{k}={v}" for k, v in _compact(step.config).items())
         lines.append(f"- **{step.name}** ({step.duration_s:.1f} s): {config}")
     lines += ["", "## Verdict", ""]
     lines += [f"- {note}" for note in notes]
-    honesty = [HONESTY_NOTES[s.name] for s in manifest.steps if s.name in HONESTY_NOTES]
+    lines += _pruning_sections(manifest)
+    keys = [s.config.get("granularity", s.name) for s in manifest.steps]
+    honesty = [HONESTY_NOTES[k] for k in dict.fromkeys(keys) if k in HONESTY_NOTES]
     if honesty:
         lines += ["", "## What the numbers mean", ""] + [f"- {n}" for n in honesty]
     io = manifest.io
@@ -124,3 +134,33 @@ def render_markdown(manifest: Manifest, notes: list[str]) -> str:
         for t in io.get(kind, []):
             lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}")
     return "\n".join(lines) + "\n"
+
+
+def _pruning_sections(manifest: Manifest) -> list[str]:
+    """Parameters before/after, overall and per-layer sparsity for each prune step."""
+    lines: list[str] = []
+    for index, step in enumerate(manifest.steps):
+        details = step.details
+        if step.name != "prune" or not details:
+            continue
+        before, after = details.get("params_before", 0), details.get("params_after", 0)
+        change = f" ({100 * (after - before) / before:+.0f}%)" if before else ""
+        lines += ["", f"## Pruning (step {index + 1}: {step.config.get('granularity')})", ""]
+        lines.append(f"- parameters: {before:,} -> {after:,}{change}")
+        if "sparsity" in details:
+            lines.append(f"- zeros in the pruned layers: {details['sparsity']:.1%}")
+        metric_before, metric_after = details.get("metric_before"), details.get("metric_after")
+        if metric_before is not None and metric_after is not None:
+            lines.append(f"- metric on eval data: {metric_before:.4f} -> {metric_after:.4f}")
+        layer_sparsity = details.get("layer_sparsity") or {}
+        if layer_sparsity:
+            lines += ["", "| layer | sparsity |", "|---|---|"]
+            lines += [f"| {name} | {value:.1%} |" for name, value in layer_sparsity.items()]
+    return lines
+
+
+def _compact(value: Any) -> Any:
+    """A config without its empty entries, for one readable line."""
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items() if v not in (None, [], {}, ())}
+    return value

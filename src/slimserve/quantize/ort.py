@@ -72,6 +72,10 @@ class QuantizeConfig(BaseModel):
         default_factory=CalibrationConfig, description="Static only: calibration settings."
     )
 
+    def describe(self) -> str:
+        """A short label for tables: 'quantize static int8', ..."""
+        return f"quantize {self.mode} {self.weights}"
+
     def apply(self, model: OnnxModel, ctx: Context) -> OnnxModel:
         calibration = ctx.split("calibration", "train") if self.mode == "static" else None
         return quantize_onnx(model, self, calibration, ctx.work_dir)

@@ -1,0 +1,1 @@
+"""Pruning: TF-MOT schedules, magnitude masks, structured pruning, gradual fine-tuning."""

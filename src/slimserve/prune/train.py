@@ -1,0 +1,500 @@
+"""The ``prune`` recipe step: masks (or channel removal) that follow a TF-MOT schedule
+while the model fine-tunes, with distillation from the original, and a diagnosis when
+the ramp was too steep.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from slimserve.context import Context
+from slimserve.data import Dataset
+from slimserve.errors import DataError, RecipeError
+from slimserve.models.torch import TorchModel
+from slimserve.prune.masks import Pruner, attach, prunable_layers
+from slimserve.prune.schedules import ConstantSparsity, Schedule, ScheduleSpec
+from slimserve.prune.structured import Importance, channel_pruner, count_parameters
+
+EVAL_SAMPLES = 512
+
+
+class FinetuneConfig(BaseModel):
+    """Fine-tuning while pruning: task loss, distillation from the original, or a mix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(3, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Samples per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    distill: float = Field(
+        0.5, ge=0, le=1, description="Weight of distillation from the original (0 = labels only)."
+    )
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature for KL distillation.")
+    distill_loss: Literal["auto", "kl", "mse", "cosine"] = Field(
+        "auto", description="auto: KL on 2-D logits, cosine on anything else (embeddings)."
+    )
+
+
+class PruneConfig(BaseModel):
+    """Prune a torch model: unstructured or N:M masks, or whole channels removed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: ClassVar[str] = "prune"
+    accepts: ClassVar[tuple[str, ...]] = ("torch",)
+    produces: ClassVar[str] = "torch"
+
+    granularity: Literal["unstructured", "n:m", "channel"] = Field(
+        "unstructured", description="What is removed: single weights, N of every M, channels."
+    )
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="Same sparsity per layer, or one threshold across layers."
+    )
+    sparsity: float | None = Field(
+        None, ge=0, lt=1, description="One-shot target (instead of a schedule)."
+    )
+    schedule: ScheduleSpec | None = Field(None, description="TF-MOT schedule (gradual pruning).")
+    n_m: str = Field("2:4", description="For n:m: keep N of every M consecutive input weights.")
+    importance: Importance = Field(
+        "l1", description="Channel ranking: l1/l2 magnitude or first-order taylor."
+    )
+    exclude: tuple[str, ...] = Field((), description="Layer-name patterns kept dense (fnmatch).")
+    prune_classifier: bool = Field(False, description="Also prune the final Linear layer.")
+    finetune: FinetuneConfig | None = Field(None, description="Fine-tune while pruning.")
+
+    @field_validator("n_m")
+    @classmethod
+    def _n_m(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d+):(\d+)", value)
+        if not match or not 0 < int(match[1]) < int(match[2]):
+            raise ValueError(f"n_m is 'N:M' with 0 < N < M, e.g. '2:4', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _target(self) -> PruneConfig:
+        if self.granularity != "n:m" and (self.sparsity is None) == (self.schedule is None):
+            raise ValueError("give exactly one of 'sparsity' (one-shot) and 'schedule'")
+        if self.granularity == "n:m" and self.sparsity is not None:
+            raise ValueError("n:m fixes the sparsity (1 - N/M); use 'n_m', not 'sparsity'")
+        return self
+
+    @property
+    def pattern(self) -> tuple[int, int]:
+        n, m = self.n_m.split(":")
+        return int(n), int(m)
+
+    def resolved_schedule(self) -> Schedule:
+        if self.schedule is not None:
+            return self.schedule.schedule
+        if self.granularity == "n:m":
+            n, m = self.pattern
+            return ConstantSparsity(target_sparsity=1 - n / m, begin_step=0, end_step=0)
+        assert self.sparsity is not None
+        return ConstantSparsity(target_sparsity=self.sparsity, begin_step=0, end_step=0)
+
+    def describe(self) -> str:
+        """A short label for tables: 'prune channel 50%', 'prune 2:4', ..."""
+        if self.granularity == "n:m":
+            return f"prune {self.n_m}"
+        target = self.resolved_schedule().final_sparsity
+        return f"prune {self.granularity} {target:.0%}"
+
+    def apply(self, model: TorchModel, ctx: Context) -> TorchModel:
+        return prune_model(model, self, ctx)
+
+
+@dataclass
+class History:
+    """Loss and metric around each schedule update, for the diagnosis and the plot."""
+
+    points: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchModel:
+    """Run the prune step on ``model`` (modified in place; the pipeline passes a copy)."""
+    module = model.module
+    schedule = config.resolved_schedule()
+    eval_data = _eval_subset(ctx, model)
+    metric_fn = _metric_fn(model, ctx, eval_data)
+    before_metric = metric_fn(module)
+    params_before = count_parameters(module)
+    if config.granularity == "channel":
+        history = _run_channels(model, config, schedule, ctx, metric_fn)
+        pruner = None
+    else:
+        pruner = attach(
+            module,
+            schedule,
+            config.granularity,
+            config.scope,
+            {
+                "exclude": config.exclude,
+                "prune_classifier": config.prune_classifier,
+                "n_m": config.pattern,
+            },
+        )
+        history = _run_masks(model, config, pruner, ctx, metric_fn)
+        pruner.finalize()
+    module.eval()
+    after_metric = metric_fn(module)
+    _record(ctx, config, pruner, history, module, params_before, before_metric, after_metric)
+    return model.with_module(module)
+
+
+def _run_masks(
+    model: TorchModel, config: PruneConfig, pruner: Pruner, ctx: Context, metric_fn: Any
+) -> History:
+    history = History()
+    for name, reason in pruner.skipped.items():
+        ctx.log.notes.append(f"Layer {name} left dense for n:m: {reason}.")
+    schedule = pruner.schedule
+    assert schedule is not None
+    if config.finetune is None:
+        # One shot: the schedule's final sparsity, now; no training to recover.
+        pruner.step = max(0, schedule.begin_step)
+        pruner.apply(_final_sparsity(schedule))
+        return history
+    train = _train_split(ctx, model)
+    steps = _total_steps(train, config.finetune)
+    _check_schedule_fits(schedule, steps)
+    teacher = _teacher(ctx)
+    optimizer = _optimizer(model.module, config.finetune)
+
+    def on_step(step: int) -> bool:
+        return pruner.update(step)
+
+    _train_loop(
+        model,
+        config,
+        ctx,
+        train,
+        teacher,
+        optimizer,
+        on_step,
+        metric_fn,
+        history,
+        steps,
+        lambda: pruner.sparsity(),
+        lambda s: schedule(s)[0],
+    )
+    return history
+
+
+def _run_channels(
+    model: TorchModel, config: PruneConfig, schedule: Schedule, ctx: Context, metric_fn: Any
+) -> History:
+    module = model.module
+    history = History()
+    if model.example_inputs is None:
+        raise DataError("Channel pruning needs example inputs (give data or a factory).")
+    keep = set(prunable_layers(module, config.exclude, config.prune_classifier).values())
+    ignored = [
+        m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d) and m not in keep
+    ]
+    finetune = config.finetune
+    if finetune is None:
+        ratios = [_final_sparsity(schedule)]
+        update_steps = [0]
+    else:
+        train = _train_split(ctx, model)
+        steps = _total_steps(train, finetune)
+        _check_schedule_fits(schedule, steps)
+        update_steps = [s for s in range(steps) if schedule(s)[0]]
+        ratios = [schedule(s)[1] for s in update_steps]
+    pruner = channel_pruner(
+        module, model.example_inputs, ratios, config.importance, ignored, config.scope == "global"
+    )
+    done: dict[str, Any] = {"count": 0, "ratio": 0.0}
+
+    def prune_now(batch: tuple[Any, ...] | None = None) -> None:
+        if config.importance == "taylor":
+            _taylor_gradients(model, ctx, batch)
+        pruner.step()
+        done["ratio"] = ratios[done["count"]]
+        done["count"] += 1
+
+    if finetune is None:
+        prune_now()
+        return history
+    teacher = _teacher(ctx)
+    state = {"optimizer": _optimizer(module, finetune)}
+    plan = dict(zip(update_steps, ratios, strict=True))
+
+    def on_step(step: int) -> bool:
+        if step not in plan:
+            return False
+        prune_now()
+        # The parameters changed shape: the optimizer must track the new ones.
+        state["optimizer"] = _optimizer(module, finetune)
+        return True
+
+    _train_loop(
+        model,
+        config,
+        ctx,
+        train,
+        teacher,
+        state,
+        on_step,
+        metric_fn,
+        history,
+        steps,
+        lambda: done["ratio"],
+        lambda s: s in plan,
+    )
+    return history
+
+
+def _train_loop(
+    model: TorchModel,
+    config: PruneConfig,
+    ctx: Context,
+    train: Dataset,
+    teacher: nn.Module | None,
+    optimizer: Any,
+    on_step: Any,
+    metric_fn: Any,
+    history: History,
+    steps: int,
+    sparsity_now: Any,
+    is_update: Any,
+) -> None:
+    finetune = config.finetune
+    assert finetune is not None
+    module = model.module
+    names = model.input_names
+    inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in names]
+    labels = None if train.labels is None else torch.from_numpy(train.labels).long()
+    weight = finetune.distill if labels is not None else 1.0
+    if teacher is None and weight > 0:
+        raise DataError("Distillation needs the original model as a reference.")
+    generator = torch.Generator().manual_seed(ctx.seed)
+    torch.manual_seed(ctx.seed)
+    torch.set_num_threads(ctx.threads)
+    step = 0
+    module.train()
+    for _ in range(finetune.epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(train), finetune.batch_size):
+            metric_before = metric_fn(module) if is_update(step) else None
+            if on_step(step):
+                _checkpoint(module, metric_fn, history, step, sparsity_now(), metric_before)
+            opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+            idx = order[start : start + finetune.batch_size]
+            batch = [t[idx] for t in inputs]
+            out = module(*batch)
+            loss = _loss(
+                out, batch, labels[idx] if labels is not None else None, teacher, weight, finetune
+            )
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            history.losses.append(float(loss.detach()))
+            step += 1
+            if step % 10 == 0 or step == steps:
+                ctx.progress(
+                    f"prune: step {step}/{steps} sparsity {sparsity_now():.2f} "
+                    f"loss {float(loss.detach()):.3f}",
+                    step / steps,
+                )
+    for point in history.points:
+        start = int(point["step"])
+        window = history.losses[start : start + 20]
+        point["loss_after"] = float(np.mean(window)) if window else float("nan")
+    module.eval()
+
+
+def _loss(
+    out: Any,
+    batch: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    teacher: nn.Module | None,
+    weight: float,
+    finetune: FinetuneConfig,
+) -> torch.Tensor:
+    student = out if isinstance(out, torch.Tensor) else out[0]
+    loss = torch.zeros((), dtype=student.dtype)
+    if labels is not None and weight < 1:
+        loss = loss + (1 - weight) * nn.functional.cross_entropy(student, labels)
+    if weight > 0 and teacher is not None:
+        with torch.no_grad():
+            target = teacher(*batch)
+            target = target if isinstance(target, torch.Tensor) else target[0]
+        loss = loss + weight * _distill(student, target, finetune)
+    return loss
+
+
+def _distill(
+    student: torch.Tensor, teacher: torch.Tensor, finetune: FinetuneConfig
+) -> torch.Tensor:
+    kind = finetune.distill_loss
+    if kind == "auto":
+        kind = "kl" if student.ndim == 2 and student.shape[1] > 1 else "cosine"
+    if kind == "kl":
+        t = finetune.temperature
+        return nn.functional.kl_div(
+            nn.functional.log_softmax(student / t, dim=-1),
+            nn.functional.log_softmax(teacher / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (t * t)
+    if kind == "mse":
+        return nn.functional.mse_loss(student, teacher)
+    flat_s, flat_t = student.flatten(1), teacher.flatten(1)
+    return (1 - nn.functional.cosine_similarity(flat_s, flat_t, dim=1)).mean()
+
+
+def _checkpoint(
+    module: nn.Module,
+    metric_fn: Any,
+    history: History,
+    step: int,
+    sparsity: float,
+    metric_before: float | None,
+) -> None:
+    """Right after a schedule update: the metric before training recovers, and the loss of
+    the steps before it (the spike shows against that)."""
+    recent = history.losses[-20:]
+    history.points.append(
+        {
+            "step": float(step),
+            "sparsity": float(sparsity),
+            "loss_before": float(np.mean(recent)) if recent else float("nan"),
+            "metric_before": float("nan") if metric_before is None else metric_before,
+            "metric_after_update": metric_fn(module),
+        }
+    )
+    module.train()
+
+
+def _eval_subset(ctx: Context, model: TorchModel) -> Dataset | None:
+    data = ctx.split("eval", "calibration")
+    return None if data is None else data.renamed(model.input_names).take(EVAL_SAMPLES)
+
+
+def _metric_fn(model: TorchModel, ctx: Context, data: Dataset | None) -> Any:
+    """accuracy with labels; otherwise top-1 agreement / cosine with the original."""
+    from slimserve.evaluate import evaluate, predict_all
+    from slimserve.runtime import TorchPredictor
+
+    if data is None:
+        return lambda module: float("nan")
+    reference = None
+    if data.labels is None and ctx.reference is not None:
+        reference = predict_all(TorchPredictor(ctx.reference, ctx.threads), data)  # type: ignore[arg-type]
+
+    def metric(module: nn.Module) -> float:
+        was_training = module.training
+        module.eval()
+        result = evaluate(TorchPredictor(model.with_module(module), ctx.threads), data, reference)
+        module.train(was_training)
+        for key in ("accuracy", "top1_agreement", "cosine_mean"):
+            if key in result:
+                return result[key]
+        return float("nan")
+
+    return metric
+
+
+def _train_split(ctx: Context, model: TorchModel) -> Dataset:
+    data = ctx.split("train")
+    if data is None:
+        raise DataError(
+            "Fine-tuning while pruning needs data.train in the recipe (labels optional: "
+            "without them the model learns from the original by distillation)."
+        )
+    return data.renamed(model.input_names)
+
+
+def _teacher(ctx: Context) -> nn.Module | None:
+    if isinstance(ctx.reference, TorchModel):
+        return ctx.reference.module.eval()
+    return None
+
+
+def _optimizer(module: nn.Module, finetune: FinetuneConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(module.parameters(), lr=finetune.lr, weight_decay=finetune.weight_decay)
+
+
+def _total_steps(train: Dataset, finetune: FinetuneConfig) -> int:
+    return finetune.epochs * math.ceil(len(train) / finetune.batch_size)
+
+
+def _final_sparsity(schedule: Schedule) -> float:
+    return schedule.final_sparsity
+
+
+def _check_schedule_fits(schedule: Schedule, steps: int) -> None:
+    end = schedule.end_step
+    if end >= steps:
+        raise RecipeError(
+            f"The pruning schedule ends at step {end} but fine-tuning runs only {steps} steps "
+            f"(epochs x batches), so it would never reach its final sparsity. Set end_step "
+            f"below {steps} (e.g. {int(steps * 0.7)}) or add epochs."
+        )
+
+
+def _taylor_gradients(model: TorchModel, ctx: Context, batch: Any) -> None:
+    """Taylor importance needs gradients of the task (or distillation) loss."""
+    module = model.module
+    data = ctx.split("train", "calibration", "eval")
+    if data is None:
+        raise DataError("Taylor importance needs data to compute gradients.")
+    sample = data.renamed(model.input_names).take(256)
+    inputs = [torch.from_numpy(sample.inputs[n]) for n in model.input_names]
+    module.zero_grad()
+    out = module(*inputs)
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    if sample.labels is not None:
+        loss = nn.functional.cross_entropy(out, torch.from_numpy(sample.labels).long())
+    else:
+        teacher = _teacher(ctx)
+        assert teacher is not None
+        with torch.no_grad():
+            target = teacher(*inputs)
+        loss = nn.functional.mse_loss(
+            out, target if isinstance(target, torch.Tensor) else target[0]
+        )
+    loss.backward()  # type: ignore[no-untyped-call]
+
+
+def _record(
+    ctx: Context,
+    config: PruneConfig,
+    pruner: Pruner | None,
+    history: History,
+    module: nn.Module,
+    params_before: int,
+    before_metric: float,
+    after_metric: float,
+) -> None:
+    from slimserve.prune.diagnose import diagnose
+
+    params_after = count_parameters(module)
+    details: dict[str, Any] = {
+        "params_before": params_before,
+        "params_after": params_after,
+        "metric_before": before_metric,
+        "metric_after": after_metric,
+        "history": history.points,
+        "losses": history.losses[:: max(1, len(history.losses) // 400)],
+        "loss_stride": max(1, len(history.losses) // 400),
+    }
+    if pruner is not None:
+        details["layer_sparsity"] = pruner.layer_sparsity()
+        details["sparsity"] = pruner.sparsity()
+        details["updates"] = [
+            {"step": u.step, "sparsity": u.sparsity, "magnitude_lost": u.magnitude_lost}
+            for u in pruner.updates
+        ]
+    ctx.log.details.update(details)
+    ctx.log.notes.extend(diagnose(config, details, ctx.goal_metric, ctx.max_drop))
