@@ -26,18 +26,19 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/digits_stages.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/prune_digits.py --update BENCHMARKS.md
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks docs
-	$(BIN)/ruff format --check src tests benchmarks docs
+	$(BIN)/ruff check src tests benchmarks docs/gen.py
+	$(BIN)/ruff format --check src tests benchmarks docs/gen.py
 	$(BIN)/mypy
 
 docs: install
 	$(BIN)/python docs/gen.py
 
 format: install
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks docs/gen.py
+	$(BIN)/ruff format src tests benchmarks docs/gen.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

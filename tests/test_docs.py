@@ -28,3 +28,27 @@ def test_recipe_reference_lists_every_step_and_key() -> None:
 def test_cli_reference_is_up_to_date() -> None:
     committed = (ROOT / "docs" / "cli.md").read_text()
     assert committed == gen["cli_reference"](), "run: make docs"
+
+
+def blocks(path: Path, language: str) -> list[str]:
+    text = path.read_text()
+    return [b.split("```", 1)[0] for b in text.split(f"```{language}\n")[1:]]
+
+
+def test_readme_recipe_is_valid() -> None:
+    import yaml
+
+    import slimserve as ss
+
+    recipes = [b for b in blocks(ROOT / "README.md", "yaml") if b.startswith("name:")]
+    assert recipes
+    for text in recipes:
+        ss.parse_recipe(yaml.safe_load(text))
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (code,) = blocks(ROOT / "README.md", "python")
+    monkeypatch.chdir(ROOT)
+    exec(compile(code.replace('"runs/"', repr(str(tmp_path))), "README.md", "exec"), {})
+    assert (tmp_path / "digits-cnn" / "manifest.json").is_file()
