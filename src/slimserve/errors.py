@@ -39,6 +39,12 @@ class MissingExtraError(SlimserveError):
         self.extra = extra
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def require(module: str, extra: str, feature: str) -> object:
     """Import an optional module, or raise MissingExtraError naming the extra."""
     import importlib

@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimserve.context import Context
-from slimserve.errors import ExportError
+from slimserve.errors import ExportError, first_line
 from slimserve.models.onnx import OnnxModel
 from slimserve.models.torch import TorchModel
 
@@ -106,7 +106,7 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
     except ExportError:
         raise
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         raise ExportError(
             f"torch could not export the model to ONNX ({config.exporter} exporter): {detail}. "
             "Try the other exporter (export: {exporter: torchscript}) or check that "

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from slimserve.errors import ModelLoadError
+from slimserve.errors import ModelLoadError, first_line
 
 
 @dataclass
@@ -43,8 +43,7 @@ def load_onnx(path: Path) -> OnnxModel:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise ModelLoadError(
-            f"'{path}' is not a valid ONNX model ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}). "
+            f"'{path}' is not a valid ONNX model ({type(exc).__name__}: {first_line(exc)}). "
             "The file may be truncated or corrupt: export it again."
         ) from exc
     return OnnxModel(proto)

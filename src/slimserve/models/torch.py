@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from slimserve.errors import ModelLoadError
+from slimserve.errors import ModelLoadError, first_line
 
 
 @dataclass
@@ -126,9 +126,8 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0]
         raise ModelLoadError(
-            f"Weights in '{path}' do not fit the model built by the factory: {first_line}. "
+            f"Weights in '{path}' do not fit the model built by the factory: {first_line(exc)}. "
             "Check that the factory builds the same architecture the weights were saved from."
         ) from exc
 

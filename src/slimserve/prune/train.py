@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -150,10 +151,19 @@ def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchMo
     return model.with_module(module)
 
 
+@dataclass
+class Ramp:
+    """How sparsity moves while the model fine-tunes: what the training loop calls."""
+
+    is_update: Callable[[int], bool]
+    apply: Callable[[int], object]
+    sparsity: Callable[[], float]
+    reshapes: bool = False  # channel removal replaces parameters: rebuild the optimizer
+
+
 def _run_masks(
     model: TorchModel, config: PruneConfig, pruner: Pruner, ctx: Context, metric_fn: Any
 ) -> History:
-    history = History()
     for name, reason in pruner.skipped.items():
         ctx.log.notes.append(f"Layer {name} left dense for n:m: {reason}.")
     schedule = pruner.schedule
@@ -161,39 +171,17 @@ def _run_masks(
     if config.finetune is None:
         # One shot: the schedule's final sparsity, now; no training to recover.
         pruner.step = max(0, schedule.begin_step)
-        pruner.apply(_final_sparsity(schedule))
-        return history
-    train = _train_split(ctx, model)
-    steps = _total_steps(train, config.finetune)
-    _check_schedule_fits(schedule, steps)
-    teacher = _teacher(ctx)
-    optimizer = _optimizer(model.module, config.finetune)
-
-    def on_step(step: int) -> bool:
-        return pruner.update(step)
-
-    _train_loop(
-        model,
-        config,
-        ctx,
-        train,
-        teacher,
-        optimizer,
-        on_step,
-        metric_fn,
-        history,
-        steps,
-        lambda: pruner.sparsity(),
-        lambda s: schedule(s)[0],
-    )
-    return history
+        pruner.apply(schedule.final_sparsity)
+        return History()
+    _check_schedule_fits(schedule, _total_steps(_train_split(ctx, model), config.finetune))
+    ramp = Ramp(lambda s: schedule(s)[0], pruner.update, pruner.sparsity)
+    return _finetune(model, config.finetune, ctx, ramp, metric_fn)
 
 
 def _run_channels(
     model: TorchModel, config: PruneConfig, schedule: Schedule, ctx: Context, metric_fn: Any
 ) -> History:
     module = model.module
-    history = History()
     if model.example_inputs is None:
         raise DataError("Channel pruning needs example inputs (give data or a factory).")
     keep = set(prunable_layers(module, config.exclude, config.prune_classifier).values())
@@ -202,77 +190,45 @@ def _run_channels(
     ]
     finetune = config.finetune
     if finetune is None:
-        ratios = [_final_sparsity(schedule)]
-        update_steps = [0]
+        plan = {0: schedule.final_sparsity}
     else:
-        train = _train_split(ctx, model)
-        steps = _total_steps(train, finetune)
+        steps = _total_steps(_train_split(ctx, model), finetune)
         _check_schedule_fits(schedule, steps)
-        update_steps = [s for s in range(steps) if schedule(s)[0]]
-        ratios = [schedule(s)[1] for s in update_steps]
+        plan = {s: schedule(s)[1] for s in range(steps) if schedule(s)[0]}
     pruner = channel_pruner(
-        module, model.example_inputs, ratios, config.importance, ignored, config.scope == "global"
+        module,
+        model.example_inputs,
+        list(plan.values()),
+        config.importance,
+        ignored,
+        config.scope == "global",
     )
-    done: dict[str, Any] = {"count": 0, "ratio": 0.0}
+    reached = [0.0]
 
-    def prune_now(batch: tuple[Any, ...] | None = None) -> None:
+    def prune_now(step: int) -> None:
         if config.importance == "taylor":
-            _taylor_gradients(model, ctx, batch)
+            _taylor_gradients(model, ctx)
         pruner.step()
-        done["ratio"] = ratios[done["count"]]
-        done["count"] += 1
+        reached[0] = plan[step]
 
     if finetune is None:
-        prune_now()
-        return history
+        prune_now(0)
+        return History()
+    ramp = Ramp(plan.__contains__, prune_now, lambda: reached[0], reshapes=True)
+    return _finetune(model, finetune, ctx, ramp, metric_fn)
+
+
+def _finetune(
+    model: TorchModel, finetune: FinetuneConfig, ctx: Context, ramp: Ramp, metric_fn: Any
+) -> History:
+    """Train with the task and/or distillation loss while ``ramp`` raises sparsity;
+    record loss and metric around every update."""
+    history = History()
+    train = _train_split(ctx, model)
+    steps = _total_steps(train, finetune)
     teacher = _teacher(ctx)
-    state = {"optimizer": _optimizer(module, finetune)}
-    plan = dict(zip(update_steps, ratios, strict=True))
-
-    def on_step(step: int) -> bool:
-        if step not in plan:
-            return False
-        prune_now()
-        # The parameters changed shape: the optimizer must track the new ones.
-        state["optimizer"] = _optimizer(module, finetune)
-        return True
-
-    _train_loop(
-        model,
-        config,
-        ctx,
-        train,
-        teacher,
-        state,
-        on_step,
-        metric_fn,
-        history,
-        steps,
-        lambda: done["ratio"],
-        lambda s: s in plan,
-    )
-    return history
-
-
-def _train_loop(
-    model: TorchModel,
-    config: PruneConfig,
-    ctx: Context,
-    train: Dataset,
-    teacher: nn.Module | None,
-    optimizer: Any,
-    on_step: Any,
-    metric_fn: Any,
-    history: History,
-    steps: int,
-    sparsity_now: Any,
-    is_update: Any,
-) -> None:
-    finetune = config.finetune
-    assert finetune is not None
     module = model.module
-    names = model.input_names
-    inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in names]
+    inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in model.input_names]
     labels = None if train.labels is None else torch.from_numpy(train.labels).long()
     weight = finetune.distill if labels is not None else 1.0
     if teacher is None and weight > 0:
@@ -280,30 +236,31 @@ def _train_loop(
     generator = torch.Generator().manual_seed(ctx.seed)
     torch.manual_seed(ctx.seed)
     torch.set_num_threads(ctx.threads)
+    optimizer = _optimizer(module, finetune)
     step = 0
     module.train()
     for _ in range(finetune.epochs):
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train), finetune.batch_size):
-            metric_before = metric_fn(module) if is_update(step) else None
-            if on_step(step):
-                _checkpoint(module, metric_fn, history, step, sparsity_now(), metric_before)
-            opt = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+            if ramp.is_update(step):
+                metric_before = metric_fn(module)
+                ramp.apply(step)
+                if ramp.reshapes:
+                    optimizer = _optimizer(module, finetune)
+                _checkpoint(module, metric_fn, history, step, ramp.sparsity(), metric_before)
             idx = order[start : start + finetune.batch_size]
             batch = [t[idx] for t in inputs]
-            out = module(*batch)
-            loss = _loss(
-                out, batch, labels[idx] if labels is not None else None, teacher, weight, finetune
-            )
-            opt.zero_grad()
+            batch_labels = labels[idx] if labels is not None else None
+            loss = _loss(module(*batch), batch, batch_labels, teacher, weight, finetune)
+            optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
+            optimizer.step()
             history.losses.append(float(loss.detach()))
             step += 1
             if step % 10 == 0 or step == steps:
                 ctx.progress(
-                    f"prune: step {step}/{steps} sparsity {sparsity_now():.2f} "
-                    f"loss {float(loss.detach()):.3f}",
+                    f"prune: step {step}/{steps} sparsity {ramp.sparsity():.2f} "
+                    f"loss {history.losses[-1]:.3f}",
                     step / steps,
                 )
     for point in history.points:
@@ -311,6 +268,7 @@ def _train_loop(
         window = history.losses[start : start + 20]
         point["loss_after"] = float(np.mean(window)) if window else float("nan")
     module.eval()
+    return history
 
 
 def _loss(
@@ -429,10 +387,6 @@ def _total_steps(train: Dataset, finetune: FinetuneConfig) -> int:
     return finetune.epochs * math.ceil(len(train) / finetune.batch_size)
 
 
-def _final_sparsity(schedule: Schedule) -> float:
-    return schedule.final_sparsity
-
-
 def _check_schedule_fits(schedule: Schedule, steps: int) -> None:
     end = schedule.end_step
     if end >= steps:
@@ -443,7 +397,7 @@ def _check_schedule_fits(schedule: Schedule, steps: int) -> None:
         )
 
 
-def _taylor_gradients(model: TorchModel, ctx: Context, batch: Any) -> None:
+def _taylor_gradients(model: TorchModel, ctx: Context) -> None:
     """Taylor importance needs gradients of the task (or distillation) loss."""
     module = model.module
     data = ctx.split("train", "calibration", "eval")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slimserve.context import Context
 from slimserve.data import Dataset
-from slimserve.errors import DataError, RecipeError, SlimserveError
+from slimserve.errors import DataError, RecipeError, SlimserveError, first_line
 from slimserve.models.onnx import OnnxModel
 
 MIN_CALIBRATION_SAMPLES = 16
@@ -214,7 +214,7 @@ def _quiet() -> Iterator[None]:
     except SlimserveError:
         raise
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         raise SlimserveError(
             f"ONNX Runtime's quantizer failed: {detail}. Try excluding the node it names "
             "(quantize.exclude) or restricting quantize.op_types."
