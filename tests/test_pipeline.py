@@ -86,3 +86,37 @@ def test_demo_on_reduced_budget(tmp_path: Path) -> None:
     assert artifact.manifest.final["accuracy"] >= 0.97
     inspect = CliRunner().invoke(app, ["inspect", str(out / "digits-cnn")], env={"COLUMNS": "160"})
     assert inspect.exit_code == 0 and "all file hashes verified" in inspect.output
+
+
+def test_prune_recipe_reports_layers_plots_and_honesty(tmp_path: Path) -> None:
+    recipe = {
+        **RECIPE,
+        "data": {**RECIPE["data"], "train": {"example": "digits", "split": "train"}},
+        "steps": [
+            {
+                "prune": {
+                    "scope": "global",
+                    "schedule": {
+                        "polynomial_decay": {"final_sparsity": 0.7, "end_step": 30, "frequency": 10}
+                    },
+                    "finetune": {"epochs": 2},
+                }
+            },
+            {"quantize": {"mode": "dynamic"}},
+        ],
+    }
+    ss.run_recipe(ss.parse_recipe(recipe), tmp_path)
+    folder = tmp_path / "digits-test"
+    artifact = ss.load_artifact(folder)
+    prune_step = artifact.manifest.steps[0]
+    assert prune_step.name == "prune"
+    assert prune_step.details["sparsity"] == pytest.approx(0.7, abs=0.001)
+    assert len(prune_step.details["history"]) == 4
+    assert {"plots/step1-schedule.png", "plots/step1-layer-sparsity.png"} <= set(
+        artifact.manifest.files
+    )
+    assert (folder / "plots" / "step1-schedule.png").read_bytes()[:4] == b"\x89PNG"
+    report = (folder / "report.md").read_text()
+    assert "| prune unstructured 70% | torch |" in report
+    assert "| fc1 |" in report and "![schedule](plots/step1-schedule.png)" in report
+    assert "not CPU time" in report

@@ -98,7 +98,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve.models import OnnxModel
     from slimserve.models import load as load_model
     from slimserve.models.onnx import describe_io
-    from slimserve.report import render_markdown
+    from slimserve.report import pruning_plots, render_markdown
 
     out = Path(out_dir)
     steps = plan_steps(recipe.steps, recipe.model.format)
@@ -174,7 +174,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         packages=_packages(),
     )
     report = render_markdown(manifest, notes)
-    artifact = save_artifact(out / recipe.name, current, manifest, {"report.md": report.encode()})
+    files = {"report.md": report.encode(), **pruning_plots(manifest)}
+    artifact = save_artifact(out / recipe.name, current, manifest, files)
     return RunResult(artifact, stages, notes)
 
 

@@ -96,6 +96,72 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _figure_png(fig: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def pruning_plots(manifest: Manifest) -> dict[str, bytes]:
+    """For each prune step: per-layer sparsity bars, and loss/metric against the schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, bytes] = {}
+    for index, step in enumerate(manifest.steps):
+        details = step.details
+        if step.name != "prune" or not details:
+            continue
+        layers = details.get("layer_sparsity") or {}
+        if layers:
+            fig, ax = plt.subplots(figsize=(6, 0.4 * len(layers) + 1.2))
+            names = list(layers)
+            ax.barh(names, [100 * layers[n] for n in names], color="#4c72b0")
+            ax.invert_yaxis()
+            ax.set_xlim(0, 100)
+            ax.set_xlabel("zeros in the layer's weights (%)")
+            ax.set_title(f"Step {index + 1}: sparsity per layer")
+            plots[f"plots/step{index + 1}-layer-sparsity.png"] = _figure_png(fig)
+        losses = details.get("losses") or []
+        history = details.get("history") or []
+        if losses and history:
+            stride = details.get("loss_stride", 1)
+            fig, ax = plt.subplots(figsize=(7, 3.6))
+            ax.plot([i * stride for i in range(len(losses))], losses, color="#4c72b0", lw=1)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("loss", color="#4c72b0")
+            ax.set_yscale("log")
+            right = ax.twinx()
+            steps = [p["step"] for p in history]
+            right.step(
+                steps,
+                [100 * p["sparsity"] for p in history],
+                where="post",
+                color="#dd8452",
+                label="sparsity (%)",
+            )
+            right.plot(
+                steps,
+                [100 * p["metric_after_update"] for p in history],
+                "o",
+                color="#55a868",
+                ms=3,
+                label="metric after update (%)",
+            )
+            right.set_ylim(0, 105)
+            right.legend(loc="lower right", fontsize=8)
+            ax.set_title(f"Step {index + 1}: loss and metric against the schedule")
+            plots[f"plots/step{index + 1}-schedule.png"] = _figure_png(fig)
+    return plots
+
+
 def render_markdown(manifest: Manifest, notes: list[str]) -> str:
     """The report.md stored in every artifact."""
     headers, rows = stage_table(manifest.stages)
@@ -152,6 +218,10 @@ def _pruning_sections(manifest: Manifest) -> list[str]:
         metric_before, metric_after = details.get("metric_before"), details.get("metric_after")
         if metric_before is not None and metric_after is not None:
             lines.append(f"- metric on eval data: {metric_before:.4f} -> {metric_after:.4f}")
+        for kind in ("schedule", "layer-sparsity"):
+            name = f"plots/step{index + 1}-{kind}.png"
+            if name in manifest.files or name in _planned_plots(manifest):
+                lines += ["", f"![{kind}]({name})"]
         layer_sparsity = details.get("layer_sparsity") or {}
         if layer_sparsity:
             lines += ["", "| layer | sparsity |", "|---|---|"]
@@ -164,3 +234,15 @@ def _compact(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _compact(v) for k, v in value.items() if v not in (None, [], {}, ())}
     return value
+
+
+def _planned_plots(manifest: Manifest) -> set[str]:
+    """Plot files this manifest's steps produce (the report is written before saving)."""
+    names = set()
+    for index, step in enumerate(manifest.steps):
+        if step.name == "prune" and step.details:
+            if step.details.get("layer_sparsity"):
+                names.add(f"plots/step{index + 1}-layer-sparsity.png")
+            if step.details.get("losses") and step.details.get("history"):
+                names.add(f"plots/step{index + 1}-schedule.png")
+    return names

@@ -170,3 +170,32 @@ def test_pruned_weights_save_compressed_bytes(digits_torch, digits_train, digits
     assert raw == base_raw
     assert compressed < 0.45 * base_compressed
     assert np.isfinite(accuracy(model, digits_test))
+
+
+def test_per_layer_overrides_for_masks(digits_torch, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    config = {"sparsity": 0.5, "overrides": {"fc*": 0.9}}
+    _, log = prune(config, digits_torch, digits_train, digits_test)
+    layers = log.details["layer_sparsity"]
+    assert layers["fc1"] == pytest.approx(0.9, abs=0.001)
+    assert layers["conv2"] == pytest.approx(0.5, abs=0.001)
+
+
+def test_per_layer_overrides_for_channels(digits_torch, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    config = {"granularity": "channel", "sparsity": 0.5, "overrides": {"fc1": 0.25}}
+    model, _ = prune(config, digits_torch, digits_train, digits_test)
+    assert model.module.conv2.out_channels == 32
+    assert model.module.fc1.out_features == 96
+
+
+def test_override_that_matches_nothing(digits_torch, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ss.SlimserveError, match="Override 'fc_9' matches no prunable layer"):
+        prune(
+            {"sparsity": 0.5, "overrides": {"fc_9": 0.9}}, digits_torch, digits_train, digits_test
+        )
+    with pytest.raises(ss.SlimserveError, match="need scope: layer"):
+        prune(
+            {"sparsity": 0.5, "scope": "global", "overrides": {"fc1": 0.9}},
+            digits_torch,
+            digits_train,
+            digits_test,
+        )

@@ -100,6 +100,7 @@ class Pruner:
     step: int = -1
     updates: list[Update] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, float] = field(default_factory=dict)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The effective (masked) weights: what the model computes with."""
@@ -127,7 +128,9 @@ class Pruner:
         elif self.scope == "global":
             masks = global_masks(weights, sparsity)
         else:
-            masks = {n: magnitude_mask(w, sparsity) for n, w in weights.items()}
+            masks = {
+                n: magnitude_mask(w, self.layer_target(n, sparsity)) for n, w in weights.items()
+            }
         lost = {}
         for name, mask in masks.items():
             old = weights[name].abs()
@@ -135,6 +138,13 @@ class Pruner:
             lost[name] = float((old * (1 - mask)).sum()) / total
             _tensor(self.layers[name], "weight_mask").copy_(mask)
         self.updates.append(Update(self.step, sparsity, self.layer_sparsity(), lost))
+
+    def layer_target(self, name: str, sparsity: float) -> float:
+        """A layer's sparsity now: the schedule's, scaled to its override's final value."""
+        final = self.schedule.final_sparsity if self.schedule is not None else sparsity
+        if name not in self.overrides or final <= 0:
+            return sparsity
+        return min(self.overrides[name] * sparsity / final, 0.999)
 
     def layer_sparsity(self) -> dict[str, float]:
         return {name: 1.0 - float(_kept(layer).mean()) for name, layer in self.layers.items()}
@@ -176,7 +186,8 @@ def attach(
 ) -> Pruner:
     """Put all-ones masks on the prunable layers and return the Pruner that moves them.
 
-    ``options``: ``exclude`` (name patterns), ``prune_classifier`` (bool), ``n_m`` (n, m).
+    ``options``: ``exclude`` (name patterns), ``prune_classifier`` (bool), ``n_m`` (n, m),
+    ``overrides`` ({name pattern: final sparsity}, per-layer scope only).
     """
     opts = options or {}
     layers = prunable_layers(module, opts.get("exclude", ()), opts.get("prune_classifier", False))
@@ -193,7 +204,32 @@ def attach(
             "No layer is left to prune: every Linear/Conv layer is excluded (the final "
             "classifier is kept dense unless prune_classifier is set). Check 'exclude'."
         )
+    overrides = resolve_overrides(layers, opts.get("overrides") or {})
+    if overrides and (scope == "global" or granularity == "n:m"):
+        raise SlimserveError(
+            "Per-layer sparsity overrides need scope: layer and unstructured or channel "
+            "pruning (a global threshold or an N:M pattern decides per layer by itself)."
+        )
     for layer in layers.values():
         ones = torch.ones_like(_tensor(layer, "weight"))
         torch_prune.custom_from_mask(layer, "weight", ones)  # type: ignore[no-untyped-call]
-    return Pruner(module, schedule, layers, granularity, scope, (n, m), skipped=skipped)
+    return Pruner(
+        module, schedule, layers, granularity, scope, (n, m), skipped=skipped, overrides=overrides
+    )
+
+
+def resolve_overrides(layers: dict[str, nn.Module], patterns: dict[str, float]) -> dict[str, float]:
+    """{layer name: sparsity} from {fnmatch pattern: sparsity}; the last match wins.
+    A pattern that matches no prunable layer is an error (a typo would pass silently)."""
+    resolved: dict[str, float] = {}
+    for pattern, value in patterns.items():
+        matched = [n for n in layers if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise SlimserveError(
+                f"Override '{pattern}' matches no prunable layer. Prunable layers: "
+                f"{', '.join(layers)}."
+            )
+        if not 0 <= value < 1:
+            raise SlimserveError(f"Override '{pattern}': sparsity must be in [0, 1), got {value}.")
+        resolved.update(dict.fromkeys(matched, value))
+    return resolved

@@ -9,6 +9,7 @@ when (the TF-MOT schedule), and keep the classifier's outputs intact.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -35,27 +36,43 @@ def importance(kind: Importance) -> Any:
     return tp.importance.GroupMagnitudeImportance(p=1 if kind == "l1" else 2)
 
 
+@dataclass(frozen=True)
+class ChannelLayers:
+    """Which layers channel pruning leaves alone, and per-layer final ratios."""
+
+    ignored: Sequence[nn.Module] = ()
+    overrides: dict[nn.Module, float] = field(default_factory=dict)
+    global_pruning: bool = False
+
+
 def channel_pruner(
     module: nn.Module,
     example_inputs: Sequence[torch.Tensor],
     ratios: Sequence[float],
     kind: Importance = "l1",
-    ignored: Sequence[nn.Module] = (),
-    global_pruning: bool = False,
+    layers: ChannelLayers | None = None,
 ) -> Any:
     """A torch-pruning MetaPruner whose k-th ``step()`` brings every prunable layer to
-    ``ratios[k]`` of its output channels removed (ratios from the TF-MOT schedule)."""
+    ``ratios[k]`` of its output channels removed (ratios from the TF-MOT schedule); a
+    layer with an override follows the same ramp scaled to its own final ratio."""
     tp = _torch_pruning()
-    planned = [0.0, *ratios]
+    layers = layers or ChannelLayers()
+    final = max(ratios) if ratios else 0.0
+
+    def scheduler(ratio: float, steps: int) -> list[float]:
+        scale = ratio / final if final > 0 else 0.0
+        return [0.0, *(r * scale for r in ratios)]
+
     return tp.pruner.MetaPruner(
         module,
         tuple(example_inputs),
         importance=importance(kind),
-        global_pruning=global_pruning,
-        pruning_ratio=max(planned),
+        global_pruning=layers.global_pruning,
+        pruning_ratio=final,
+        pruning_ratio_dict=dict(layers.overrides) or None,
         iterative_steps=len(ratios),
-        iterative_pruning_ratio_scheduler=lambda ratio, steps: planned,
-        ignored_layers=list(ignored),
+        iterative_pruning_ratio_scheduler=scheduler,
+        ignored_layers=list(layers.ignored),
     )
 
 

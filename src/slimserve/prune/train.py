@@ -20,9 +20,14 @@ from slimserve.context import Context
 from slimserve.data import Dataset
 from slimserve.errors import DataError, RecipeError
 from slimserve.models.torch import TorchModel
-from slimserve.prune.masks import Pruner, attach, prunable_layers
+from slimserve.prune.masks import PRUNABLE, Pruner, attach, prunable_layers, resolve_overrides
 from slimserve.prune.schedules import ConstantSparsity, Schedule, ScheduleSpec
-from slimserve.prune.structured import Importance, channel_pruner, count_parameters
+from slimserve.prune.structured import (
+    ChannelLayers,
+    Importance,
+    channel_pruner,
+    count_parameters,
+)
 
 EVAL_SAMPLES = 512
 
@@ -68,6 +73,10 @@ class PruneConfig(BaseModel):
         "l1", description="Channel ranking: l1/l2 magnitude or first-order taylor."
     )
     exclude: tuple[str, ...] = Field((), description="Layer-name patterns kept dense (fnmatch).")
+    overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-layer final sparsity, {name pattern: sparsity}; scope layer only.",
+    )
     prune_classifier: bool = Field(False, description="Also prune the final Linear layer.")
     finetune: FinetuneConfig | None = Field(None, description="Fine-tune while pruning.")
 
@@ -141,6 +150,7 @@ def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchMo
                 "exclude": config.exclude,
                 "prune_classifier": config.prune_classifier,
                 "n_m": config.pattern,
+                "overrides": config.overrides,
             },
         )
         history = _run_masks(model, config, pruner, ctx, metric_fn)
@@ -184,10 +194,15 @@ def _run_channels(
     module = model.module
     if model.example_inputs is None:
         raise DataError("Channel pruning needs example inputs (give data or a factory).")
-    keep = set(prunable_layers(module, config.exclude, config.prune_classifier).values())
-    ignored = [
-        m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d) and m not in keep
-    ]
+    prunable = prunable_layers(module, config.exclude, config.prune_classifier)
+    keep = set(prunable.values())
+    ignored = [m for m in module.modules() if isinstance(m, PRUNABLE) and m not in keep]
+    if config.overrides and config.scope == "global":
+        raise RecipeError("prune.overrides needs scope: layer (global ranks all layers at once).")
+    overrides = {
+        prunable[name]: value
+        for name, value in resolve_overrides(prunable, config.overrides).items()
+    }
     finetune = config.finetune
     if finetune is None:
         plan = {0: schedule.final_sparsity}
@@ -195,13 +210,9 @@ def _run_channels(
         steps = _total_steps(_train_split(ctx, model), finetune)
         _check_schedule_fits(schedule, steps)
         plan = {s: schedule(s)[1] for s in range(steps) if schedule(s)[0]}
+    layers = ChannelLayers(ignored, overrides, config.scope == "global")
     pruner = channel_pruner(
-        module,
-        model.example_inputs,
-        list(plan.values()),
-        config.importance,
-        ignored,
-        config.scope == "global",
+        module, model.example_inputs, list(plan.values()), config.importance, layers
     )
     reached = [0.0]
 
@@ -258,9 +269,11 @@ def _finetune(
             history.losses.append(float(loss.detach()))
             step += 1
             if step % 10 == 0 or step == steps:
+                metric = history.points[-1]["metric_after_update"] if history.points else None
                 ctx.progress(
                     f"prune: step {step}/{steps} sparsity {ramp.sparsity():.2f} "
-                    f"loss {history.losses[-1]:.3f}",
+                    f"loss {history.losses[-1]:.3f}"
+                    + (f" {ctx.goal_metric} {metric:.3f}" if metric is not None else ""),
                     step / steps,
                 )
     for point in history.points:
