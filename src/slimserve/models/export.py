@@ -6,7 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import onnx
 import torch
@@ -81,14 +81,16 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
                     None,
                     dynamo=True,
                     input_names=list(model.input_names),
-                    output_names=list(model.output_names),
                     opset_version=config.opset,
                     dynamic_shapes=dynamic,
                     verbose=False,
                 )
                 if program is None:
                     raise ExportError("torch.onnx.export returned no program.")
-                proto = _name_batch_axis(program.model_proto, model)
+                # Outputs are renamed afterwards: the dynamo exporter can give an internal
+                # value the same name as a requested output, which makes the graph invalid.
+                proto = rename_outputs(program.model_proto, model.output_names)
+                proto = _name_batch_axis(proto, model)
             else:
                 buffer = io.BytesIO()
                 axes = {n: {0: "batch"} for n in (*model.input_names, *model.output_names)}
@@ -177,4 +179,35 @@ def _name_batch_axis(proto: onnx.ModelProto, model: TorchModel) -> onnx.ModelPro
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in symbols:
                 dim.dim_param = "batch"
+    return proto
+
+
+def rename_outputs(proto: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
+    """Give the graph outputs ``names``, moving any internal value that already has one
+    of those names out of the way first."""
+    graph = proto.graph
+    if len(names) != len(graph.output):
+        names = tuple(f"output_{i}" for i in range(len(graph.output)))
+    current = [o.name for o in graph.output]
+    taken = {n for node in graph.node for n in (*node.input, *node.output)}
+    taken |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    mapping: dict[str, str] = {}
+    for wanted, old in zip(names, current, strict=True):
+        if wanted != old and wanted in taken:
+            mapping[wanted] = f"{wanted}__internal"
+    for wanted, old in zip(names, current, strict=True):
+        if wanted != old:
+            mapping[old] = wanted
+
+    def rename(values: Any) -> None:
+        for index, value in enumerate(values):
+            if value in mapping:
+                values[index] = mapping[value]
+
+    for node in graph.node:
+        rename(node.input)
+        rename(node.output)
+    for value in (*graph.output, *graph.value_info):
+        if value.name in mapping:
+            value.name = mapping[value.name]
     return proto

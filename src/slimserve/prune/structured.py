@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from slimserve.errors import MissingExtraError
+from slimserve.errors import MissingExtraError, SlimserveError
 
 Importance = Literal["l1", "l2", "taylor"]
 
@@ -43,6 +43,7 @@ class ChannelLayers:
     ignored: Sequence[nn.Module] = ()
     overrides: dict[nn.Module, float] = field(default_factory=dict)
     global_pruning: bool = False
+    num_heads: dict[nn.Module, int] = field(default_factory=dict)
 
 
 def channel_pruner(
@@ -63,7 +64,7 @@ def channel_pruner(
         scale = ratio / final if final > 0 else 0.0
         return [0.0, *(r * scale for r in ratios)]
 
-    return tp.pruner.MetaPruner(
+    pruner = tp.pruner.MetaPruner(
         module,
         tuple(example_inputs),
         importance=importance(kind),
@@ -73,7 +74,29 @@ def channel_pruner(
         iterative_steps=len(ratios),
         iterative_pruning_ratio_scheduler=scheduler,
         ignored_layers=list(layers.ignored),
+        num_heads=dict(layers.num_heads),
+        prune_num_heads=bool(layers.num_heads),
+        prune_head_dims=False,
+        head_pruning_ratio=final if layers.num_heads else 0.0,
     )
+    if layers.num_heads:
+        heads = max(layers.num_heads.values())
+        pruner.per_step_head_pruning_ratio = head_step_ratios(heads, ratios)
+    return pruner
+
+
+def head_step_ratios(heads: int, ratios: Sequence[float]) -> list[float]:
+    """Per-step head ratios for torch-pruning, which removes ceil(ratio x *current* heads)
+    at each step: turn the schedule's cumulative targets into those per-step fractions."""
+    result = [0.0]
+    current = heads
+    for ratio in ratios:
+        target = max(1, round(heads * (1 - ratio)))
+        removed = current - target
+        # just under removed/current, so that ceil(...) is exactly `removed`
+        result.append((removed - 0.01) / current if removed > 0 else 0.0)
+        current = target
+    return result
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -89,3 +112,50 @@ def output_channels(module: nn.Module) -> dict[str, int]:
         elif isinstance(layer, nn.Linear):
             result[name] = layer.out_features
     return result
+
+
+def attention_modules(module: nn.Module) -> list[nn.Module]:
+    """BERT-style self-attention blocks: query/key/value Linear layers and a head count."""
+    return [
+        m
+        for m in module.modules()
+        if all(isinstance(getattr(m, n, None), nn.Linear) for n in ("query", "key", "value"))
+        and isinstance(getattr(m, "num_attention_heads", None), int)
+    ]
+
+
+def encoder_layers(module: nn.Module, keep: set[nn.Module]) -> ChannelLayers:
+    """What head pruning may touch in an encoder: whole heads of q/k/v (grouped by head)
+    and the FFN's intermediate neurons. Everything that writes the residual stream (the
+    attention output and FFN down projections, embeddings) keeps its width."""
+    attentions = attention_modules(module)
+    if not attentions:
+        raise SlimserveError(
+            "granularity: head needs a BERT-style encoder (attention blocks with query, key, "
+            "value and num_attention_heads). For CNNs and MLPs use granularity: channel."
+        )
+    qkv = {getattr(a, n) for a in attentions for n in ("query", "key", "value")}
+    hidden = attentions[0].query.in_features  # type: ignore[union-attr]
+    ffn_up = {
+        m
+        for m in module.modules()
+        if isinstance(m, nn.Linear) and m.in_features == hidden and m.out_features != hidden
+    } - qkv
+    roots = (qkv | ffn_up) & keep
+    ignored = [m for m in module.modules() if isinstance(m, nn.Linear) and m not in roots]
+    num_heads = {
+        getattr(a, n): int(a.num_attention_heads)  # type: ignore[arg-type]
+        for a in attentions
+        for n in ("query", "key", "value")
+    }
+    return ChannelLayers(ignored=ignored, num_heads=num_heads)
+
+
+def fix_attention(module: nn.Module, pruner: Any) -> None:
+    """After heads are removed, tell each attention block its new head count and width."""
+    for attention in attention_modules(module):
+        query = attention.query
+        assert isinstance(query, nn.Linear)
+        # plain int attributes of the HF module (setattr: nn.Module's typing expects modules)
+        setattr(attention, "num_attention_heads", int(pruner.num_heads[query]))  # noqa: B010
+        setattr(attention, "all_head_size", query.out_features)  # noqa: B010

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -27,6 +27,8 @@ from slimserve.prune.structured import (
     Importance,
     channel_pruner,
     count_parameters,
+    encoder_layers,
+    fix_attention,
 )
 
 EVAL_SAMPLES = 512
@@ -58,8 +60,10 @@ class PruneConfig(BaseModel):
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     produces: ClassVar[str] = "torch"
 
-    granularity: Literal["unstructured", "n:m", "channel"] = Field(
-        "unstructured", description="What is removed: single weights, N of every M, channels."
+    granularity: Literal["unstructured", "n:m", "channel", "head"] = Field(
+        "unstructured",
+        description="What is removed: single weights, N of every M, channels/neurons, or "
+        "attention heads + FFN neurons of a BERT-style encoder.",
     )
     scope: Literal["layer", "global"] = Field(
         "layer", description="Same sparsity per layer, or one threshold across layers."
@@ -114,6 +118,8 @@ class PruneConfig(BaseModel):
         """A short label for tables: 'prune channel 50%', 'prune 2:4', ..."""
         if self.granularity == "n:m":
             return f"prune {self.n_m}"
+        if self.granularity == "head":
+            return f"prune heads+ffn {self.resolved_schedule().final_sparsity:.0%}"
         target = self.resolved_schedule().final_sparsity
         return f"prune {self.granularity} {target:.0%}"
 
@@ -137,10 +143,11 @@ def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchMo
     metric_fn = _metric_fn(model, ctx, eval_data)
     before_metric = metric_fn(module)
     params_before = count_parameters(module)
-    if config.granularity == "channel":
+    if config.granularity in ("channel", "head"):
         history = _run_channels(model, config, schedule, ctx, metric_fn)
         pruner = None
     else:
+        assert config.granularity in ("unstructured", "n:m")
         pruner = attach(
             module,
             schedule,
@@ -211,6 +218,11 @@ def _run_channels(
         _check_schedule_fits(schedule, steps)
         plan = {s: schedule(s)[1] for s in range(steps) if schedule(s)[0]}
     layers = ChannelLayers(ignored, overrides, config.scope == "global")
+    if config.granularity == "head":
+        if config.scope == "global":
+            raise RecipeError("granularity: head prunes per layer; use scope: layer.")
+        encoder = encoder_layers(module, keep)
+        layers = replace(encoder, overrides=overrides)
     pruner = channel_pruner(
         module, model.example_inputs, list(plan.values()), config.importance, layers
     )
@@ -220,6 +232,8 @@ def _run_channels(
         if config.importance == "taylor":
             _taylor_gradients(model, ctx)
         pruner.step()
+        if config.granularity == "head":
+            fix_attention(module, pruner)
         reached[0] = plan[step]
 
     if finetune is None:

@@ -1,0 +1,112 @@
+"""Head + FFN pruning of a BERT-style encoder (a 2-layer BERT built from a config)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slimserve as ss
+from slimserve.context import StepLog
+
+transformers = pytest.importorskip("transformers")
+
+
+class MeanPooledBert(nn.Module):
+    """Sentence embeddings as sentence-transformers computes them: mean over tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = transformers.BertConfig(
+            vocab_size=500,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=64,
+        )
+        self.bert = transformers.BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ss.TorchModel:
+    torch.manual_seed(0)
+    module = MeanPooledBert().eval()
+    ids = torch.randint(0, 500, (2, 12))
+    return ss.TorchModel(
+        module, (ids, torch.ones_like(ids)), ("input_ids", "attention_mask"), ("embedding",)
+    )
+
+
+def tokens(count: int) -> ss.Dataset:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 500, size=(count, 12))
+    return ss.Dataset({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+
+def heads_and_ffn(module: nn.Module) -> list[tuple[int, int]]:
+    return [
+        (layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features)
+        for layer in module.bert.encoder.layer
+    ]
+
+
+def test_one_shot_head_pruning_halves_heads_and_ffn(encoder: ss.TorchModel) -> None:
+    config = ss.PruneConfig(granularity="head", sparsity=0.5)
+    log = StepLog()
+    pruned = config.apply(copy.deepcopy(encoder), ss.Context(log=log, reference=encoder))
+    assert heads_and_ffn(pruned.module) == [(2, 128), (2, 128)]
+    assert pruned.module.bert.encoder.layer[0].attention.output.dense.out_features == 64
+    assert log.details["params_after"] < log.details["params_before"]
+    out = pruned.module(*encoder.example_inputs)
+    assert out.shape == (2, 64)
+    onnx_model = ss.ExportConfig().apply(pruned, ss.Context())
+    batch = tokens(5)
+    (embedding,) = ss.load_predictor(onnx_model).predict(batch.inputs)
+    assert embedding.shape == (5, 64)
+
+
+def test_gradual_head_pruning_with_distillation_on_unlabeled_tokens(encoder: ss.TorchModel) -> None:
+    config = ss.PruneConfig.model_validate(
+        {
+            "granularity": "head",
+            "schedule": {
+                "polynomial_decay": {"final_sparsity": 0.5, "end_step": 8, "frequency": 4}
+            },
+            "finetune": {"epochs": 3, "batch_size": 16, "lr": 1e-4},
+        }
+    )
+    data = tokens(64)
+    log = StepLog()
+    ctx = ss.Context(data={"train": data, "eval": data}, reference=encoder, log=log)
+    pruned = config.apply(copy.deepcopy(encoder), ctx)
+    assert heads_and_ffn(pruned.module) == [(2, 128), (2, 128)]
+    assert log.details["metric_after"] > 0.5  # cosine with the original's embeddings
+
+
+def test_head_pruning_needs_an_encoder(digits_torch) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ss.SlimserveError, match="needs a BERT-style encoder"):
+        ss.PruneConfig(granularity="head", sparsity=0.5).apply(
+            copy.deepcopy(digits_torch), ss.Context(reference=digits_torch)
+        )
+
+
+def test_head_step_ratios_reach_the_schedule_targets() -> None:
+    import math
+
+    from slimserve.prune.structured import head_step_ratios
+
+    current = 12
+    for ratio, step_ratio in zip(
+        [0.2, 0.4, 0.5], head_step_ratios(12, [0.2, 0.4, 0.5])[1:], strict=True
+    ):
+        current -= math.ceil(step_ratio * current)  # what torch-pruning removes
+        assert current == round(12 * (1 - ratio))
