@@ -17,6 +17,7 @@ from slimserve.errors import (
     RecipeError,
     SlimserveError,
 )
+from slimserve.finetune import FinetuneConfig
 from slimserve.models import OnnxModel, TorchModel, load
 from slimserve.models.export import ExportConfig, check_parity, export_onnx
 from slimserve.pipeline import RunResult, run_recipe
@@ -28,7 +29,7 @@ from slimserve.prune.api import (
 )
 from slimserve.prune.masks import Pruner
 from slimserve.prune.schedules import ConstantSparsity, PolynomialDecay
-from slimserve.prune.train import FinetuneConfig, PruneConfig
+from slimserve.prune.train import PruneConfig
 from slimserve.quantize.ort import CalibrationConfig, QuantizeConfig, quantize_onnx
 from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
 from slimserve.runtime import Predictor

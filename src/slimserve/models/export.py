@@ -59,9 +59,11 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
     module = model.module.eval()
     args = model.example_inputs
     sink = io.StringIO()
-    torch_onnx_logger = logging.getLogger("torch.onnx")
-    old_level = torch_onnx_logger.level
-    torch_onnx_logger.setLevel(logging.ERROR)
+    # torch.onnx and the onnxscript optimizer it runs log at INFO/WARNING: keep it quiet.
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    old_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with (
             warnings.catch_warnings(),
@@ -115,7 +117,8 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
             "forward() has no data-dependent Python control flow."
         ) from exc
     finally:
-        torch_onnx_logger.setLevel(old_level)
+        for lg, level in zip(loggers, old_levels, strict=True):
+            lg.setLevel(level)
     return OnnxModel(proto)
 
 

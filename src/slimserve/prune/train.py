@@ -5,20 +5,27 @@ the ramp was too steep.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from slimserve.context import Context
-from slimserve.data import Dataset
 from slimserve.errors import DataError, RecipeError
+from slimserve.finetune import (
+    FinetuneConfig,
+    History,
+    Ramp,
+    eval_subset,
+    make_metric,
+    run_finetune,
+    teacher_module,
+    total_steps,
+    train_split,
+)
 from slimserve.models.torch import TorchModel
 from slimserve.prune.masks import PRUNABLE, Pruner, attach, prunable_layers, resolve_overrides
 from slimserve.prune.schedules import ConstantSparsity, Schedule, ScheduleSpec
@@ -30,26 +37,6 @@ from slimserve.prune.structured import (
     encoder_layers,
     fix_attention,
 )
-
-EVAL_SAMPLES = 512
-
-
-class FinetuneConfig(BaseModel):
-    """Fine-tuning while pruning: task loss, distillation from the original, or a mix."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(3, ge=1, description="Passes over the train split.")
-    batch_size: int = Field(64, ge=1, description="Samples per optimizer step.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
-    distill: float = Field(
-        0.5, ge=0, le=1, description="Weight of distillation from the original (0 = labels only)."
-    )
-    temperature: float = Field(2.0, gt=0, description="Softmax temperature for KL distillation.")
-    distill_loss: Literal["auto", "kl", "mse", "cosine"] = Field(
-        "auto", description="auto: KL on 2-D logits, cosine on anything else (embeddings)."
-    )
 
 
 class PruneConfig(BaseModel):
@@ -127,20 +114,12 @@ class PruneConfig(BaseModel):
         return prune_model(model, self, ctx)
 
 
-@dataclass
-class History:
-    """Loss and metric around each schedule update, for the diagnosis and the plot."""
-
-    points: list[dict[str, float]] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-
-
 def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchModel:
     """Run the prune step on ``model`` (modified in place; the pipeline passes a copy)."""
     module = model.module
     schedule = config.resolved_schedule()
-    eval_data = _eval_subset(ctx, model)
-    metric_fn = _metric_fn(model, ctx, eval_data)
+    eval_data = eval_subset(ctx, model)
+    metric_fn = make_metric(model, ctx, eval_data)
     before_metric = metric_fn(module)
     params_before = count_parameters(module)
     if config.granularity in ("channel", "head"):
@@ -168,16 +147,6 @@ def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchMo
     return model.with_module(module)
 
 
-@dataclass
-class Ramp:
-    """How sparsity moves while the model fine-tunes: what the training loop calls."""
-
-    is_update: Callable[[int], bool]
-    apply: Callable[[int], object]
-    sparsity: Callable[[], float]
-    reshapes: bool = False  # channel removal replaces parameters: rebuild the optimizer
-
-
 def _run_masks(
     model: TorchModel, config: PruneConfig, pruner: Pruner, ctx: Context, metric_fn: Any
 ) -> History:
@@ -190,9 +159,9 @@ def _run_masks(
         pruner.step = max(0, schedule.begin_step)
         pruner.apply(schedule.final_sparsity)
         return History()
-    _check_schedule_fits(schedule, _total_steps(_train_split(ctx, model), config.finetune))
+    _check_schedule_fits(schedule, total_steps(train_split(ctx, model), config.finetune))
     ramp = Ramp(lambda s: schedule(s)[0], pruner.update, pruner.sparsity)
-    return _finetune(model, config.finetune, ctx, ramp, metric_fn)
+    return run_finetune(model, config.finetune, ctx, ramp, metric_fn)
 
 
 def _run_channels(
@@ -214,7 +183,7 @@ def _run_channels(
     if finetune is None:
         plan = {0: schedule.final_sparsity}
     else:
-        steps = _total_steps(_train_split(ctx, model), finetune)
+        steps = total_steps(train_split(ctx, model), finetune)
         _check_schedule_fits(schedule, steps)
         plan = {s: schedule(s)[1] for s in range(steps) if schedule(s)[0]}
     layers = ChannelLayers(ignored, overrides, config.scope == "global")
@@ -240,178 +209,7 @@ def _run_channels(
         prune_now(0)
         return History()
     ramp = Ramp(plan.__contains__, prune_now, lambda: reached[0], reshapes=True)
-    return _finetune(model, finetune, ctx, ramp, metric_fn)
-
-
-def _finetune(
-    model: TorchModel, finetune: FinetuneConfig, ctx: Context, ramp: Ramp, metric_fn: Any
-) -> History:
-    """Train with the task and/or distillation loss while ``ramp`` raises sparsity;
-    record loss and metric around every update."""
-    history = History()
-    train = _train_split(ctx, model)
-    steps = _total_steps(train, finetune)
-    teacher = _teacher(ctx)
-    module = model.module
-    inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in model.input_names]
-    labels = None if train.labels is None else torch.from_numpy(train.labels).long()
-    weight = finetune.distill if labels is not None else 1.0
-    if teacher is None and weight > 0:
-        raise DataError("Distillation needs the original model as a reference.")
-    generator = torch.Generator().manual_seed(ctx.seed)
-    torch.manual_seed(ctx.seed)
-    torch.set_num_threads(ctx.threads)
-    optimizer = _optimizer(module, finetune)
-    step = 0
-    module.train()
-    for _ in range(finetune.epochs):
-        order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(train), finetune.batch_size):
-            if ramp.is_update(step):
-                metric_before = metric_fn(module)
-                ramp.apply(step)
-                if ramp.reshapes:
-                    optimizer = _optimizer(module, finetune)
-                _checkpoint(module, metric_fn, history, step, ramp.sparsity(), metric_before)
-            idx = order[start : start + finetune.batch_size]
-            batch = [t[idx] for t in inputs]
-            batch_labels = labels[idx] if labels is not None else None
-            loss = _loss(module(*batch), batch, batch_labels, teacher, weight, finetune)
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            history.losses.append(float(loss.detach()))
-            step += 1
-            if step % 10 == 0 or step == steps:
-                metric = history.points[-1]["metric_after_update"] if history.points else None
-                ctx.progress(
-                    f"prune: step {step}/{steps} sparsity {ramp.sparsity():.2f} "
-                    f"loss {history.losses[-1]:.3f}"
-                    + (f" {ctx.goal_metric} {metric:.3f}" if metric is not None else ""),
-                    step / steps,
-                )
-    for point in history.points:
-        start = int(point["step"])
-        window = history.losses[start : start + 20]
-        point["loss_after"] = float(np.mean(window)) if window else float("nan")
-    module.eval()
-    return history
-
-
-def _loss(
-    out: Any,
-    batch: list[torch.Tensor],
-    labels: torch.Tensor | None,
-    teacher: nn.Module | None,
-    weight: float,
-    finetune: FinetuneConfig,
-) -> torch.Tensor:
-    student = out if isinstance(out, torch.Tensor) else out[0]
-    loss = torch.zeros((), dtype=student.dtype)
-    if labels is not None and weight < 1:
-        loss = loss + (1 - weight) * nn.functional.cross_entropy(student, labels)
-    if weight > 0 and teacher is not None:
-        with torch.no_grad():
-            target = teacher(*batch)
-            target = target if isinstance(target, torch.Tensor) else target[0]
-        loss = loss + weight * _distill(student, target, finetune)
-    return loss
-
-
-def _distill(
-    student: torch.Tensor, teacher: torch.Tensor, finetune: FinetuneConfig
-) -> torch.Tensor:
-    kind = finetune.distill_loss
-    if kind == "auto":
-        kind = "kl" if student.ndim == 2 and student.shape[1] > 1 else "cosine"
-    if kind == "kl":
-        t = finetune.temperature
-        return nn.functional.kl_div(
-            nn.functional.log_softmax(student / t, dim=-1),
-            nn.functional.log_softmax(teacher / t, dim=-1),
-            reduction="batchmean",
-            log_target=True,
-        ) * (t * t)
-    if kind == "mse":
-        return nn.functional.mse_loss(student, teacher)
-    flat_s, flat_t = student.flatten(1), teacher.flatten(1)
-    return (1 - nn.functional.cosine_similarity(flat_s, flat_t, dim=1)).mean()
-
-
-def _checkpoint(
-    module: nn.Module,
-    metric_fn: Any,
-    history: History,
-    step: int,
-    sparsity: float,
-    metric_before: float | None,
-) -> None:
-    """Right after a schedule update: the metric before training recovers, and the loss of
-    the steps before it (the spike shows against that)."""
-    recent = history.losses[-20:]
-    history.points.append(
-        {
-            "step": float(step),
-            "sparsity": float(sparsity),
-            "loss_before": float(np.mean(recent)) if recent else float("nan"),
-            "metric_before": float("nan") if metric_before is None else metric_before,
-            "metric_after_update": metric_fn(module),
-        }
-    )
-    module.train()
-
-
-def _eval_subset(ctx: Context, model: TorchModel) -> Dataset | None:
-    data = ctx.split("eval", "calibration")
-    return None if data is None else data.renamed(model.input_names).take(EVAL_SAMPLES)
-
-
-def _metric_fn(model: TorchModel, ctx: Context, data: Dataset | None) -> Any:
-    """accuracy with labels; otherwise top-1 agreement / cosine with the original."""
-    from slimserve.evaluate import evaluate, predict_all
-    from slimserve.runtime import TorchPredictor
-
-    if data is None:
-        return lambda module: float("nan")
-    reference = None
-    if data.labels is None and ctx.reference is not None:
-        reference = predict_all(TorchPredictor(ctx.reference, ctx.threads), data)  # type: ignore[arg-type]
-
-    def metric(module: nn.Module) -> float:
-        was_training = module.training
-        module.eval()
-        result = evaluate(TorchPredictor(model.with_module(module), ctx.threads), data, reference)
-        module.train(was_training)
-        for key in ("accuracy", "top1_agreement", "cosine_mean"):
-            if key in result:
-                return result[key]
-        return float("nan")
-
-    return metric
-
-
-def _train_split(ctx: Context, model: TorchModel) -> Dataset:
-    data = ctx.split("train")
-    if data is None:
-        raise DataError(
-            "Fine-tuning while pruning needs data.train in the recipe (labels optional: "
-            "without them the model learns from the original by distillation)."
-        )
-    return data.renamed(model.input_names)
-
-
-def _teacher(ctx: Context) -> nn.Module | None:
-    if isinstance(ctx.reference, TorchModel):
-        return ctx.reference.module.eval()
-    return None
-
-
-def _optimizer(module: nn.Module, finetune: FinetuneConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(module.parameters(), lr=finetune.lr, weight_decay=finetune.weight_decay)
-
-
-def _total_steps(train: Dataset, finetune: FinetuneConfig) -> int:
-    return finetune.epochs * math.ceil(len(train) / finetune.batch_size)
+    return run_finetune(model, finetune, ctx, ramp, metric_fn)
 
 
 def _check_schedule_fits(schedule: Schedule, steps: int) -> None:
@@ -438,7 +236,7 @@ def _taylor_gradients(model: TorchModel, ctx: Context) -> None:
     if sample.labels is not None:
         loss = nn.functional.cross_entropy(out, torch.from_numpy(sample.labels).long())
     else:
-        teacher = _teacher(ctx)
+        teacher = teacher_module(ctx)
         assert teacher is not None
         with torch.no_grad():
             target = teacher(*inputs)

@@ -7,6 +7,7 @@ data plumbing, pre-processing and the checks that turn ORT's failures into fixes
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimserve.context import Context
 from slimserve.data import Dataset
@@ -43,16 +44,36 @@ class CalibrationConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="Samples per calibration batch.")
 
 
+MODE_FIELDS = {
+    "activations": ("static",),
+    "symmetric_activations": ("static",),
+    "calibration": ("static",),
+    "weights": ("dynamic", "static"),
+    "per_channel": ("dynamic", "static"),
+    "reduce_range": ("dynamic", "static"),
+    "op_types": ("dynamic", "static"),
+    "fallback": ("dynamic", "static"),
+    "bits": ("weight_only",),
+    "block_size": ("weight_only",),
+    "symmetric_weights": ("weight_only",),
+    "accuracy_level": ("weight_only",),
+    "keep_io_types": ("fp16",),
+}
+"""Which options mean something in which mode: setting one for another mode is an error."""
+
+
 class QuantizeConfig(BaseModel):
-    """Quantize an ONNX model with ONNX Runtime's quantizer."""
+    """Quantize an ONNX model with ONNX Runtime's quantizer (or convert it to fp16)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str] = "quantize"
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
     produces: ClassVar[str] = "onnx"
 
-    mode: Literal["dynamic", "static"] = Field(
-        "dynamic", description="dynamic: weights int8, activations at run time; static: QDQ."
+    mode: Literal["dynamic", "static", "weight_only", "fp16"] = Field(
+        "dynamic",
+        description="dynamic: int8 weights, activations at run time; static: calibrated QDQ "
+        "int8; weight_only: 4-bit MatMul weights (MatMulNBits); fp16: half-precision graph.",
     )
     weights: Literal["int8", "uint8"] = Field(
         "int8", description="Weight type. uint8 weights fall onto slow U8U8 kernels on x86."
@@ -71,13 +92,50 @@ class QuantizeConfig(BaseModel):
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="Static only: calibration settings."
     )
+    fallback: Literal["none", "auto"] = Field(
+        "none",
+        description="auto: keep the fewest most quantization-sensitive nodes in float so "
+        "that the recipe's goal is met (needs eval data).",
+    )
+    bits: Literal[4, 8] = Field(4, description="Weight-only: bits per weight.")
+    block_size: int = Field(
+        128, ge=16, description="Weight-only: weights per scale (a power of two, >= 16)."
+    )
+    symmetric_weights: bool = Field(True, description="Weight-only: zero point 0.")
+    accuracy_level: int | None = Field(
+        None, ge=0, le=4, description="Weight-only: MatMulNBits compute type (4 = int8)."
+    )
+    keep_io_types: bool = Field(
+        True, description="fp16: keep the model's inputs and outputs in fp32."
+    )
+
+    @model_validator(mode="after")
+    def _mode_options(self) -> QuantizeConfig:
+        for name in sorted(self.model_fields_set):
+            modes = MODE_FIELDS.get(name)
+            default = type(self).model_fields[name].get_default(call_default_factory=True)
+            # A resolved recipe spells out every default: only a changed value is a mistake.
+            if modes and self.mode not in modes and getattr(self, name) != default:
+                raise ValueError(f"'{name}' applies to mode {' or '.join(modes)}, not {self.mode}")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        return self
 
     def describe(self) -> str:
         """A short label for tables: 'quantize static int8', ..."""
+        if self.mode == "weight_only":
+            return f"quantize int{self.bits} weight-only"
+        if self.mode == "fp16":
+            return "convert fp16"
         return f"quantize {self.mode} {self.weights}"
 
     def apply(self, model: OnnxModel, ctx: Context) -> OnnxModel:
         calibration = ctx.split("calibration", "train") if self.mode == "static" else None
+        if self.fallback == "auto":
+            from slimserve.quantize.sensitivity import quantize_with_fallback
+
+            result: OnnxModel = quantize_with_fallback(model, self, ctx)
+            return result
         return quantize_onnx(model, self, calibration, ctx.work_dir)
 
 
@@ -86,11 +144,20 @@ def quantize_onnx(
     config: QuantizeConfig,
     calibration: Dataset | None = None,
     work_dir: Path | None = None,
+    tensor_ranges: dict[str, tuple[float, float]] | None = None,
 ) -> OnnxModel:
-    """Quantize ``model`` as ``config`` says; static mode needs ``calibration`` data."""
+    """Quantize ``model`` as ``config`` says; static mode needs ``calibration`` data.
+
+    ``tensor_ranges`` ({tensor name: (min, max)}) fixes activation ranges instead of
+    calibrating them (QAT passes the ranges it learned).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     _check_exclusions(model, config.exclude)
+    if config.mode == "weight_only":
+        return _weight_only(model, config)
+    if config.mode == "fp16":
+        return _fp16(model, config)
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         source: onnx.ModelProto | Path = model.proto
@@ -114,6 +181,10 @@ def quantize_onnx(
                         "data.calibration to the recipe (or pass calibration=...)."
                     )
                 reader = _reader(model, calibration, config.calibration)
+                overrides = {
+                    name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+                    for name, (low, high) in (tensor_ranges or {}).items()
+                }
                 quantize_static(
                     source,
                     output,
@@ -123,10 +194,112 @@ def quantize_onnx(
                     extra_options={
                         "ActivationSymmetric": config.symmetric_activations,
                         "CalibPercentile": config.calibration.percentile,
+                        "TensorQuantOverrides": overrides,
                     },
                     **common,
                 )
-        return OnnxModel(onnx.load(str(output)))
+        return OnnxModel(strip_debug_info(onnx.load(str(output))))
+
+
+def _weight_only(model: OnnxModel, config: QuantizeConfig) -> OnnxModel:
+    """Block-wise 4/8-bit weights for MatMul (ORT's MatMulNBits); Gemm is split first."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    proto = gemm_to_matmul(model.proto)
+    candidates = _constant_weight_matmuls(proto, config.exclude)
+    if not candidates:
+        raise RecipeError(
+            "Weight-only quantization found no MatMul/Gemm with constant weights to quantize "
+            "(it targets Linear layers; convolutions stay float). Use mode: static for CNNs."
+        )
+    with _quiet():
+        quantizer = MatMulNBitsQuantizer(
+            proto,
+            bits=config.bits,
+            block_size=config.block_size,
+            is_symmetric=config.symmetric_weights,
+            accuracy_level=config.accuracy_level,
+            nodes_to_exclude=list(config.exclude),
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer.process()
+    return OnnxModel(strip_debug_info(quantizer.model.model))
+
+
+def _fp16(model: OnnxModel, config: QuantizeConfig) -> OnnxModel:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        proto = convert_float_to_float16(
+            copy.deepcopy(model.proto),
+            keep_io_types=config.keep_io_types,
+            node_block_list=list(config.exclude) or None,
+        )
+    return OnnxModel(strip_debug_info(proto))
+
+
+def strip_debug_info(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node debug metadata (source stack traces, scopes): it is
+    not needed to run the model and is a few percent of a small quantized file."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    return proto
+
+
+def _constant_weight_matmuls(proto: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
+    weights = {i.name: i for i in proto.graph.initializer}
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "MatMul"
+        and n.name not in exclude
+        and n.input[1] in weights
+        and len(weights[n.input[1]].dims) == 2
+    ]
+
+
+def gemm_to_matmul(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b, the form ORT's
+    weight-only quantizer handles. Other Gemms are left as they are."""
+    from onnx import helper, numpy_helper
+
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] not in weights
+            or attrs.get("transA", 0)
+            or not plain
+        ):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        name = f"{node.input[1]}_matmul"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
+        if has_bias:
+            nodes.append(
+                helper.make_node(
+                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"
+                )
+            )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return proto
 
 
 def _check_exclusions(model: OnnxModel, exclude: tuple[str, ...]) -> None:

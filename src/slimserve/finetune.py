@@ -1,0 +1,229 @@
+"""Fine-tuning shared by the training-time techniques (gradual pruning, QAT): task loss,
+distillation from the original model, or a mix; a hook per step for the technique; loss
+and metric recorded around every hook that changes the model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from slimserve.context import Context
+from slimserve.data import Dataset
+from slimserve.errors import DataError
+from slimserve.models.torch import TorchModel
+
+EVAL_SAMPLES = 512
+
+
+class FinetuneConfig(BaseModel):
+    """Fine-tuning while pruning: task loss, distillation from the original, or a mix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(3, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Samples per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    distill: float = Field(
+        0.5, ge=0, le=1, description="Weight of distillation from the original (0 = labels only)."
+    )
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature for KL distillation.")
+    distill_loss: Literal["auto", "kl", "mse", "cosine"] = Field(
+        "auto", description="auto: KL on 2-D logits, cosine on anything else (embeddings)."
+    )
+
+
+@dataclass
+class History:
+    """Loss and metric around each schedule update, for the diagnosis and the plot."""
+
+    points: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Ramp:
+    """How sparsity moves while the model fine-tunes: what the training loop calls."""
+
+    is_update: Callable[[int], bool]
+    apply: Callable[[int], object]
+    sparsity: Callable[[], float]
+    reshapes: bool = False  # channel removal replaces parameters: rebuild the optimizer
+
+
+def run_finetune(
+    model: TorchModel, finetune: FinetuneConfig, ctx: Context, ramp: Ramp, metric_fn: Any
+) -> History:
+    """Train with the task and/or distillation loss while ``ramp`` raises sparsity;
+    record loss and metric around every update."""
+    history = History()
+    train = train_split(ctx, model)
+    steps = total_steps(train, finetune)
+    teacher = teacher_module(ctx)
+    module = model.module
+    inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in model.input_names]
+    labels = None if train.labels is None else torch.from_numpy(train.labels).long()
+    weight = finetune.distill if labels is not None else 1.0
+    if teacher is None and weight > 0:
+        raise DataError("Distillation needs the original model as a reference.")
+    generator = torch.Generator().manual_seed(ctx.seed)
+    torch.manual_seed(ctx.seed)
+    torch.set_num_threads(ctx.threads)
+    optimizer = make_optimizer(module, finetune)
+    step = 0
+    module.train()
+    for _ in range(finetune.epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(train), finetune.batch_size):
+            if ramp.is_update(step):
+                metric_before = metric_fn(module)
+                ramp.apply(step)
+                if ramp.reshapes:
+                    optimizer = make_optimizer(module, finetune)
+                _checkpoint(module, metric_fn, history, step, ramp.sparsity(), metric_before)
+            idx = order[start : start + finetune.batch_size]
+            batch = [t[idx] for t in inputs]
+            batch_labels = labels[idx] if labels is not None else None
+            loss = _loss(module(*batch), batch, batch_labels, teacher, weight, finetune)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            history.losses.append(float(loss.detach()))
+            step += 1
+            if step % 10 == 0 or step == steps:
+                metric = history.points[-1]["metric_after_update"] if history.points else None
+                ctx.progress(
+                    f"prune: step {step}/{steps} sparsity {ramp.sparsity():.2f} "
+                    f"loss {history.losses[-1]:.3f}"
+                    + (f" {ctx.goal_metric} {metric:.3f}" if metric is not None else ""),
+                    step / steps,
+                )
+    for point in history.points:
+        start = int(point["step"])
+        window = history.losses[start : start + 20]
+        point["loss_after"] = float(np.mean(window)) if window else float("nan")
+    module.eval()
+    return history
+
+
+def _loss(
+    out: Any,
+    batch: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    teacher: nn.Module | None,
+    weight: float,
+    finetune: FinetuneConfig,
+) -> torch.Tensor:
+    student = out if isinstance(out, torch.Tensor) else out[0]
+    loss = torch.zeros((), dtype=student.dtype)
+    if labels is not None and weight < 1:
+        loss = loss + (1 - weight) * nn.functional.cross_entropy(student, labels)
+    if weight > 0 and teacher is not None:
+        with torch.no_grad():
+            target = teacher(*batch)
+            target = target if isinstance(target, torch.Tensor) else target[0]
+        loss = loss + weight * _distill(student, target, finetune)
+    return loss
+
+
+def _distill(
+    student: torch.Tensor, teacher: torch.Tensor, finetune: FinetuneConfig
+) -> torch.Tensor:
+    kind = finetune.distill_loss
+    if kind == "auto":
+        kind = "kl" if student.ndim == 2 and student.shape[1] > 1 else "cosine"
+    if kind == "kl":
+        t = finetune.temperature
+        return nn.functional.kl_div(
+            nn.functional.log_softmax(student / t, dim=-1),
+            nn.functional.log_softmax(teacher / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (t * t)
+    if kind == "mse":
+        return nn.functional.mse_loss(student, teacher)
+    flat_s, flat_t = student.flatten(1), teacher.flatten(1)
+    return (1 - nn.functional.cosine_similarity(flat_s, flat_t, dim=1)).mean()
+
+
+def _checkpoint(
+    module: nn.Module,
+    metric_fn: Any,
+    history: History,
+    step: int,
+    sparsity: float,
+    metric_before: float | None,
+) -> None:
+    """Right after a schedule update: the metric before training recovers, and the loss of
+    the steps before it (the spike shows against that)."""
+    recent = history.losses[-20:]
+    history.points.append(
+        {
+            "step": float(step),
+            "sparsity": float(sparsity),
+            "loss_before": float(np.mean(recent)) if recent else float("nan"),
+            "metric_before": float("nan") if metric_before is None else metric_before,
+            "metric_after_update": metric_fn(module),
+        }
+    )
+    module.train()
+
+
+def eval_subset(ctx: Context, model: TorchModel) -> Dataset | None:
+    data = ctx.split("eval", "calibration")
+    return None if data is None else data.renamed(model.input_names).take(EVAL_SAMPLES)
+
+
+def make_metric(model: TorchModel, ctx: Context, data: Dataset | None) -> Any:
+    """accuracy with labels; otherwise top-1 agreement / cosine with the original."""
+    from slimserve.evaluate import evaluate, predict_all
+    from slimserve.runtime import TorchPredictor
+
+    if data is None:
+        return lambda module: float("nan")
+    reference = None
+    if data.labels is None and ctx.reference is not None:
+        reference = predict_all(TorchPredictor(ctx.reference, ctx.threads), data)  # type: ignore[arg-type]
+
+    def metric(module: nn.Module) -> float:
+        was_training = module.training
+        module.eval()
+        result = evaluate(TorchPredictor(model.with_module(module), ctx.threads), data, reference)
+        module.train(was_training)
+        for key in ("accuracy", "top1_agreement", "cosine_mean"):
+            if key in result:
+                return result[key]
+        return float("nan")
+
+    return metric
+
+
+def train_split(ctx: Context, model: TorchModel) -> Dataset:
+    data = ctx.split("train")
+    if data is None:
+        raise DataError(
+            "Fine-tuning while pruning needs data.train in the recipe (labels optional: "
+            "without them the model learns from the original by distillation)."
+        )
+    return data.renamed(model.input_names)
+
+
+def teacher_module(ctx: Context) -> nn.Module | None:
+    if isinstance(ctx.reference, TorchModel):
+        return ctx.reference.module.eval()
+    return None
+
+
+def make_optimizer(module: nn.Module, finetune: FinetuneConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(module.parameters(), lr=finetune.lr, weight_decay=finetune.weight_decay)
+
+
+def total_steps(train: Dataset, finetune: FinetuneConfig) -> int:
+    return finetune.epochs * math.ceil(len(train) / finetune.batch_size)
