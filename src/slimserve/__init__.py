@@ -30,7 +30,9 @@ from slimserve.prune.api import (
 from slimserve.prune.masks import Pruner
 from slimserve.prune.schedules import ConstantSparsity, PolynomialDecay
 from slimserve.prune.train import PruneConfig
-from slimserve.quantize.ort import CalibrationConfig, QuantizeConfig, quantize_onnx
+from slimserve.quantize.ort import CalibrationConfig, QuantizeConfig, quantize, quantize_onnx
+from slimserve.quantize.qat import QATConfig
+from slimserve.quantize.torch_dynamic import quantize_dynamic_torch
 from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
 from slimserve.runtime import Predictor
 from slimserve.runtime import load as load_predictor
@@ -58,6 +60,7 @@ __all__ = [
     "Predictor",
     "PruneConfig",
     "Pruner",
+    "QATConfig",
     "QuantizeConfig",
     "Recipe",
     "RecipeError",
@@ -75,6 +78,8 @@ __all__ = [
     "load_recipe",
     "parse_recipe",
     "prune_low_magnitude",
+    "quantize",
+    "quantize_dynamic_torch",
     "quantize_onnx",
     "run_recipe",
     "save_artifact",

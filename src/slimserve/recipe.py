@@ -27,9 +27,11 @@ from slimserve.errors import RecipeError
 from slimserve.models.export import ExportConfig
 from slimserve.prune.train import PruneConfig
 from slimserve.quantize.ort import QuantizeConfig
+from slimserve.quantize.qat import QATConfig
 
 STEPS: dict[str, type[BaseModel]] = {
     "prune": PruneConfig,
+    "qat": QATConfig,
     "export": ExportConfig,
     "quantize": QuantizeConfig,
 }

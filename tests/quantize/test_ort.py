@@ -90,3 +90,68 @@ def test_uint8_weights_still_run(digits_onnx, digits_test) -> None:  # type: ign
     quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="dynamic", weights="uint8"))
     (out,) = ss.load_predictor(quantized).predict({"input": digits_test.inputs["input"][:4]})
     assert out.shape == (4, 10) and np.isfinite(out).all()
+
+
+def test_weight_only_int4_on_linear_layers(digits_onnx, digits_test, reference) -> None:  # type: ignore[no-untyped-def]
+    quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="weight_only", block_size=32))
+    assert "MatMulNBits" in quantized_ops(quantized)
+    assert "Gemm" not in quantized_ops(quantized)  # both Linear layers went 4-bit
+    metrics = evaluate(ss.load_predictor(quantized), digits_test, reference)
+    assert metrics["cosine_mean"] > 0.99 and metrics["accuracy"] > 0.97
+
+
+def test_weight_only_without_linear_layers_is_an_error() -> None:
+    import torch
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+    model = ss.ExportConfig().apply(ss.TorchModel(conv, (torch.rand(2, 1, 8, 8),)), ss.Context())
+    with pytest.raises(ss.RecipeError, match="no MatMul/Gemm with constant weights"):
+        ss.quantize_onnx(model, ss.QuantizeConfig(mode="weight_only"))
+
+
+def test_gemm_to_matmul_keeps_outputs(digits_onnx, digits_test) -> None:  # type: ignore[no-untyped-def]
+    from slimserve.quantize.ort import gemm_to_matmul
+
+    rewritten = ss.OnnxModel(gemm_to_matmul(digits_onnx.proto))
+    assert "Gemm" not in quantized_ops(rewritten)
+    x = {"input": digits_test.inputs["input"][:16]}
+    (a,) = ss.load_predictor(digits_onnx).predict(x)
+    (b,) = ss.load_predictor(rewritten).predict(x)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_fp16(keep_io_types: bool, digits_onnx, digits_test, reference) -> None:  # type: ignore[no-untyped-def]
+    from slimserve.models.onnx import describe_io
+
+    converted = ss.quantize_onnx(
+        digits_onnx, ss.QuantizeConfig(mode="fp16", keep_io_types=keep_io_types)
+    )
+    io = describe_io(converted.proto)
+    assert io["inputs"][0]["dtype"] == ("float32" if keep_io_types else "float16")
+    assert len(converted.to_bytes()) < 0.55 * len(digits_onnx.to_bytes())
+    metrics = evaluate(ss.load_predictor(converted), digits_test, reference)
+    assert metrics["cosine_min"] > 0.999
+
+
+def test_options_of_another_mode_are_refused() -> None:
+    with pytest.raises(ValueError, match="'block_size' applies to mode weight_only, not static"):
+        ss.QuantizeConfig(mode="static", block_size=64)
+    with pytest.raises(ValueError, match="'calibration' applies to mode static, not dynamic"):
+        ss.QuantizeConfig(mode="dynamic", calibration=ss.CalibrationConfig(method="entropy"))
+    with pytest.raises(ValueError, match="power of two"):
+        ss.QuantizeConfig(mode="weight_only", block_size=48)
+
+
+def test_quantize_function_exports_a_torch_model(digits_torch, digits_test) -> None:  # type: ignore[no-untyped-def]
+    quantized = ss.quantize(digits_torch)
+    assert "DynamicQuantizeLinear" in quantized_ops(quantized)
+    with pytest.raises(ss.RecipeError, match="takes a TorchModel or OnnxModel"):
+        ss.quantize("model.onnx")  # type: ignore[arg-type]
+
+
+def test_debug_metadata_is_dropped(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
+    assert any(n.metadata_props for n in digits_onnx.proto.graph.node)
+    quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="static"), digits_train)
+    assert not any(n.metadata_props for n in quantized.proto.graph.node)
+    assert len(quantized.to_bytes()) <= 0.27 * len(digits_onnx.to_bytes())

@@ -394,3 +394,24 @@ def _quiet() -> Iterator[None]:
         ) from exc
     finally:
         root.setLevel(level)
+
+
+def quantize(
+    model: Any,
+    config: QuantizeConfig | None = None,
+    calibration: Dataset | None = None,
+) -> OnnxModel:
+    """Quantize a model (a TorchModel is exported to ONNX first) with ``config``
+    (default: dynamic int8). Static mode needs ``calibration`` data."""
+    from slimserve.models.export import ExportConfig
+    from slimserve.models.torch import TorchModel
+
+    config = config or QuantizeConfig()
+    if isinstance(model, TorchModel):
+        model = ExportConfig().apply(model, Context())
+    if not isinstance(model, OnnxModel):
+        raise RecipeError(
+            f"quantize takes a TorchModel or OnnxModel, got {type(model).__name__}; "
+            "load it with slimserve.load first."
+        )
+    return quantize_onnx(model, config, calibration)
