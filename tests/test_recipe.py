@@ -81,8 +81,7 @@ def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
     assert "steps[0].quantize.per_channel: Input should be a valid boolean" in message
     assert (
         "steps[0].quantize.mode: Input should be "
-        "'dynamic', 'static', 'weight_only' or 'fp16' (got 'int3')"
-        in message
+        "'dynamic', 'static', 'weight_only' or 'fp16' (got 'int3')" in message
     )
     assert "bench.threads: Input should be a valid integer" in message
 

@@ -64,6 +64,7 @@ class Manifest(_Record):
     baseline: dict[str, float] = Field(default_factory=dict)
     final: dict[str, float] = Field(default_factory=dict)
     stages: list[dict[str, Any]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
     packages: dict[str, str] = Field(default_factory=dict)
 
 

@@ -96,3 +96,110 @@ def _named(batch: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np
     if set(batch) == set(names) or len(batch) != len(names):
         return batch
     return dict(zip(names, batch.values(), strict=True))
+
+
+BENCH_SCHEMA_VERSION = 1
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def synthetic_data(model: Model, count: int = 64, seed: int = 0) -> Dataset:
+    """Random inputs shaped like the model's (dynamic first axis = ``count``); other
+    symbolic dims need real data."""
+    from slimserve.data import Dataset
+    from slimserve.errors import DataError
+    from slimserve.summary import summarize
+
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in summarize(model).inputs:
+        shape = list(spec["shape"])
+        if not shape:
+            raise DataError(f"Input '{spec['name']}' has no known shape; give data with --data.")
+        if not isinstance(shape[0], int) or shape[0] <= 0:
+            shape[0] = count
+        if any(not isinstance(d, int) for d in shape[1:]):
+            raise DataError(
+                f"Input '{spec['name']}' has symbolic dimensions {spec['shape']}; give real "
+                "data with --data so the benchmark uses realistic shapes."
+            )
+        dtype = np.dtype(spec["dtype"])
+        if dtype.kind == "f":
+            inputs[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        else:
+            inputs[spec["name"]] = np.zeros(shape, dtype=dtype)
+    return Dataset(inputs)
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    name: str
+    size_bytes: int
+    compressed_bytes: int
+    rss_bytes: int
+    timings: dict[int, Timing]
+
+
+def bench_models(
+    models: dict[str, Model],
+    data: Dataset | None,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 100,
+) -> list[BenchEntry]:
+    """Every model's size, memory and timings, measured interleaved in one run."""
+    from slimserve.runtime import load
+
+    predictors, memory = {}, {}
+    first = next(iter(models.values()))
+    data = data if data is not None else synthetic_data(first)
+    for name, model in models.items():
+        before = rss_bytes()
+        predictors[name] = load(model, threads)
+        predictors[name].predict(_named(sample_batch(data, 1), predictors[name].input_names))
+        memory[name] = max(0, rss_bytes() - before)
+    timings = bench_interleaved(predictors, data, batch_sizes, warmup, repeats)
+    entries = []
+    for name, model in models.items():
+        raw, compressed = model_size(model)
+        entries.append(BenchEntry(name, raw, compressed, memory[name], timings[name]))
+    return entries
+
+
+def bench_json(entries: list[BenchEntry], threads: int, repeats: int) -> dict[str, object]:
+    """The machine-readable report: ratios are against the first model."""
+    base = entries[0]
+    return {
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "threads": threads,
+        "repeats": repeats,
+        "baseline": base.name,
+        "models": [
+            {
+                "name": e.name,
+                "size_bytes": e.size_bytes,
+                "compressed_bytes": e.compressed_bytes,
+                "rss_bytes": e.rss_bytes,
+                "size_ratio": e.size_bytes / base.size_bytes,
+                "timings": {
+                    str(b): {
+                        **t.as_dict(),
+                        "speedup": t.items_per_s / base.timings[b].items_per_s,
+                    }
+                    for b, t in e.timings.items()
+                },
+            }
+            for e in entries
+        ],
+    }

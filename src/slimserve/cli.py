@@ -95,7 +95,7 @@ def _optimize(recipe: Any, out: Path) -> None:
     for note in result.notes:
         console.print(note, highlight=False)
     console.print(f"Artifact: {result.artifact.path}", highlight=False)
-    console.print(f"Report:   {result.artifact.path / 'report.md'}", highlight=False)
+    console.print(f"Report:   {result.artifact.path / 'report.html'}", highlight=False)
 
 
 @app.command()
@@ -165,6 +165,189 @@ def inspect(
         f"{human_bytes(summary.compressed_bytes)} gzip-compressed",
         highlight=False,
     )
+
+
+def _load_any(source: str) -> Any:
+    from slimserve.models import load
+
+    return load(source)
+
+
+@app.command("eval")
+@_user_errors
+def eval_command(
+    model: str = typer.Argument(..., help="Model file, 'pkg.mod:fn' factory, or artifact."),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="example:digits[:test] | npz:FILE | python:pkg.mod:fn[:split]"
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", "-r", help="Compare outputs with this model (fidelity)."
+    ),
+    metric: str | None = typer.Option(
+        None, "--metric", help="Custom metric 'pkg.module:function(outputs, labels)'."
+    ),
+    top_k: int = typer.Option(5, "--top-k", min=2, help="k of top-k accuracy/agreement."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Measure quality: accuracy and top-k with labels, fidelity against a reference."""
+    import json
+
+    from slimserve.data import load_data, parse_data_spec
+    from slimserve.evaluate import evaluate, predict_all
+    from slimserve.runtime import load
+
+    dataset = load_data(parse_data_spec(data))
+    predictor = load(_load_any(model), threads)
+    dataset = dataset.renamed(predictor.input_names)
+    expected = None
+    if reference is not None:
+        expected = predict_all(load(_load_any(reference), threads), dataset)
+    if dataset.labels is None and expected is None and metric is None:
+        raise SlimserveError(
+            "Nothing to measure: the data has no labels and no --reference or --metric was "
+            "given. Add labels to the data, or compare with --reference ORIGINAL."
+        )
+    metrics = evaluate(predictor, dataset, expected, top_k, metric)
+    if as_json:
+        console.print_json(json.dumps({"model": model, "samples": len(dataset), **metrics}))
+        return
+    table = Table(title=f"{model} on {data} ({len(dataset)} samples)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.6g}")
+    console.print(table)
+
+
+@app.command()
+@_user_errors
+def bench(
+    models: list[str] = typer.Argument(..., help="Models to time; ratios are vs the first."),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Inputs to time on (default: random, shaped like the model)."
+    ),
+    batch_sizes: str = typer.Option("1,32", "--batch-sizes", "-b", help="Comma-separated."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs first."),
+    repeats: int = typer.Option(100, "--repeats", min=3, help="Timed runs per model and batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Latency (p50/p95/p99), throughput, memory and size; models timed interleaved."""
+    import json
+
+    from slimserve.bench import bench_json, bench_models
+    from slimserve.data import load_data, parse_data_spec
+    from slimserve.report import human_bytes
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise SlimserveError(
+            f"--batch-sizes takes comma-separated integers like 1,32, got '{batch_sizes}'."
+        ) from None
+    loaded = {name: _load_any(name) for name in models}
+    dataset = load_data(parse_data_spec(data)) if data else None
+    entries = bench_models(loaded, dataset, sizes, threads, warmup, repeats)
+    report = bench_json(entries, threads, repeats)
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(
+        title=f"{threads} threads, medians of {repeats} interleaved runs; ratios vs {models[0]}",
+        title_justify="left",
+    )
+    for column in (
+        "model",
+        "size",
+        "gzip",
+        "RSS",
+        "batch",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "items/s",
+        "vs first",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in report["models"]:  # type: ignore[attr-defined]
+        for index, (batch, t) in enumerate(row["timings"].items()):
+            head = (
+                [
+                    row["name"],
+                    human_bytes(row["size_bytes"]),
+                    human_bytes(row["compressed_bytes"]),
+                    human_bytes(row["rss_bytes"]),
+                ]
+                if index == 0
+                else ["", "", "", ""]
+            )
+            table.add_row(
+                *head,
+                batch,
+                f"{t['p50_ms']:.3f}",
+                f"{t['p95_ms']:.3f}",
+                f"{t['p99_ms']:.3f}",
+                f"{t['items_per_s']:,.0f}",
+                f"{t['speedup']:.2f}x",
+            )
+    console.print(table)
+
+
+@app.command()
+@_user_errors
+def report(
+    path: Path = typer.Argument(..., help="An artifact folder, or a run folder of artifacts."),
+) -> None:
+    """Write report.md and a self-contained report.html (plots embedded) again."""
+    from slimserve.artifact import MANIFEST_FILE, load_artifact, save_artifact
+    from slimserve.report import build_report
+
+    folders = (
+        [path]
+        if (path / MANIFEST_FILE).is_file()
+        else sorted(p.parent for p in path.glob(f"*/{MANIFEST_FILE}"))
+    )
+    if not folders:
+        raise SlimserveError(
+            f"'{path}' holds no artifact (no {MANIFEST_FILE} in it or its sub-folders)."
+        )
+    for folder in folders:
+        artifact = load_artifact(folder)
+        save_artifact(folder, artifact.model, artifact.manifest, build_report(artifact.manifest))
+        console.print(f"Report: {folder / 'report.html'}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def check(
+    artifact: Path = typer.Argument(..., help="The artifact to gate."),
+    max_drop: float | None = typer.Option(
+        None, "--max-drop", help="Largest quality drop vs the baseline (default: the recipe's)."
+    ),
+    min_speedup: float | None = typer.Option(None, "--min-speedup", help="e.g. 1.5"),
+    max_size_ratio: float | None = typer.Option(None, "--max-size-ratio", help="e.g. 0.3"),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Batch for the speed check (default: the recipe's largest)."
+    ),
+    repeats: int = typer.Option(100, "--repeats", min=3, help="Timed runs per model."),
+) -> None:
+    """CI gate: re-measure against the manifest's baseline; exit 1 when a bound fails."""
+    from slimserve.check import Bounds, check_artifact
+
+    bounds = Bounds(max_drop, min_speedup, max_size_ratio, batch_size, repeats)
+    result = check_artifact(artifact, bounds)
+    table = Table(title=f"check {artifact}", title_justify="left")
+    for column in ("measure", "baseline", "artifact"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(result.metric, f"{result.baseline:.4f}", f"{result.candidate:.4f}")
+    table.add_row(f"batch-{result.batch_size} speed-up", "1.00x", f"{result.speedup:.2f}x")
+    table.add_row("size ratio", "1.00", f"{result.size_ratio:.2f}")
+    console.print(table)
+    if not result.passed:
+        err_console.print(f"check failed: {'; '.join(result.failures)}", highlight=False)
+        raise typer.Exit(1)
+    console.print("check passed")
 
 
 def main() -> None:

@@ -126,3 +126,26 @@ def _python(spec: str, split: str | None) -> Dataset:
         f"'{spec}' returned {type(result).__name__}; return (inputs, labels), a dict of "
         "input arrays, or a slimserve Dataset."
     )
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """A data spec from the command line: ``example:digits[:split]``, ``npz:PATH`` (or a
+    path ending in .npz), ``python:pkg.module:function[:split]``."""
+    from slimserve.recipe import DataSpec
+
+    kind, _, rest = text.partition(":")
+    if text.endswith(".npz") and kind != "npz":
+        return DataSpec(npz=Path(text))
+    if kind == "example" and rest:
+        name, _, split = rest.partition(":")
+        return DataSpec(example=name, split=split or "test")
+    if kind == "npz" and rest:
+        return DataSpec(npz=Path(rest))
+    if kind == "python" and rest.count(":") in (1, 2):
+        parts = rest.split(":")
+        split_name = parts[2] if len(parts) == 3 else None
+        return DataSpec(python=f"{parts[0]}:{parts[1]}", split=split_name)
+    raise DataError(
+        f"Cannot read data spec '{text}'. Use example:digits[:test], npz:data.npz or "
+        "python:pkg.module:function[:split]."
+    )

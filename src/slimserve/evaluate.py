@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from slimserve.errors import DataError, SlimserveError
+
 if TYPE_CHECKING:
     from slimserve.data import Dataset
     from slimserve.runtime import Predictor
@@ -26,8 +28,14 @@ def cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return result
 
 
-def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Cosine mean/min, max abs error and (for 2-D outputs) top-1 agreement."""
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores per row (unordered)."""
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def fidelity(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Cosine mean/min, max abs error and, for 2-D scores, top-1 and top-k agreement
+    (the share of the reference's k best classes that the candidate also ranks top-k)."""
     cos = cosine(reference, candidate)
     result = {
         "cosine_mean": float(cos.mean()),
@@ -37,6 +45,10 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     if reference.ndim == 2 and reference.shape[1] > 1:
         agree = reference.argmax(axis=1) == candidate.argmax(axis=1)
         result["top1_agreement"] = float(agree.mean())
+        if reference.shape[1] > k:
+            ref_k, cand_k = top_k(reference, k), top_k(candidate, k)
+            overlap = [len(set(a) & set(b)) for a, b in zip(ref_k, cand_k, strict=True)]
+            result[f"top{k}_agreement"] = float(np.mean(overlap) / k)
     return result
 
 
@@ -47,13 +59,54 @@ def predict_all(predictor: Predictor, data: Dataset, batch_size: int = 256) -> n
 
 
 def evaluate(
-    predictor: Predictor, data: Dataset, reference: np.ndarray | None = None
+    predictor: Predictor,
+    data: Dataset,
+    reference: np.ndarray | None = None,
+    k: int = 5,
+    custom: str | None = None,
 ) -> dict[str, float]:
-    """Accuracy when the data has labels; fidelity when reference outputs are given."""
+    """Accuracy (and top-k accuracy) when the data has labels; fidelity when reference
+    outputs are given; plus a custom ``"module:function"`` metric, called as
+    ``function(outputs, labels)`` and returning a number or a dict of numbers."""
     outputs = predict_all(predictor, data)
     metrics: dict[str, float] = {}
     if data.labels is not None:
+        if outputs.ndim != 2:
+            raise DataError(
+                f"Accuracy needs class scores of shape (batch, classes); the model gives "
+                f"{outputs.shape}. Evaluate it against a reference model instead."
+            )
         metrics["accuracy"] = float((outputs.argmax(axis=1) == data.labels).mean())
+        if outputs.shape[1] > k:
+            hits = (top_k(outputs, k) == data.labels[:, None]).any(axis=1)
+            metrics[f"top{k}_accuracy"] = float(hits.mean())
     if reference is not None:
-        metrics.update(fidelity(reference, outputs))
+        if reference.shape != outputs.shape:
+            raise DataError(
+                f"The reference model's outputs have shape {reference.shape} but the model's "
+                f"have {outputs.shape}: they are not comparable."
+            )
+        metrics.update(fidelity(reference, outputs, k))
+    if custom is not None:
+        metrics.update(_custom_metric(custom, outputs, data.labels))
     return metrics
+
+
+def _custom_metric(spec: str, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    from slimserve.models.torch import resolve_callable
+
+    try:
+        fn = resolve_callable(spec)
+    except SlimserveError as exc:
+        raise DataError(str(exc)) from exc
+    value = fn(outputs, labels)
+    name = spec.rpartition(":")[2]
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    try:
+        return {name: float(value)}
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"Custom metric '{spec}' returned {type(value).__name__}; return a number or a "
+            "dict of numbers."
+        ) from exc

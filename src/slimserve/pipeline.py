@@ -98,7 +98,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve.models import OnnxModel
     from slimserve.models import load as load_model
     from slimserve.models.onnx import describe_io
-    from slimserve.report import pruning_plots, render_markdown
+    from slimserve.report import build_report
 
     out = Path(out_dir)
     steps = plan_steps(recipe.steps, recipe.model.format)
@@ -171,11 +171,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         baseline=baseline.metrics,
         final=stages[-1].metrics,
         stages=[s.row() for s in stages],
+        notes=notes,
         packages=_packages(),
     )
-    report = render_markdown(manifest, notes)
-    files = {"report.md": report.encode(), **pruning_plots(manifest)}
-    artifact = save_artifact(out / recipe.name, current, manifest, files)
+    artifact = save_artifact(out / recipe.name, current, manifest, build_report(manifest))
     return RunResult(artifact, stages, notes)
 
 

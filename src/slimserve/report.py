@@ -107,13 +107,108 @@ def _figure_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def pruning_plots(manifest: Manifest) -> dict[str, bytes]:
-    """For each prune step: per-layer sparsity bars, and loss/metric against the schedule."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+QUALITY_KEYS = ("accuracy", "cosine_mean", "top1_agreement")
+
+
+def tradeoff_plot(manifest: Manifest) -> dict[str, bytes]:
+    """Quality against batch-1 latency and against size, one point per stage, with the
+    Pareto front (no other stage is both better and faster/smaller) drawn through."""
+    stages = manifest.stages
+    metric = next(
+        (
+            k
+            for k in QUALITY_KEYS
+            if all(k in s["metrics"] for s in stages[1:]) and k in stages[0]["metrics"]
+        ),
+        None,
+    )
+    batch = min((int(b) for s in stages for b in s["timings"]), default=None)
+    if metric is None or batch is None or len(stages) < 2:
+        return {}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    points = [
+        (
+            s["stage"],
+            s["metrics"][metric],
+            s["timings"][str(batch)]["p50_ms"],
+            s["size_bytes"] / 1e3,
+        )
+        for s in stages
+    ]
+    for ax, index, label in (
+        (axes[0], 2, f"batch-{batch} p50 latency (ms)"),
+        (axes[1], 3, "model size (KB)"),
+    ):
+        xs = [p[index] for p in points]
+        ys = [p[1] for p in points]
+        ax.scatter(xs, ys, color="#4c72b0", zorder=3)
+        for p in points:
+            ax.annotate(
+                p[0], (p[index], p[1]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+        front = pareto_front([(p[index], p[1]) for p in points])
+        ax.step(
+            [f[0] for f in front],
+            [f[1] for f in front],
+            where="post",
+            color="#dd8452",
+            lw=1,
+            label="Pareto front",
+        )
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.set_xscale("log")
+        from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("What each stage cost in quality and bought in speed and size")
+    return {"plots/tradeoff.png": _figure_png(fig)}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (cost, quality) not beaten by another with lower cost and higher quality;
+    sorted by cost."""
+    front: list[tuple[float, float]] = []
+    for cost, quality in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or quality > front[-1][1]:
+            front.append((cost, quality))
+    return front
+
+
+def sensitivity_plots(manifest: Manifest) -> dict[str, bytes]:
+    """For each quantize step that ranked nodes: the metric each node costs alone."""
+    plots = {}
+    for index, step in enumerate(manifest.steps):
+        ranking = step.details.get("sensitivity") if step.details else None
+        if not ranking:
+            continue
+        plt = _pyplot()
+        rows = ranking[:20]
+        fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.3))
+        ax.barh([r["node"] for r in rows], [r["drop"] for r in rows], color="#c44e52")
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{step.details.get('fallback_metric', 'metric')} lost when quantized alone")
+        ax.set_title(f"Step {index + 1}: quantization sensitivity per node")
+        plots[f"plots/step{index + 1}-sensitivity.png"] = _figure_png(fig)
+    return plots
+
+
+def pruning_plots(manifest: Manifest) -> dict[str, bytes]:
+    """For each prune step: per-layer sparsity bars, and loss/metric against the schedule."""
+    plt = _pyplot()
     plots: dict[str, bytes] = {}
     for index, step in enumerate(manifest.steps):
         details = step.details
@@ -162,8 +257,10 @@ def pruning_plots(manifest: Manifest) -> dict[str, bytes]:
     return plots
 
 
-def render_markdown(manifest: Manifest, notes: list[str]) -> str:
-    """The report.md stored in every artifact."""
+def render_markdown(manifest: Manifest, plots: dict[str, bytes] | None = None) -> str:
+    """The report.md stored in every artifact (``plots``: the images it links to)."""
+    plots = plots or {}
+    notes = manifest.notes
     headers, rows = stage_table(manifest.stages)
     source = ", ".join(f"{k}: {v}" for k, v in manifest.source.spec.items())
     lines = [
@@ -181,15 +278,17 @@ def render_markdown(manifest: Manifest, notes: list[str]) -> str:
         "",
         markdown_table(headers, rows),
         "",
-        "## Steps",
-        "",
     ]
+    if "plots/tradeoff.png" in plots:
+        lines += ["![quality against latency and size](plots/tradeoff.png)", ""]
+    lines += ["## Steps", ""]
     for step in manifest.steps:
-        config = ", ".join(f"{k}={v}" for k, v in _compact(step.config).items())
+        config = ", ".join(f"{k}={v}" for k, v in _compact(_relevant(step)).items())
         lines.append(f"- **{step.name}** ({step.duration_s:.1f} s): {config}")
     lines += ["", "## Verdict", ""]
     lines += [f"- {note}" for note in notes]
-    lines += _pruning_sections(manifest)
+    lines += _pruning_sections(manifest, plots)
+    lines += _sensitivity_sections(manifest, plots)
     keys = [s.config.get("granularity", s.name) for s in manifest.steps]
     honesty = [HONESTY_NOTES[k] for k in dict.fromkeys(keys) if k in HONESTY_NOTES]
     if honesty:
@@ -202,7 +301,7 @@ def render_markdown(manifest: Manifest, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pruning_sections(manifest: Manifest) -> list[str]:
+def _pruning_sections(manifest: Manifest, plots: dict[str, bytes]) -> list[str]:
     """Parameters before/after, overall and per-layer sparsity for each prune step."""
     lines: list[str] = []
     for index, step in enumerate(manifest.steps):
@@ -220,7 +319,7 @@ def _pruning_sections(manifest: Manifest) -> list[str]:
             lines.append(f"- metric on eval data: {metric_before:.4f} -> {metric_after:.4f}")
         for kind in ("schedule", "layer-sparsity"):
             name = f"plots/step{index + 1}-{kind}.png"
-            if name in manifest.files or name in _planned_plots(manifest):
+            if name in plots:
                 lines += ["", f"![{kind}]({name})"]
         layer_sparsity = details.get("layer_sparsity") or {}
         if layer_sparsity:
@@ -236,13 +335,67 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _planned_plots(manifest: Manifest) -> set[str]:
-    """Plot files this manifest's steps produce (the report is written before saving)."""
-    names = set()
+def _sensitivity_sections(manifest: Manifest, plots: dict[str, bytes]) -> list[str]:
+    lines: list[str] = []
     for index, step in enumerate(manifest.steps):
-        if step.name == "prune" and step.details:
-            if step.details.get("layer_sparsity"):
-                names.add(f"plots/step{index + 1}-layer-sparsity.png")
-            if step.details.get("losses") and step.details.get("history"):
-                names.add(f"plots/step{index + 1}-schedule.png")
-    return names
+        details = step.details or {}
+        if "sensitivity" not in details and "float_nodes" not in details:
+            continue
+        lines += ["", f"## Quantization fallback (step {index + 1})", ""]
+        floats = details.get("float_nodes") or []
+        lines.append(f"- nodes kept in float: {', '.join(floats) if floats else 'none needed'}")
+        for attempt in details.get("attempts", []):
+            lines.append(
+                f"- {attempt['float_nodes']} float node(s): "
+                f"{details.get('fallback_metric', 'metric')} {attempt['metric']:.4f}"
+            )
+        name = f"plots/step{index + 1}-sensitivity.png"
+        if name in plots:
+            lines += ["", f"![sensitivity]({name})"]
+    return lines
+
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+code { background: #f6f6f6; padding: 1px 4px; }
+"""
+
+
+def render_html(markdown_text: str, plots: dict[str, bytes], title: str) -> str:
+    """report.html: the Markdown report rendered, with every plot embedded (one file)."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    for name, data in plots.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode()
+        body = body.replace(f'src="{name}"', f'src="{uri}"')
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n"
+    )
+
+
+def build_report(manifest: Manifest) -> dict[str, bytes]:
+    """Every report file of an artifact: report.md, report.html and the plots."""
+    plots = {**tradeoff_plot(manifest), **pruning_plots(manifest), **sensitivity_plots(manifest)}
+    markdown_text = render_markdown(manifest, plots)
+    html_text = render_html(markdown_text, plots, f"slimserve report: {manifest.name}")
+    return {"report.md": markdown_text.encode(), "report.html": html_text.encode(), **plots}
+
+
+def _relevant(step: Any) -> dict[str, Any]:
+    """A step's config without the options of other quantization modes."""
+    if step.name != "quantize":
+        return dict(step.config)
+    from slimserve.quantize.ort import MODE_FIELDS
+
+    mode = step.config.get("mode")
+    return {k: v for k, v in step.config.items() if mode in MODE_FIELDS.get(k, (mode,))}

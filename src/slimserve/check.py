@@ -1,0 +1,92 @@
+"""The CI gate: re-measure an artifact against the baseline its manifest names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slimserve.errors import SlimserveError
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What an artifact must keep: quality drop, speed-up and size ratio vs baseline."""
+
+    max_drop: float | None = None
+    min_speedup: float | None = None
+    max_size_ratio: float | None = None
+    batch_size: int | None = None
+    repeats: int = 100
+
+
+@dataclass
+class CheckResult:
+    metric: str
+    baseline: float
+    candidate: float
+    speedup: float
+    size_ratio: float
+    batch_size: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckResult:
+    """Load the artifact (hashes verified) and its source model, measure both on the
+    recipe's eval data in one interleaved run, and compare with ``bounds``."""
+    from slimserve.artifact import load_artifact
+    from slimserve.bench import bench_interleaved, model_size
+    from slimserve.data import load_data
+    from slimserve.evaluate import evaluate, predict_all
+    from slimserve.models import load
+    from slimserve.recipe import parse_recipe
+    from slimserve.runtime import load as load_predictor
+
+    artifact = load_artifact(path)
+    recipe = parse_recipe(artifact.manifest.recipe, source=f"{path}/manifest.json")
+    spec = recipe.data.eval or recipe.data.calibration
+    if spec is None:
+        raise SlimserveError(
+            f"{path}: the recipe has no eval data, so there is nothing to re-measure on. "
+            "Add data.eval to the recipe and optimize again."
+        )
+    baseline = load(recipe.model)
+    data = load_data(spec)
+    base_predictor = load_predictor(baseline, threads)
+    candidate_predictor = load_predictor(artifact.model, threads)
+    data = data.renamed(candidate_predictor.input_names)
+    metric = recipe.goal.metric if data.labels is not None else "cosine_mean"
+    reference = predict_all(base_predictor, data) if metric != "accuracy" else None
+    base_score = 1.0 if reference is not None else evaluate(base_predictor, data)[metric]
+    score = evaluate(candidate_predictor, data, reference)[metric]
+    batch = bounds.batch_size or max(recipe.bench.batch_sizes)
+    timings = bench_interleaved(
+        {"baseline": base_predictor, "artifact": candidate_predictor},
+        data,
+        (batch,),
+        warmup=10,
+        repeats=bounds.repeats,
+    )
+    speedup = timings["artifact"][batch].items_per_s / timings["baseline"][batch].items_per_s
+    size_ratio = model_size(artifact.model)[0] / model_size(baseline)[0]
+    result = CheckResult(metric, base_score, score, speedup, size_ratio, batch)
+    max_drop = bounds.max_drop if bounds.max_drop is not None else recipe.goal.max_drop
+    if base_score - score > max_drop:
+        result.failures.append(
+            f"{metric} dropped {base_score - score:.4f} ({base_score:.4f} -> {score:.4f}), "
+            f"more than the allowed {max_drop:.4f}"
+        )
+    if bounds.min_speedup is not None and speedup < bounds.min_speedup:
+        result.failures.append(
+            f"batch-{batch} throughput is {speedup:.2f}x the baseline's, below the required "
+            f"{bounds.min_speedup:.2f}x"
+        )
+    if bounds.max_size_ratio is not None and size_ratio > bounds.max_size_ratio:
+        result.failures.append(
+            f"the model is {size_ratio:.2f}x the baseline's size, above the allowed "
+            f"{bounds.max_size_ratio:.2f}x"
+        )
+    return result
