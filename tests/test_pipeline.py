@@ -36,7 +36,7 @@ def test_run_recipe_records_every_step(tmp_path: Path) -> None:
     assert manifest.io["inputs"][0]["shape"] == ["batch", 1, 8, 8]
     assert manifest.source.sha256 and len(manifest.source.sha256) == 64
     assert manifest.packages["onnxruntime"]
-    assert set(manifest.files) == {"model.onnx", "report.md"}
+    assert set(manifest.files) == {"model.onnx", "report.md", "report.html", "plots/tradeoff.png"}
     assert manifest.stages[2]["timings"]["8"]["items_per_s"] > 0
     # the resolved recipe re-runs as is
     again = ss.parse_recipe(manifest.recipe)
