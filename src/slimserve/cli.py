@@ -350,6 +350,104 @@ def check(
     console.print("check passed")
 
 
+def _fraction(text: str) -> float:
+    """'1%' -> 0.01; '0.01' -> 0.01."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise SlimserveError(f"'{text}' is not a fraction: write 1% or 0.01.") from None
+
+
+def _seconds(text: str) -> float:
+    """'10m' -> 600, '90s' -> 90, '1h' -> 3600, '45' -> 45."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise SlimserveError(f"'{text}' is not a duration: write 90s, 10m or 1h.") from None
+
+
+def _data_block(spec: str | None) -> dict[str, Any] | None:
+    from slimserve.data import parse_data_spec
+
+    if spec is None:
+        return None
+    return parse_data_spec(spec).model_dump(mode="json", exclude_none=True)
+
+
+@app.command()
+@_user_errors
+def tune(
+    model: str = typer.Argument(..., help="Model file, 'pkg.mod:fn' factory, or example:NAME."),
+    data: str = typer.Option(..., "--data", "-d", help="Eval data (quality is measured here)."),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="Calibration data (default: the eval data)."
+    ),
+    train: str | None = typer.Option(
+        None, "--train", help="Training data: enables pruning with fine-tuning candidates."
+    ),
+    max_drop: str = typer.Option("1%", "--max-drop", help="Tolerated quality drop: 1% or 0.01."),
+    objective: str = typer.Option("latency", "--objective", help="latency | throughput | size"),
+    budget: str = typer.Option("10m", "--budget", help="Time to spend: 90s, 10m, 1h."),
+    out: Path = typer.Option(Path("runs/tune"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Try configurations; keep the best inside the tolerance; write best-recipe.yaml."""
+    from slimserve.tune import TuneSpec
+    from slimserve.tune import tune as run_tune
+
+    if objective not in ("latency", "throughput", "size"):
+        raise SlimserveError(f"--objective is latency, throughput or size, not '{objective}'.")
+    model_spec: dict[str, Any]
+    if model.startswith("example:"):
+        model_spec = {"example": model.removeprefix("example:")}
+    elif Path(model).exists():
+        model_spec = {"path": str(Path(model).resolve())}
+    else:
+        model_spec = {"python": model}
+    blocks = {
+        "eval": _data_block(data),
+        "calibration": _data_block(calibration or data),
+        "train": _data_block(train),
+    }
+    spec = TuneSpec(
+        model=model_spec,
+        data={k: v for k, v in blocks.items() if v is not None},
+        max_drop=_fraction(max_drop),
+        objective=objective,  # type: ignore[arg-type]
+        budget_s=_seconds(budget),
+    )
+    with console.status("tuning") as status:
+        result = run_tune(spec, out, lambda message, fraction: status.update(message))
+    table = Table(
+        title=f"tune: {result.metric} baseline {result.baseline_metric:.4f}, objective {objective}",
+        title_justify="left",
+    )
+    for column in ("candidate", result.metric, "size", "b1 p50 ms", "b32 items/s", "status"):
+        table.add_column(column, justify="left" if column in ("candidate", "status") else "right")
+    for c in result.candidates:
+        mark = " *" if result.best is c else ""
+        table.add_row(
+            c.name + mark,
+            f"{c.metric:.4f}" if c.metric is not None else "-",
+            f"{c.size_bytes / 1e3:.1f} KB" if c.size_bytes else "-",
+            f"{c.latency_ms:.3f}" if c.latency_ms else "-",
+            f"{c.items_per_s:,.0f}" if c.items_per_s else "-",
+            c.status,
+        )
+    console.print(table)
+    if result.best is None:
+        for line in result.explanation:
+            err_console.print(line, highlight=False)
+        raise typer.Exit(1)
+    console.print(
+        f"Best: {result.best.name}. Recipe: {out / 'best-recipe.yaml'}; "
+        f"artifact: {out / 'tuned'}; plot: {out / 'tune-pareto.png'}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
