@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slimserve.errors import SlimserveError
@@ -37,7 +38,9 @@ def _user_errors(fn: F) -> F:
         except SlimserveError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -80,22 +83,35 @@ def print_stages(stages: list[dict[str, Any]], title: str = "Stages") -> None:
 def optimize(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder for the artifact."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Log the run to MLflow (extra [mlflow])."),
+    mlflow_uri: str | None = typer.Option(
+        None, "--mlflow-uri", help="Tracking URI (default: sqlite in the output folder)."
+    ),
 ) -> None:
     """Run a recipe (prune -> fine-tune -> quantize -> export) and save an artifact."""
     from slimserve.recipe import load_recipe
 
-    _optimize(load_recipe(recipe), out)
+    _optimize(load_recipe(recipe), out, mlflow or mlflow_uri is not None, mlflow_uri)
 
 
-def _optimize(recipe: Any, out: Path) -> None:
+def _optimize(recipe: Any, out: Path, mlflow: bool = False, uri: str | None = None) -> None:
     from slimserve.pipeline import run_recipe
 
+    if mlflow:
+        from slimserve.errors import require
+
+        require("mlflow", "mlflow", "MLflow tracking (--mlflow)")  # fail before the work
     result = run_recipe(recipe, out, console=console)
     print_stages([s.row() for s in result.stages], title=f"{recipe.name}: every stage")
     for note in result.notes:
-        console.print(note, highlight=False)
+        console.print(escape(note), highlight=False)
     console.print(f"Artifact: {result.artifact.path}", highlight=False)
     console.print(f"Report:   {result.artifact.path / 'report.html'}", highlight=False)
+    if mlflow:
+        from slimserve.tracking import default_uri, log_run
+
+        run_id = log_run(result, out, uri)
+        console.print(f"MLflow:   run {run_id} in {uri or default_uri(out)}", highlight=False)
 
 
 @app.command()
@@ -345,9 +361,45 @@ def check(
     table.add_row("size ratio", "1.00", f"{result.size_ratio:.2f}")
     console.print(table)
     if not result.passed:
-        err_console.print(f"check failed: {'; '.join(result.failures)}", highlight=False)
+        err_console.print(escape(f"check failed: {'; '.join(result.failures)}"), highlight=False)
         raise typer.Exit(1)
     console.print("check passed")
+
+
+@app.command()
+@_user_errors
+def preflight(
+    model: str = typer.Argument(..., help="Model file, 'pkg.mod:fn' factory, or example:NAME."),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Inputs (default: random, shaped like the model)."
+    ),
+    repeats: int = typer.Option(30, "--repeats", min=3, help="Timed runs per candidate."),
+) -> None:
+    """Before a long run: which techniques pay off on this machine, measured now."""
+    from slimserve.data import load_data, parse_data_spec
+    from slimserve.preflight import ISA_FLAGS, summary_rows
+    from slimserve.preflight import preflight as run_preflight
+
+    dataset = load_data(parse_data_spec(data)) if data else None
+    with console.status("measuring candidates on this machine"):
+        result = run_preflight(_load_any(model), dataset, repeats)
+    machine = Table(title="This machine", title_justify="left", show_header=False)
+    for flag, label in ISA_FLAGS.items():
+        machine.add_row(label, "yes" if result.features[flag] else "no")
+    for key, value in result.runtimes.items():
+        machine.add_row(key, value)
+    console.print(machine)
+    table = Table(
+        title="Predicted effect (ratios vs ORT fp32, measured on a few batches)",
+        title_justify="left",
+    )
+    for column in ("technique", "size", "cosine", "b1 speed-up", "b32 speed-up"):
+        table.add_column(column, justify="left" if column == "technique" else "right")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]![/] {escape(warning)}", highlight=False)
 
 
 def _fraction(text: str) -> float:
@@ -392,11 +444,17 @@ def tune(
     objective: str = typer.Option("latency", "--objective", help="latency | throughput | size"),
     budget: str = typer.Option("10m", "--budget", help="Time to spend: 90s, 10m, 1h."),
     out: Path = typer.Option(Path("runs/tune"), "--out", "-o", help="Output folder."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Log the winner to MLflow."),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help="Tracking URI."),
 ) -> None:
     """Try configurations; keep the best inside the tolerance; write best-recipe.yaml."""
     from slimserve.tune import TuneSpec
     from slimserve.tune import tune as run_tune
 
+    if mlflow or mlflow_uri is not None:
+        from slimserve.errors import require
+
+        require("mlflow", "mlflow", "MLflow tracking (--mlflow)")
     if objective not in ("latency", "throughput", "size"):
         raise SlimserveError(f"--objective is latency, throughput or size, not '{objective}'.")
     model_spec: dict[str, Any]
@@ -439,7 +497,7 @@ def tune(
     console.print(table)
     if result.best is None:
         for line in result.explanation:
-            err_console.print(line, highlight=False)
+            err_console.print(escape(line), highlight=False)
         raise typer.Exit(1)
     console.print(
         f"Best: {result.best.name}. Recipe: {out / 'best-recipe.yaml'}; "

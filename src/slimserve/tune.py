@@ -66,6 +66,7 @@ class TuneResult:
     baseline_metric: float
     metric: str
     explanation: list[str]
+    run: Any = None
 
 
 def candidate_list(
@@ -214,7 +215,8 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
             "# Written by slimserve tune: `slimserve optimize best-recipe.yaml` rebuilds it.\n"
             + yaml.safe_dump(recipe, sort_keys=False)
         )
-        run_recipe(parse_recipe(recipe, base=Path.cwd()), out)
+        run = run_recipe(parse_recipe(recipe, base=Path.cwd()), out)
+        return TuneResult(candidates, best, baseline, metric, explanation, run)
     return TuneResult(candidates, best, baseline, metric, explanation)
 
 
