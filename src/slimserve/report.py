@@ -156,15 +156,7 @@ def tradeoff_plot(manifest: Manifest) -> dict[str, bytes]:
             ax.annotate(
                 p[0], (p[index], p[1]), fontsize=7, xytext=(4, 4), textcoords="offset points"
             )
-        front = pareto_front([(p[index], p[1]) for p in points])
-        ax.step(
-            [f[0] for f in front],
-            [f[1] for f in front],
-            where="post",
-            color="#dd8452",
-            lw=1,
-            label="Pareto front",
-        )
+        draw_front(ax, pareto_front([(p[index], p[1]) for p in points]), "Pareto front")
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.set_xscale("log")
@@ -176,6 +168,18 @@ def tradeoff_plot(manifest: Manifest) -> dict[str, bytes]:
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("What each stage cost in quality and bought in speed and size")
     return {"plots/tradeoff.png": _figure_png(fig)}
+
+
+def draw_front(ax: Any, front: list[tuple[float, float]], label: str) -> None:
+    """The Pareto front as a step line (quality holds until the next cheaper point)."""
+    ax.step(
+        [f[0] for f in front],
+        [f[1] for f in front],
+        where="post",
+        color="#dd8452",
+        lw=1,
+        label=label,
+    )
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -292,7 +292,7 @@ def _explain(
 def _pareto_plot(
     candidates: list[Candidate], metric: str, objective: Objective, path: Path
 ) -> None:
-    from slimserve.report import _figure_png, _pyplot, pareto_front
+    from slimserve.report import _figure_png, _pyplot, draw_front, pareto_front
 
     points = [c for c in candidates if c.metric is not None and c.size_bytes is not None]
     if not points:
@@ -313,14 +313,7 @@ def _pareto_plot(
         )
     front = pareto_front([(cost(c), c.metric or 0) for c in points if c.status == "accepted"])
     if front:
-        ax.step(
-            [f[0] for f in front],
-            [f[1] for f in front],
-            where="post",
-            color="#dd8452",
-            lw=1,
-            label="Pareto front of accepted",
-        )
+        draw_front(ax, front, "Pareto front of accepted")
         ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("model size (KB)" if objective == "size" else "batch-1 p50 latency (ms)")
     ax.set_ylabel(metric)
