@@ -402,6 +402,42 @@ def preflight(
         console.print(f"[yellow]![/] {escape(warning)}", highlight=False)
 
 
+@app.command()
+@_user_errors
+def serve(
+    path: Path = typer.Argument(..., help="An artifact, an .onnx file, or a folder of artifacts."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="1 disables batching."),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", min=0, help="Batching wait."),
+    threads: int = typer.Option(2, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="SLIMSERVE_TOKEN", help="Require 'Authorization: Bearer TOKEN'."
+    ),
+    max_body_mb: float = typer.Option(64, "--max-body-mb", help="Largest request body (MB)."),
+) -> None:
+    """Serve over the Open Inference Protocol V2 (HTTP) with dynamic batching."""
+    from slimserve.serve.app import ServeConfig
+    from slimserve.serve.server import build_server
+
+    config = ServeConfig(
+        host=host,
+        port=port,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        threads=threads,
+        token=token,
+        max_body_bytes=int(max_body_mb * 2**20),
+    )
+    server = build_server(path, config)
+    console.print(
+        f"Serving {path} on http://{host}:{port}/v2 (Ctrl+C or SIGTERM stops; "
+        "in-flight requests finish first)",
+        highlight=False,
+    )
+    server.run()
+
+
 def _fraction(text: str) -> float:
     """'1%' -> 0.01; '0.01' -> 0.01."""
     try:

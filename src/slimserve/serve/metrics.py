@@ -1,0 +1,58 @@
+"""Prometheus metrics of one server (its own registry, so tests and apps don't mix)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Metrics:
+    registry: Any = None
+    requests: Any = None
+    errors: Any = None
+    latency: Any = None
+    batch_size: Any = None
+    queue_depth: Any = None
+    _ready: bool = field(default=False)
+
+    @classmethod
+    def create(cls) -> Metrics:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "slimserve_requests", "Inference requests", ["model", "code"], registry=registry
+            ),
+            errors=Counter(
+                "slimserve_errors", "Requests answered with an error", ["model"], registry=registry
+            ),
+            latency=Histogram(
+                "slimserve_request_seconds",
+                "Inference request latency",
+                ["model"],
+                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                "slimserve_batch_size",
+                "Rows per model run after dynamic batching",
+                ["model"],
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                registry=registry,
+            ),
+            queue_depth=Gauge(
+                "slimserve_queue_depth",
+                "Requests waiting to be batched",
+                ["model"],
+                registry=registry,
+            ),
+        )
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        data: bytes = generate_latest(self.registry)
+        return data

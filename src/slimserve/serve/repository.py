@@ -1,0 +1,71 @@
+"""The models a server serves: one artifact, one .onnx file, or a folder of artifacts
+(``NAME/`` or ``NAME/VERSION/``). Hashes are verified at load; requests only ever look
+names up in what was loaded, so a name can never reach outside the repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimserve.errors import ArtifactError
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    predictor: Any
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+    @property
+    def batched(self) -> bool:
+        """True when every input's first axis is dynamic (requests can be merged)."""
+        return all(
+            (spec["shape"] and not isinstance(spec["shape"][0], int))
+            or (spec["shape"] and spec["shape"][0] == -1)
+            for spec in self.inputs
+        )
+
+
+def _served(name: str, version: str, model: Any, threads: int) -> ServedModel:
+    from slimserve.models.onnx import describe_io
+    from slimserve.runtime import OrtPredictor
+
+    io = describe_io(model.proto)
+    return ServedModel(name, version, OrtPredictor(model, threads), io["inputs"], io["outputs"])
+
+
+def load_repository(path: str | Path, threads: int = 2) -> dict[str, dict[str, ServedModel]]:
+    """{model name: {version: ServedModel}}."""
+    from slimserve.artifact import MANIFEST_FILE, load_artifact
+    from slimserve.models.onnx import load_onnx
+
+    root = Path(path)
+    if root.is_file() and root.suffix == ".onnx":
+        return {root.stem: {"1": _served(root.stem, "1", load_onnx(root), threads)}}
+    if (root / MANIFEST_FILE).is_file():
+        artifact = load_artifact(root)
+        name = artifact.manifest.name
+        return {name: {"1": _served(name, "1", artifact.model, threads)}}
+    models: dict[str, dict[str, ServedModel]] = {}
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if (folder / MANIFEST_FILE).is_file():
+                artifact = load_artifact(folder)
+                models[folder.name] = {"1": _served(folder.name, "1", artifact.model, threads)}
+                continue
+            versions = {
+                v.name: _served(folder.name, v.name, load_artifact(v).model, threads)
+                for v in sorted(folder.iterdir())
+                if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file()
+            }
+            if versions:
+                models[folder.name] = versions
+    if not models:
+        raise ArtifactError(
+            f"Nothing to serve at '{path}': give an artifact folder, an .onnx file, or a "
+            "folder of artifacts (NAME/ or NAME/VERSION/ with manifest.json)."
+        )
+    return models

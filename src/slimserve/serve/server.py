@@ -1,0 +1,40 @@
+"""Run the V2 server: uvicorn with a graceful stop (SIGTERM drains in-flight requests)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from slimserve.errors import require
+from slimserve.serve.app import ServeConfig, create_app
+
+
+def build_server(path: str | Path, config: ServeConfig) -> Any:
+    """A uvicorn Server for the repository at ``path`` (not started)."""
+    require("uvicorn", "serve", "Serving")
+    import uvicorn
+
+    from slimserve.serve.repository import load_repository
+
+    models = load_repository(path, config.threads)
+    app = create_app(models, config)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return uvicorn.Server(uv_config)
+
+
+def bound_port(server: Any) -> int:
+    """The port a started server listens on (useful with port 0)."""
+    for srv in server.servers:
+        for sock in srv.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                port: int = sock.getsockname()[1]
+                return port
+    raise RuntimeError("server is not listening")

@@ -1,0 +1,53 @@
+"""A real V2 server on 127.0.0.1 (free port), in a background thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+import slimserve as ss
+from slimserve.artifact import Manifest, SourceRecord
+from slimserve.models.onnx import describe_io
+from slimserve.serve.app import ServeConfig
+from slimserve.serve.server import bound_port, build_server
+
+
+@pytest.fixture(scope="session")
+def served_artifact(tmp_path_factory: pytest.TempPathFactory, digits_onnx: ss.OnnxModel) -> Path:
+    folder = tmp_path_factory.mktemp("repo") / "digits"
+    manifest = Manifest(
+        name="digits",
+        created="2026-01-01T00:00:00+00:00",
+        slimserve_version=ss.__version__,
+        source=SourceRecord(spec={"example": "digits"}),
+        recipe={},
+        io=describe_io(digits_onnx.proto),
+    )
+    ss.save_artifact(folder, digits_onnx, manifest)
+    return folder
+
+
+def start(path: Path, **options: object) -> tuple[object, threading.Thread, str]:
+    server = build_server(path, ServeConfig(port=0, **options))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    return server, thread, f"127.0.0.1:{bound_port(server)}"
+
+
+@pytest.fixture(scope="module")
+def server_url(served_artifact: Path) -> Iterator[str]:
+    server, thread, url = start(served_artifact, max_batch_size=32, max_delay_ms=5)
+    yield url
+    server.should_exit = True  # type: ignore[attr-defined]
+    thread.join(timeout=30)
