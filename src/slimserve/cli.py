@@ -408,6 +408,8 @@ def serve(
     path: Path = typer.Argument(..., help="An artifact, an .onnx file, or a folder of artifacts."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="V2 gRPC port (0: any free port)."),
+    http_only: bool = typer.Option(False, "--http-only", help="Serve HTTP only (no gRPC)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="1 disables batching."),
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", min=0, help="Batching wait."),
     threads: int = typer.Option(2, "--threads", min=1, help="ONNX Runtime intra-op threads."),
@@ -416,10 +418,15 @@ def serve(
     ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="Largest request body (MB)."),
 ) -> None:
-    """Serve over the Open Inference Protocol V2 (HTTP) with dynamic batching."""
+    """Serve over the Open Inference Protocol V2 (HTTP + gRPC) with dynamic batching."""
     from slimserve.serve.app import ServeConfig
+    from slimserve.serve.grpc import create_grpc_server
     from slimserve.serve.server import build_server
 
+    if token is not None and not http_only:
+        raise SlimserveError(
+            "--token protects the HTTP endpoint only; add --http-only (gRPC would be open)."
+        )
     config = ServeConfig(
         host=host,
         port=port,
@@ -430,12 +437,27 @@ def serve(
         max_body_bytes=int(max_body_mb * 2**20),
     )
     server = build_server(path, config)
+    grpc_server = None
+    if not http_only:
+        models = server.config.app.state.slimserve.models
+        grpc_server, bound = create_grpc_server(models, host, grpc_port)
+        grpc_server.start()
+        console.print(f"gRPC on {host}:{bound}", highlight=False)
     console.print(
         f"Serving {path} on http://{host}:{port}/v2 (Ctrl+C or SIGTERM stops; "
         "in-flight requests finish first)",
         highlight=False,
     )
-    server.run()
+    import signal
+
+    # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that a
+    # no-op so a drained shutdown exits 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=10).wait()
 
 
 def _fraction(text: str) -> float:

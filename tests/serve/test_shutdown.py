@@ -1,0 +1,79 @@
+"""SIGTERM: stop accepting, finish what was accepted, exit 0 (the real CLI process)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_drains_in_flight_requests(served_artifact: Path) -> None:
+    port = free_port()
+    exe = Path(sys.executable).parent / "slimserve"
+    # Requests wait up to 1.5 s for batch company: SIGTERM lands while they are queued.
+    process = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            str(served_artifact),
+            "--port",
+            str(port),
+            "--http-only",
+            "--max-batch-size",
+            "1024",
+            "--max-delay-ms",
+            "1500",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "server did not start"
+            time.sleep(0.1)
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}
+                ]
+            }
+        )
+
+        def infer(_: int) -> int:
+            return httpx.post(f"{url}/v2/models/digits/infer", content=body, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            pending = [pool.submit(infer, i) for i in range(8)]
+            time.sleep(0.5)  # all eight are inside the server, waiting in the batcher
+            os.kill(process.pid, signal.SIGTERM)
+            codes = [f.result() for f in pending]
+        assert codes == [200] * 8
+        assert process.wait(timeout=30) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/v2/health/live", timeout=2)
+    finally:
+        if process.poll() is None:
+            process.kill()
