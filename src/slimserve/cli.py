@@ -460,6 +460,88 @@ def serve(
             grpc_server.stop(grace=10).wait()
 
 
+@app.command()
+@_user_errors
+def loadtest(
+    url: str = typer.Argument(..., help="Server base URL, e.g. http://127.0.0.1:8000"),
+    model: str = typer.Option(..., "--model", "-m", help="Model name."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1),
+    requests: int = typer.Option(1000, "--requests", "-n", min=1, help="At most this many."),
+    duration: float = typer.Option(60, "--duration", min=0.1, help="At most this long (s)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Rows per request."),
+    token: str | None = typer.Option(None, "--token", envvar="SLIMSERVE_TOKEN"),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Allow a non-loopback target you operate."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Load-test a V2 server: throughput, p50/p95/p99 and errors (bounded)."""
+    import json
+
+    from slimserve.serve.loadtest import load_test
+
+    options = {"batch": batch, "token": token, "allow_remote": allow_remote}
+    summary = load_test(url, model, concurrency, requests, duration, options).summary()
+    if as_json:
+        console.print_json(json.dumps(summary))
+    else:
+        table = Table(title=f"{url} model {model}, concurrency {concurrency}", title_justify="left")
+        for column in ("requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            str(summary["requests"]),
+            str(summary["errors"]),
+            f"{summary['requests_per_s']:,.0f}",
+            f"{summary['p50_ms']:.2f}",
+            f"{summary['p95_ms']:.2f}",
+            f"{summary['p99_ms']:.2f}",
+        )
+        console.print(table)
+        if summary["first_error"]:
+            err_console.print(escape(f"first error: {summary['first_error']}"), highlight=False)
+    if summary["errors"]:
+        raise typer.Exit(1)
+
+
+deploy_app = typer.Typer(
+    help="Write deployment files for existing serving engines.", no_args_is_help=True
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("triton")
+@_user_errors
+def deploy_triton(
+    artifact: Path = typer.Argument(..., help="The artifact to deploy."),
+    out: Path = typer.Argument(..., help="Triton model repository folder (created)."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
+    max_delay_us: int = typer.Option(2000, "--max-delay-us", min=0, help="Batching wait (us)."),
+) -> None:
+    """A Triton model repository: config.pbtxt (onnxruntime backend) + version 1."""
+    from slimserve.serve.deploy import triton_repository
+
+    folder = triton_repository(artifact, out, max_batch_size, max_delay_us)
+    console.print(
+        f"Triton model: {folder} (tritonserver --model-repository {out})", highlight=False
+    )
+
+
+@deploy_app.command("kserve")
+@_user_errors
+def deploy_kserve(
+    artifact: Path = typer.Argument(..., help="The artifact to deploy."),
+    storage_uri: str = typer.Option(
+        ..., "--storage-uri", help="Where the model folder is uploaded (s3://, gs://, pvc://)."
+    ),
+    cpu: str = typer.Option("2", "--cpu"),
+    memory: str = typer.Option("2Gi", "--memory"),
+) -> None:
+    """Print a KServe InferenceService manifest (kubectl apply -f -)."""
+    from slimserve.serve.deploy import kserve_manifest
+
+    print(kserve_manifest(artifact, storage_uri, cpu, memory), end="")
+
+
 def _fraction(text: str) -> float:
     """'1%' -> 0.01; '0.01' -> 0.01."""
     try:

@@ -1,0 +1,88 @@
+"""Load test, and deployment files for Triton and KServe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from slimserve.cli import app
+from slimserve.errors import SlimserveError
+from slimserve.serve.loadtest import check_target, load_test
+
+runner = CliRunner()
+
+
+def test_loadtest_counts_and_bounds(server_url: str) -> None:
+    result = load_test(f"http://{server_url}", "digits", concurrency=4, requests=200)
+    summary = result.summary()
+    assert summary["requests"] == 200 and summary["errors"] == 0
+    assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
+    bounded = load_test(
+        f"http://{server_url}", "digits", concurrency=2, requests=10**6, duration=0.5
+    )
+    assert bounded.seconds < 5 and bounded.requests < 10**6
+
+
+def test_loadtest_command_json(server_url: str) -> None:
+    result = runner.invoke(
+        app,
+        ["loadtest", f"http://{server_url}", "--model", "digits", "-c", "2", "-n", "20", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["requests"] == 20
+
+
+def test_loadtest_refuses_remote_targets_and_unknown_models(server_url: str) -> None:
+    with pytest.raises(SlimserveError, match="not a loopback address"):
+        check_target("http://192.0.2.10:8000", allow_remote=False)
+    assert check_target("localhost:8000", allow_remote=False) == "http://localhost:8000"
+    result = runner.invoke(app, ["loadtest", f"http://{server_url}", "--model", "nope", "-n", "1"])
+    assert result.exit_code == 2 and "metadata returned 404" in result.output
+
+
+def test_triton_repository_parses_with_tritons_protobuf(
+    served_artifact: Path, tmp_path: Path
+) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    result = runner.invoke(
+        app,
+        [
+            "deploy",
+            "triton",
+            str(served_artifact),
+            str(tmp_path / "repo"),
+            "--max-batch-size",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "repo" / "digits"
+    assert (folder / "1" / "model.onnx").read_bytes() == (
+        served_artifact / "model.onnx"
+    ).read_bytes()
+    config = text_format.Parse(
+        (folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    assert config.input[0].name == "input" and list(config.input[0].dims) == [1, 8, 8]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert list(config.output[0].dims) == [10]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+
+
+def test_kserve_manifest(served_artifact: Path) -> None:
+    result = runner.invoke(
+        app, ["deploy", "kserve", str(served_artifact), "--storage-uri", "s3://bucket/digits"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = yaml.safe_load(result.output)
+    assert manifest["kind"] == "InferenceService"
+    model = manifest["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
+    assert model["storageUri"] == "s3://bucket/digits"
