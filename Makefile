@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/python benchmarks/digits_stages.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/prune_digits.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/quantize.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/serve.py --update BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks docs/gen.py

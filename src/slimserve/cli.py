@@ -439,7 +439,7 @@ def serve(
     server = build_server(path, config)
     grpc_server = None
     if not http_only:
-        models = server.config.app.state.slimserve.models
+        models = server.config.app.state.slimserve.models  # the _Guard exposes .state
         grpc_server, bound = create_grpc_server(models, host, grpc_port)
         grpc_server.start()
         console.print(f"gRPC on {host}:{bound}", highlight=False)

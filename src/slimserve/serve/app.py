@@ -98,21 +98,6 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return error(400, f"Bad request: {exc.errors()[0].get('msg', 'invalid')}")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if config.token is not None and request.url.path != "/v2/health/live":
-            supplied = request.headers.get("authorization", "")
-            expected = f"Bearer {config.token}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                return error(401, "Missing or wrong bearer token (Authorization: Bearer ...).")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return error(
-                413,
-                f"Request body of {length} bytes is over the {config.max_body_bytes}-byte limit.",
-            )
-        return await call_next(request)
-
     def find(name: str, version: str | None) -> Any:
         versions = state.models.get(name)
         if versions is None:
@@ -221,7 +206,51 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    return app
+    return _Guard(app, config)
+
+
+class _Guard:
+    """Token and body-size checks as plain ASGI middleware (Starlette's
+    BaseHTTPMiddleware costs a task and a stream copy per request)."""
+
+    def __init__(self, app: Any, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+        self.state = app.state
+        self.expected = f"Bearer {config.token}".encode() if config.token is not None else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or ())
+            problem = None
+            guarded = self.expected is not None and scope.get("path") != "/v2/health/live"
+            supplied = headers.get(b"authorization", b"")
+            if guarded and not hmac.compare_digest(supplied, self.expected or b""):
+                problem = (401, "Missing or wrong bearer token (Authorization: Bearer ...).")
+            length = headers.get(b"content-length", b"")
+            if problem is None and length.isdigit() and int(length) > self.config.max_body_bytes:
+                problem = (
+                    413,
+                    f"Request body of {int(length)} bytes is over the "
+                    f"{self.config.max_body_bytes}-byte limit.",
+                )
+            if problem is not None:
+                import orjson
+
+                body = orjson.dumps({"error": problem[1]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": problem[0],
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def _check_inputs(
