@@ -112,7 +112,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         }
         advance("loading model")
         model = load_model(recipe.model)
-        model = _with_example_inputs(model, data)
+        model = with_example_inputs(model, data)
         eval_data = _eval_split(data, model)
         baseline = Stage("baseline", model)
         reference = _outputs(model, eval_data, threads) if eval_data is not None else None
@@ -222,7 +222,8 @@ def _stage_name(step: Any, taken: list[str]) -> str:
     return candidate
 
 
-def _with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:
+def with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:
+    """A torch model without example inputs gets two samples of the recipe's data."""
     from slimserve.models import TorchModel
 
     if not isinstance(model, TorchModel) or model.example_inputs is not None:

@@ -130,7 +130,7 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     from slimserve.data import load_data
     from slimserve.evaluate import evaluate, predict_all
     from slimserve.models import load as load_model
-    from slimserve.pipeline import plan_steps, run_recipe
+    from slimserve.pipeline import plan_steps, run_recipe, with_example_inputs
     from slimserve.recipe import parse_recipe
     from slimserve.runtime import load as load_predictor
 
@@ -143,10 +143,7 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     }
     if "eval" not in data:
         raise SlimserveError("tune needs eval data (--data) to measure quality.")
-    model = load_model(base_recipe.model)
-    from slimserve.pipeline import _with_example_inputs
-
-    model = _with_example_inputs(model, data)
+    model = with_example_inputs(load_model(base_recipe.model), data)
     evaluation = data["eval"].renamed(model.input_names)
     base_predictor = load_predictor(model)
     metric = "accuracy" if evaluation.labels is not None else "cosine_mean"
