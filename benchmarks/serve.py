@@ -11,9 +11,13 @@ machine in the same run. Server and client share the 2 cores.
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +73,63 @@ def serving(max_batch_size: int) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("server did not start")
 
 
+def wrk_row(url: str, name: str, concurrency: int, seconds: int = 5) -> dict[str, float]:
+    """One wrk run (a compiled client: the Python one caps near 300 req/s here)."""
+    import numpy as np
+
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 256},
+                }
+            ]
+        }
+    ).encode()
+    body = header + np.random.default_rng(0).random(64).astype("f4").tobytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "body.bin").write_bytes(body)
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'local f = io.open("{tmp}/body.bin", "rb"); wrk.body = f:read("*all"); f:close()\n'
+            f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\n'
+        )
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{seconds}s",
+                "-s",
+                str(script),
+                "--latency",
+                f"{url}/v2/models/{name}/infer",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def millis(label: str) -> float:
+        match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
+        if not match:
+            return float("nan")
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match[2]]
+        return float(match[1]) * scale
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "p50": millis("50%"),
+        "p99": millis("99%"),
+        "errors": float(non_2xx[1]) if non_2xx else 0.0,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
@@ -89,6 +150,7 @@ def main() -> None:
                 rows.append(
                     [
                         label,
+                        "python",
                         str(concurrency),
                         f"{s['requests_per_s']:,.0f}",
                         f"{s['p50_ms']:.2f}",
@@ -97,6 +159,20 @@ def main() -> None:
                     ]
                 )
                 print(rows[-1])
+                if shutil.which("wrk"):
+                    w = wrk_row(url, name, concurrency)
+                    rows.append(
+                        [
+                            label,
+                            "wrk",
+                            str(concurrency),
+                            f"{w['rps']:,.0f}",
+                            f"{w['p50']:.2f}",
+                            f"{w['p99']:.2f}",
+                            f"{w['errors']:.0f}",
+                        ]
+                    )
+                    print(rows[-1])
             if max_batch > 1:
                 soak = load_test(url, name, 16, 10_000).summary()
                 soak_line = (
@@ -117,7 +193,15 @@ def main() -> None:
         f"{inproc[32].items_per_s:,.0f} items/s."
     )
     print(inproc_line)
-    headers = ["server", "concurrency", "req/s (1 item each)", "p50 ms", "p99 ms", "errors"]
+    headers = [
+        "server",
+        "client",
+        "concurrency",
+        "req/s (1 item each)",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+    ]
     table = markdown_table(headers, rows)
     print(table)
     if args.update:
@@ -132,11 +216,12 @@ def main() -> None:
             + soak_line
             + "\n\n"
             + inproc_line
-            + "\n\nRead these rows as a floor: the load generator is Python (asyncio + httpx) "
-            "on the same 2 cores, and it, not the server, sets the ceiling near 300 req/s "
-            "(batching cannot show its gain while the client is the bottleneck). A compiled "
-            "client (wrk/hey) and Seldon MLServer on the same model are still to be "
-            "measured (issue 6)."
+            + "\n\nTwo clients: `slimserve loadtest`'s Python engine (asyncio + httpx), which "
+            "itself caps near 300 req/s on these 2 cores, and `wrk` (Debian package; rows "
+            "appear when it is installed), 5 s per row, which shows the server: about 0.8 ms "
+            "of Python per request, so batching one-image requests helps little (ORT needs "
+            "~0.07 ms per image). Still to do (issue 6): cut the per-request cost, and "
+            "measure Seldon MLServer on the same model in the same run."
         )
         update(args.update, "serve", body)
 
