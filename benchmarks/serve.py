@@ -221,8 +221,8 @@ def main() -> None:
             "appear when it is installed), 5 s per row, which shows the server: about 0.8 ms "
             "of Python per request, so batching one-image requests gains little at concurrency "
             "32 and costs at low concurrency, where requests wait the 2 ms for company that "
-            "does not come (ORT needs ~0.07 ms per image). Still to do (issue 6): cut the per-request cost, and "
-            "measure Seldon MLServer on the same model in the same run."
+            "does not come (ORT needs ~0.07 ms per image). Still to do (issue 6): cut the "
+            "per-request cost, and measure Seldon MLServer on the same model in the same run."
         )
         update(args.update, "serve", body)
 
