@@ -1,6 +1,7 @@
 """Dynamic batching: concurrent requests merged into one ONNX Runtime run.
 
-Requests wait at most ``max_delay_ms`` for company, up to ``max_batch_size`` rows;
+Requests wait at most ``max_delay_ms`` for company, up to ``max_batch_size`` rows, when
+traffic is concurrent (a lone client is not made to wait for nobody);
 requests whose non-batch shapes differ run in separate groups. ORT runs in a worker
 thread, so the event loop keeps accepting (and collecting the next batch) meanwhile.
 """
@@ -70,10 +71,14 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        concurrent = False  # did the last batch find company? (then waiting pays)
         while True:
             first = await self.queue.get()
             items, rows = [first], first.rows
-            deadline = loop.time() + self.max_delay
+            # A lone client gains nothing from waiting: only wait for company when the
+            # previous batch had some; requests that queued meanwhile are taken at once.
+            wait = self.max_delay if concurrent or not self.queue.empty() else 0.0
+            deadline = loop.time() + wait
             while rows < self.max_batch_size:
                 timeout = deadline - loop.time()
                 if timeout <= 0 and self.queue.empty():
@@ -90,6 +95,7 @@ class Batcher:
                 items.append(item)
                 rows += item.rows
             self.metrics.queue_depth.labels(self.model.name).set(self.queue.qsize())
+            concurrent = len(items) > 1
             await self._dispatch(items)
 
     async def _dispatch(self, items: list[_Item]) -> None:
