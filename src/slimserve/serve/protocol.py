@@ -116,7 +116,7 @@ def _input_tensor(
         raise ProtocolError(f"inputs[{index}] needs a 'name'.")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ProtocolError(f"Input '{name}': 'shape' must be a list of non-negative integers.")
-    if datatype not in V2_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise ProtocolError(
             f"Input '{name}': datatype {datatype!r} is not one of {', '.join(V2_TO_NUMPY)}."
         )
