@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import json
+import os
 
 import httpx
 import numpy as np
