@@ -11,7 +11,6 @@ machine in the same run. Server and client share the 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import socket
@@ -32,7 +31,7 @@ from slimserve.bench import bench_interleaved
 from slimserve.data import load_data
 from slimserve.recipe import DataSpec
 from slimserve.report import markdown_table
-from slimserve.serve.loadtest import load_test
+from slimserve.serve.loadtest import load_test, request_body
 
 ARTIFACT = Path("runs/demo/digits-cnn")
 
@@ -75,28 +74,15 @@ def serving(max_batch_size: int) -> tuple[subprocess.Popen[bytes], str]:
 
 def wrk_row(url: str, name: str, concurrency: int, seconds: int = 5) -> dict[str, float]:
     """One wrk run (a compiled client: the Python one caps near 300 req/s here)."""
-    import numpy as np
-
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, 1, 8, 8],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": 256},
-                }
-            ]
-        }
-    ).encode()
-    body = header + np.random.default_rng(0).random(64).astype("f4").tobytes()
+    metadata = httpx.get(f"{url}/v2/models/{name}").json()
+    body, header_length = request_body(metadata, 1)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "body.bin").write_bytes(body)
         script = Path(tmp) / "post.lua"
         script.write_text(
             'wrk.method = "POST"\n'
             f'local f = io.open("{tmp}/body.bin", "rb"); wrk.body = f:read("*all"); f:close()\n'
-            f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\n'
+            f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n'
         )
         out = subprocess.run(
             [

@@ -56,7 +56,9 @@ def check_target(url: str, allow_remote: bool) -> str:
     return f"{parsed.scheme or 'http'}://{parsed.netloc}"
 
 
-def _request_body(metadata: dict[str, Any], batch: int) -> tuple[bytes, int]:
+def request_body(metadata: dict[str, Any], batch: int) -> tuple[bytes, int]:
+    """A binary-extension V2 request (random inputs shaped by the model's metadata) and
+    the length of its JSON header."""
     from slimserve.serve.protocol import V2_TO_NUMPY
 
     rng = np.random.default_rng(0)
@@ -96,7 +98,7 @@ async def _run(base: str, model: str, options: dict[str, Any]) -> LoadResult:
             raise SlimserveError(
                 f"{base}: model '{model}' metadata returned {meta.status_code}: {meta.text[:200]}"
             )
-        body, header_length = _request_body(meta.json(), options["batch"])
+        body, header_length = request_body(meta.json(), options["batch"])
         request_headers = {"Inference-Header-Content-Length": str(header_length)}
         result = LoadResult(0, 0, 0.0)
         remaining = [options["requests"]]
