@@ -417,34 +417,51 @@ def serve(
         None, "--token", envvar="SLIMSERVE_TOKEN", help="Require 'Authorization: Bearer TOKEN'."
     ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="Largest request body (MB)."),
+    log_format: str = typer.Option("text", "--log-format", help="Server log lines: text or json."),
+    access_log: bool = typer.Option(
+        False, "--access-log", help="Log every inference request (costs throughput)."
+    ),
+    ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment (extra [ray])."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Ray Serve replicas (with --ray)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="An existing Ray cluster (default: start a local one)."
+    ),
 ) -> None:
     """Serve over the Open Inference Protocol V2 (HTTP + gRPC) with dynamic batching."""
+    from slimserve.serve import logs
     from slimserve.serve.app import ServeConfig
-    from slimserve.serve.grpc import create_grpc_server
     from slimserve.serve.server import build_server
 
-    if token is not None and not http_only:
-        raise SlimserveError(
-            "--token protects the HTTP endpoint only; add --http-only (gRPC would be open)."
-        )
+    if log_format not in ("text", "json"):
+        raise SlimserveError(f"--log-format is text or json, not '{log_format}'.")
     config = ServeConfig(
         host=host,
         port=port,
+        grpc_port=None if http_only else grpc_port,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         threads=threads,
         token=token,
         max_body_bytes=int(max_body_mb * 2**20),
+        access_log=access_log,
     )
+    logs.configure("json" if log_format == "json" else "text")
+    if ray:
+        from slimserve.serve.ray_serve import run_ray
+
+        console.print(
+            f"Serving {path} on Ray Serve, {replicas} replica(s), http://{host}:{port}/v2 "
+            "(Ctrl+C or SIGTERM stops)",
+            highlight=False,
+        )
+        run_ray(path, config, replicas, ray_address)
+        return
+    if replicas != 1 or ray_address is not None:
+        raise SlimserveError("--replicas and --ray-address go with --ray.")
     server = build_server(path, config)
-    grpc_server = None
-    if not http_only:
-        models = server.config.app.state.slimserve.models  # the _Guard exposes .state
-        grpc_server, bound = create_grpc_server(models, host, grpc_port)
-        grpc_server.start()
-        console.print(f"gRPC on {host}:{bound}", highlight=False)
+    grpc = "" if http_only else f" and grpc://{host}:{grpc_port}"
     console.print(
-        f"Serving {path} on http://{host}:{port}/v2 (Ctrl+C or SIGTERM stops; "
+        f"Serving {path} on http://{host}:{port}/v2{grpc} (Ctrl+C or SIGTERM stops; "
         "in-flight requests finish first)",
         highlight=False,
     )
@@ -453,11 +470,7 @@ def serve(
     # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that a
     # no-op so a drained shutdown exits 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        server.run()
-    finally:
-        if grpc_server is not None:
-            grpc_server.stop(grace=10).wait()
+    server.run()
 
 
 @app.command()
@@ -469,6 +482,9 @@ def loadtest(
     requests: int = typer.Option(1000, "--requests", "-n", min=1, help="At most this many."),
     duration: float = typer.Option(60, "--duration", min=0.1, help="At most this long (s)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Rows per request."),
+    body_format: str = typer.Option(
+        "binary", "--format", help="binary (tensor extension, as tritonclient) or json."
+    ),
     token: str | None = typer.Option(None, "--token", envvar="SLIMSERVE_TOKEN"),
     allow_remote: bool = typer.Option(
         False, "--allow-remote", help="Allow a non-loopback target you operate."
@@ -480,7 +496,12 @@ def loadtest(
 
     from slimserve.serve.loadtest import load_test
 
-    options = {"batch": batch, "token": token, "allow_remote": allow_remote}
+    options = {
+        "batch": batch,
+        "format": body_format,
+        "token": token,
+        "allow_remote": allow_remote,
+    }
     summary = load_test(url, model, concurrency, requests, duration, options).summary()
     if as_json:
         console.print_json(json.dumps(summary))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -51,3 +52,22 @@ def server_url(served_artifact: Path) -> Iterator[str]:
     yield url
     server.should_exit = True  # type: ignore[attr-defined]
     thread.join(timeout=30)
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, seconds: float = 60) -> None:
+    """Until ``url`` (a server in ``process``) answers /v2/health/ready, or fail with its
+    stderr when it exits or takes longer than ``seconds``."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            raise AssertionError(f"server exited with {process.returncode}: {stderr[-2000:]}")
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.2)

@@ -28,12 +28,28 @@ def test_loadtest_counts_and_bounds(server_url: str) -> None:
 
 
 def test_loadtest_command_json(server_url: str) -> None:
-    result = runner.invoke(
-        app,
-        ["loadtest", f"http://{server_url}", "--model", "digits", "-c", "2", "-n", "20", "--json"],
-    )
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["requests"] == 20
+    for body in ("binary", "json"):
+        command = ["loadtest", f"http://{server_url}", "--model", "digits", "-c", "2", "-n", "20"]
+        result = runner.invoke(app, [*command, "--format", body, "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output)
+        assert summary["requests"] == 20 and summary["errors"] == 0
+    result = runner.invoke(app, [*command, "--format", "xml"])
+    assert result.exit_code == 2 and "binary or json" in result.output
+
+
+def test_loadtest_sends_the_token(served_artifact: Path) -> None:
+    from tests.serve.conftest import start
+
+    server, thread, url = start(served_artifact, token="s3cret")
+    try:
+        result = runner.invoke(app, ["loadtest", f"http://{url}", "-m", "digits", "-n", "5"])
+        assert result.exit_code == 2 and "401" in result.output  # metadata refused
+        summary = load_test(f"http://{url}", "digits", 2, 10, options={"token": "s3cret"})
+        assert summary.errors == 0 and summary.requests == 10
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
 
 
 def test_loadtest_refuses_remote_targets_and_unknown_models(server_url: str) -> None:

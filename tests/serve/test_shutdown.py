@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serve.conftest import wait_ready
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -39,21 +41,16 @@ def test_sigterm_drains_in_flight_requests(served_artifact: Path) -> None:
             "1024",
             "--max-delay-ms",
             "1500",
+            "--log-format",
+            "json",
+            "--access-log",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "server did not start"
-            time.sleep(0.1)
+        wait_ready(process, url)
         body = json.dumps(
             {
                 "inputs": [
@@ -74,6 +71,13 @@ def test_sigterm_drains_in_flight_requests(served_artifact: Path) -> None:
         assert process.wait(timeout=30) == 0
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/v2/health/live", timeout=2)
+        # Structured logs: one JSON object per line, the requests among them.
+        assert process.stderr is not None
+        events = [json.loads(line) for line in process.stderr.read().decode().splitlines()]
+        infers = [e for e in events if e["event"] == "infer"]
+        assert len(infers) == 8 and {e["code"] for e in infers} == {200}
+        assert all(e["model"] == "digits" and e["ms"] > 0 for e in infers)
+        assert {"ready", "stopped"} <= {e["event"] for e in events}
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,21 +1,28 @@
-"""The V2 HTTP/REST server (FastAPI on uvicorn): health, metadata, infer (JSON and the
-binary tensor extension), Prometheus metrics, bearer-token auth and body-size limits.
-Every error is ``{"error": "..."}`` with a 4xx code, as tritonclient expects.
+"""The V2 server: HTTP/REST (FastAPI on uvicorn) and, on the same event loop, gRPC.
+
+Health, metadata, infer (JSON and the binary tensor extension), Prometheus metrics,
+bearer-token auth and body-size limits. Every HTTP error is ``{"error": "..."}`` with a
+4xx code, as tritonclient expects. The infer route, the hot path, is plain ASGI in
+``_Front``: FastAPI's routing and request objects cost more than the model at batch 1.
+HTTP and gRPC share one batcher per model, so their requests are merged together.
 
 No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
 (``Request``, imported inside ``create_app`` so the module imports without the extra).
 """
 
+import contextlib
 import hmac
+import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimserve.errors import require
+from slimserve.errors import first_line, require
 from slimserve.serve.protocol import (
     NUMPY_TO_V2,
     ProtocolError,
@@ -24,7 +31,8 @@ from slimserve.serve.protocol import (
     v2_datatype,
 )
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"
+log = logging.getLogger("slimserve.serve")
 
 
 class ServeConfig(BaseModel):
@@ -34,24 +42,85 @@ class ServeConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address to bind; 127.0.0.1 unless told.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="V2 gRPC port (0: any free port; None: no gRPC)."
+    )
     max_batch_size: int = Field(32, ge=1, description="Rows per merged model run.")
     max_delay_ms: float = Field(2.0, ge=0, description="How long a request waits for company.")
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads.")
     token: str | None = Field(None, description="Bearer token required on every request.")
     max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest request body.")
     max_request_rows: int = Field(1024, ge=1, description="Largest batch in one request.")
+    access_log: bool = Field(False, description="Log every inference request (one line each).")
 
 
 @dataclass
-class _State:
+class ServerState:
+    """What every endpoint shares: the models, their batchers, metrics, the config."""
+
     models: dict[str, dict[str, Any]]
     batchers: dict[tuple[str, str], Any]
     metrics: Any
     config: ServeConfig
+    grpc_port: int | None = None
+    _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def find(self, name: str, version: str | None) -> Any:
+        """The served model, or a LookupError naming what is served."""
+        versions = self.models.get(name)
+        if versions is None:
+            raise LookupError(f"Unknown model '{name}'. Served: {', '.join(self.models)}.")
+        if not version:
+            version = max(versions, key=lambda v: int(v) if v.isdigit() else 0)
+        if version not in versions:
+            raise LookupError(f"Model '{name}' has no version '{version}'.")
+        return versions[version]
+
+    def observe(self, model: str, code: int, seconds: float, protocol: str) -> None:
+        """Count one inference request (labelled children cached: labels() takes a lock)."""
+        key = (model, code)
+        children = self._children.get(key)
+        if children is None:
+            metrics = self.metrics
+            children = (
+                metrics.requests.labels(model, str(code)),
+                metrics.latency.labels(model),
+                metrics.errors.labels(model) if code >= 400 else None,
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if children[2] is not None:
+            children[2].inc()
+        if self.config.access_log:
+            log.info(
+                "infer",
+                extra={
+                    "model": model,
+                    "code": code,
+                    "ms": round(seconds * 1000, 3),
+                    "protocol": protocol,
+                },
+            )
+
+    async def infer(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checked inputs through the model's batcher."""
+        checked = check_inputs(model, inputs, self.config.max_request_rows)
+        outputs: dict[str, np.ndarray] = await self.batchers[(model.name, model.version)].infer(
+            checked
+        )
+        return outputs
+
+
+def tensor_metadata(spec: dict[str, Any]) -> dict[str, Any]:
+    """V2 metadata of one input/output: dynamic dimensions are -1."""
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in spec["shape"]]
+    return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": shape}
 
 
 def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = None) -> Any:
-    """The ASGI app serving ``models`` ({name: {version: ServedModel}})."""
+    """The ASGI app serving ``models`` ({name: {version: ServedModel}}); when
+    ``config.grpc_port`` is set, the gRPC service starts and stops with it."""
     require("fastapi", "serve", "Serving")
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -72,8 +141,34 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
         for name, versions in models.items()
         for version, model in versions.items()
     }
-    state = _State(models, batchers, metrics, config)
-    app = FastAPI(title="slimserve", version=__version__, docs_url=None, redoc_url=None)
+    state = ServerState(models, batchers, metrics, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        grpc_server = None
+        if config.grpc_port is not None:
+            from slimserve.serve.grpc import create_grpc_server
+
+            grpc_server, state.grpc_port = create_grpc_server(state, config.host, config.grpc_port)
+            await grpc_server.start()
+        log.info(
+            "ready",
+            extra={"models": sorted(models), "grpc_port": state.grpc_port},
+        )
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=10)
+            log.info("stopped")
+
+    app = FastAPI(
+        title="slimserve",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.slimserve = state
 
     def error(status: int, message: str) -> Response:
@@ -99,26 +194,18 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
         return error(400, f"Bad request: {exc.errors()[0].get('msg', 'invalid')}")
 
     def find(name: str, version: str | None) -> Any:
-        versions = state.models.get(name)
-        if versions is None:
-            raise HTTPException(404, f"Unknown model '{name}'. Served: {', '.join(state.models)}.")
-        if version is None:
-            version = max(versions, key=lambda v: int(v) if v.isdigit() else 0)
-        if version not in versions:
-            raise HTTPException(404, f"Model '{name}' has no version '{version}'.")
-        return versions[version]
+        try:
+            return state.find(name, version)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
 
     def metadata(model: Any) -> dict[str, Any]:
-        def tensor(spec: dict[str, Any]) -> dict[str, Any]:
-            shape = [d if isinstance(d, int) and d > 0 else -1 for d in spec["shape"]]
-            return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": shape}
-
         return {
             "name": model.name,
             "versions": list(state.models[model.name]),
             "platform": "onnxruntime_onnx",
-            "inputs": [tensor(s) for s in model.inputs],
-            "outputs": [tensor(s) for s in model.outputs],
+            "inputs": [tensor_metadata(s) for s in model.inputs],
+            "outputs": [tensor_metadata(s) for s in model.outputs],
         }
 
     @app.get("/v2/health/live")
@@ -157,20 +244,115 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
         find(name, version)
         return ok({"name": name, "ready": True})
 
-    async def infer(name: str, version: str | None, request: Request) -> Response:
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return _Front(app, state)
+
+
+def _infer_target(method: str, path: str) -> tuple[str, str | None] | None:
+    """(model, version) of a V2 infer URL, else None."""
+    if method != "POST" or not path.startswith("/v2/models/") or not path.endswith("/infer"):
+        return None
+    parts = path.split("/")  # '', 'v2', 'models', NAME, ['versions', V,] 'infer'
+    if len(parts) == 5:
+        return parts[3], None
+    if len(parts) == 7 and parts[4] == "versions":
+        return parts[3], parts[5]
+    return None
+
+
+async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send: Any, status: int, message: str) -> None:
+    import orjson
+
+    await _respond(
+        send, status, orjson.dumps({"error": message}), [(b"content-type", b"application/json")]
+    )
+
+
+class _Front:
+    """Plain ASGI in front of FastAPI: token and body-size checks for every route, and the
+    whole infer route (a Starlette middleware or route costs a task, a stream copy and a
+    request object per request)."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = app.state  # uvicorn users reach .state.slimserve as on FastAPI
+        self.server = state
+        config = state.config
+        self.expected = f"Bearer {config.token}".encode() if config.token is not None else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        config = self.server.config
+        headers = dict(scope.get("headers") or ())
+        path = scope.get("path", "")
+        if self.expected is not None and path != "/v2/health/live":
+            supplied = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(supplied, self.expected):
+                await _error(
+                    send, 401, "Missing or wrong bearer token (Authorization: Bearer ...)."
+                )
+                return
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > config.max_body_bytes:
+            await _error(
+                send,
+                413,
+                f"Request body of {int(length)} bytes is over the "
+                f"{config.max_body_bytes}-byte limit.",
+            )
+            return
+        target = _infer_target(scope["method"], path)
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        await self._infer(target, headers, receive, send)
+
+    async def _infer(
+        self, target: tuple[str, str | None], headers: dict[bytes, bytes], receive: Any, send: Any
+    ) -> None:
         started = time.perf_counter()
-        model = find(name, version)
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            return error(413, f"Request body is over the {config.max_body_bytes}-byte limit.")
+        server = self.server
+        try:
+            model = server.find(*target)
+        except LookupError as exc:
+            await _error(send, 404, str(exc))
+            return
+        chunks, size = [], 0
+        while True:  # the body may arrive in pieces (chunked, or large)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > server.config.max_body_bytes:
+                await _error(
+                    send,
+                    413,
+                    f"Request body is over the {server.config.max_body_bytes}-byte limit.",
+                )
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         code = 200
         try:
-            header = request.headers.get(HEADER_LENGTH)
+            header = headers.get(HEADER_LENGTH)
             if header is not None and not header.isdigit():
                 raise ProtocolError("Inference-Header-Content-Length must be an integer.")
             parsed = parse_request(body, int(header) if header is not None else None)
-            inputs = _check_inputs(model, parsed.inputs, config.max_request_rows)
-            outputs = await state.batchers[(model.name, model.version)].infer(inputs)
+            outputs = await server.infer(model, parsed.inputs)
             if parsed.outputs is not None:
                 unknown = [o for o in parsed.outputs if o not in outputs]
                 if unknown:
@@ -181,86 +363,35 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
             payload, header_length = encode_response(model.name, model.version, parsed, outputs)
         except ProtocolError as exc:
             code = 400
-            metrics.errors.labels(name).inc()
-            return error(400, str(exc))
+            await _error(send, 400, str(exc))
+            return
+        except Exception as exc:  # the model failed: answer, log, keep serving
+            code = 500
+            log.exception("model run failed", extra={"model": model.name})
+            await _error(send, 500, f"Model '{model.name}' failed: {first_line(exc)}")
+            return
         finally:
-            metrics.requests.labels(name, str(code)).inc()
-            metrics.latency.labels(name).observe(time.perf_counter() - started)
+            server.observe(model.name, code, time.perf_counter() - started, "http")
         if header_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(
+            await _respond(send, 200, payload, [(b"content-type", b"application/json")])
+            return
+        await _respond(
+            send,
+            200,
             payload,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
+            [
+                (b"content-type", b"application/octet-stream"),
+                (b"inference-header-content-length", str(header_length).encode()),
+            ],
         )
 
-    @app.post("/v2/models/{name}/infer")
-    async def model_infer(name: str, request: Request) -> Response:
-        return await infer(name, None, request)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def model_version_infer(name: str, version: str, request: Request) -> Response:
-        return await infer(name, version, request)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    return _Guard(app, config)
-
-
-class _Guard:
-    """Token and body-size checks as plain ASGI middleware (Starlette's
-    BaseHTTPMiddleware costs a task and a stream copy per request)."""
-
-    def __init__(self, app: Any, config: ServeConfig) -> None:
-        self.app = app
-        self.config = config
-        self.state = app.state
-        self.expected = f"Bearer {config.token}".encode() if config.token is not None else None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or ())
-            problem = None
-            guarded = self.expected is not None and scope.get("path") != "/v2/health/live"
-            supplied = headers.get(b"authorization", b"")
-            if guarded and not hmac.compare_digest(supplied, self.expected or b""):
-                problem = (401, "Missing or wrong bearer token (Authorization: Bearer ...).")
-            length = headers.get(b"content-length", b"")
-            if problem is None and length.isdigit() and int(length) > self.config.max_body_bytes:
-                problem = (
-                    413,
-                    f"Request body of {int(length)} bytes is over the "
-                    f"{self.config.max_body_bytes}-byte limit.",
-                )
-            if problem is not None:
-                import orjson
-
-                body = orjson.dumps({"error": problem[1]})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": problem[0],
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
-def _check_inputs(
-    model: Any, inputs: dict[str, np.ndarray], max_rows: int
-) -> dict[str, np.ndarray]:
+def check_inputs(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -> dict[str, np.ndarray]:
     """Names, datatypes and shapes against the model's metadata; errors name the input."""
-    expected = {spec["name"]: spec for spec in model.inputs}
-    missing = [n for n in expected if n not in inputs]
-    extra = [n for n in inputs if n not in expected]
-    if missing or extra:
+    expected = model.input_checks
+    if inputs.keys() != expected.keys():
+        missing = [n for n in expected if n not in inputs]
+        extra = [n for n in inputs if n not in expected]
         raise ProtocolError(
             f"Model '{model.name}' takes inputs {list(expected)}"
             + (f"; missing {missing}" if missing else "")
@@ -269,13 +400,11 @@ def _check_inputs(
         )
     rows = set()
     for name, array in inputs.items():
-        spec = expected[name]
-        if array.dtype.name != spec["dtype"]:
+        dtype, fixed = expected[name]
+        if array.dtype != dtype:
             got = NUMPY_TO_V2.get(array.dtype.name, array.dtype.name)
-            raise ProtocolError(f"Input '{name}' must be {v2_datatype(spec['dtype'])}, got {got}.")
-        shape = spec["shape"]
-        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
-        if array.ndim != len(shape) or any(
+            raise ProtocolError(f"Input '{name}' must be {v2_datatype(dtype.name)}, got {got}.")
+        if array.ndim != len(fixed) or any(
             f is not None and f != actual for f, actual in zip(fixed, array.shape, strict=True)
         ):
             wanted = [d if d is not None else -1 for d in fixed]

@@ -1,28 +1,21 @@
 """The V2 gRPC service (KServe/Triton ``GRPCInferenceService``), on the servicer that
 ``tritonclient.grpc`` ships (generated from the public grpc_predict_v2 proto), so the
 wire format is exactly what tritonclient and KServe clients speak. Tensors travel in
-``raw_input_contents`` / ``raw_output_contents``, the form tritonclient reads."""
+``raw_input_contents`` / ``raw_output_contents``, the form tritonclient reads.
+
+It is a ``grpc.aio`` server on the HTTP server's event loop: both protocols feed the same
+batchers, and the bearer token (when set) guards both."""
 
 from __future__ import annotations
 
-from concurrent import futures
+import hmac
+import time
 from typing import Any
 
 import numpy as np
 
-from slimserve.errors import require
+from slimserve.errors import first_line, require
 from slimserve.serve.protocol import V2_TO_NUMPY, ProtocolError, v2_datatype
-
-
-def _metadata(models: dict[str, dict[str, Any]], name: str, version: str) -> Any:
-    versions = models.get(name)
-    if versions is None:
-        raise ProtocolError(f"Unknown model '{name}'. Served: {', '.join(models)}.")
-    if not version:
-        version = max(versions, key=lambda v: int(v) if v.isdigit() else 0)
-    if version not in versions:
-        raise ProtocolError(f"Model '{name}' has no version '{version}'.")
-    return versions[version]
 
 
 def _decode(request: Any) -> dict[str, np.ndarray]:
@@ -69,65 +62,57 @@ def _decode(request: Any) -> dict[str, np.ndarray]:
     return inputs
 
 
-def create_grpc_server(
-    models: dict[str, dict[str, Any]], host: str, port: int, max_rows: int = 1024
-) -> tuple[Any, int]:
-    """A started-ready (not yet started) grpc.Server and the port it bound."""
+def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
+    """A ``grpc.aio`` server (not started) for the models in ``state`` (a ServerState),
+    and the port it bound. Start it from a running event loop."""
     grpc: Any = require("grpc", "serve", "The gRPC endpoint")
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from slimserve import __version__
-    from slimserve.serve.app import _check_inputs
+    from slimserve.serve.app import tensor_metadata
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-        def ServerLive(self, request: Any, context: Any) -> Any:
+        async def ServerLive(self, request: Any, context: Any) -> Any:
             return service_pb2.ServerLiveResponse(live=True)
 
-        def ServerReady(self, request: Any, context: Any) -> Any:
+        async def ServerReady(self, request: Any, context: Any) -> Any:
             return service_pb2.ServerReadyResponse(ready=True)
 
-        def ModelReady(self, request: Any, context: Any) -> Any:
+        async def ModelReady(self, request: Any, context: Any) -> Any:
             try:
-                _metadata(models, request.name, request.version)
-            except ProtocolError:
+                state.find(request.name, request.version)
+            except LookupError:
                 return service_pb2.ModelReadyResponse(ready=False)
             return service_pb2.ModelReadyResponse(ready=True)
 
-        def ServerMetadata(self, request: Any, context: Any) -> Any:
+        async def ServerMetadata(self, request: Any, context: Any) -> Any:
             return service_pb2.ServerMetadataResponse(
                 name="slimserve", version=__version__, extensions=["model_repository_metadata"]
             )
 
-        def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def ModelMetadata(self, request: Any, context: Any) -> Any:
             try:
-                model = _metadata(models, request.name, request.version)
-            except ProtocolError as exc:
-                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-
-            def tensor(spec: dict[str, Any]) -> Any:
-                shape = [d if isinstance(d, int) and d > 0 else -1 for d in spec["shape"]]
-                return service_pb2.ModelMetadataResponse.TensorMetadata(
-                    name=spec["name"], datatype=v2_datatype(spec["dtype"]), shape=shape
-                )
-
+                model = state.find(request.name, request.version)
+            except LookupError as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            tensor = service_pb2.ModelMetadataResponse.TensorMetadata
             return service_pb2.ModelMetadataResponse(
                 name=model.name,
-                versions=list(models[model.name]),
+                versions=list(state.models[model.name]),
                 platform="onnxruntime_onnx",
-                inputs=[tensor(s) for s in model.inputs],
-                outputs=[tensor(s) for s in model.outputs],
+                inputs=[tensor(**tensor_metadata(s)) for s in model.inputs],
+                outputs=[tensor(**tensor_metadata(s)) for s in model.outputs],
             )
 
-        def ModelInfer(self, request: Any, context: Any) -> Any:
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            started = time.perf_counter()
             try:
-                model = _metadata(models, request.model_name, request.model_version)
-            except ProtocolError as exc:
-                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+                model = state.find(request.model_name, request.model_version)
+            except LookupError as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            code = 200
             try:
-                inputs = _check_inputs(model, _decode(request), max_rows)
-                outputs = dict(
-                    zip(model.predictor.output_names, model.predictor.predict(inputs), strict=True)
-                )
+                outputs = await state.infer(model, _decode(request))
                 wanted = [o.name for o in request.outputs] or list(outputs)
                 unknown = [o for o in wanted if o not in outputs]
                 if unknown:
@@ -135,7 +120,15 @@ def create_grpc_server(
                         f"Unknown output(s) {unknown}; the model gives {list(outputs)}."
                     )
             except ProtocolError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                code = 400
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except Exception as exc:  # the model failed: answer, keep serving
+                code = 500
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"Model '{model.name}' failed: {first_line(exc)}"
+                )
+            finally:
+                state.observe(model.name, code, time.perf_counter() - started, "grpc")
             response = service_pb2.ModelInferResponse(
                 model_name=model.name, model_version=model.version, id=request.id
             )
@@ -147,10 +140,42 @@ def create_grpc_server(
                 response.raw_output_contents.append(array.tobytes())
             return response
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8),
-        options=[("grpc.max_receive_message_length", 256 * 2**20)],
+    interceptors = []
+    if state.config.token is not None:
+        interceptors.append(_token_interceptor(grpc, state.config.token))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", state.config.max_body_bytes),
+            ("grpc.max_send_message_length", 256 * 2**20),
+        ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Service(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     return server, bound
+
+
+def _token_interceptor(grpc: Any, token: str) -> Any:
+    """Refuse calls without ``authorization: Bearer TOKEN`` metadata (ServerLive stays
+    open, as /v2/health/live does over HTTP, for orchestrators' liveness probes)."""
+    expected = f"Bearer {token}".encode()
+
+    async def refuse(request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "Missing or wrong bearer token (metadata 'authorization: Bearer ...').",
+        )
+
+    refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            if details.method.endswith("/ServerLive"):
+                return await continuation(details)
+            supplied = dict(details.invocation_metadata or ()).get("authorization", "")
+            supplied_bytes = supplied.encode() if isinstance(supplied, str) else supplied
+            if hmac.compare_digest(supplied_bytes, expected):
+                return await continuation(details)
+            return refusal
+
+    return TokenInterceptor()

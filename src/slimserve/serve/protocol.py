@@ -7,6 +7,7 @@ by raw tensors in order, each input/output marked with ``binary_data_size``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ V2_TO_NUMPY = {
     "FP64": np.float64,
 }
 NUMPY_TO_V2 = {np.dtype(v).name: k for k, v in V2_TO_NUMPY.items()}
+_DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
 
 
 class ProtocolError(Exception):
@@ -114,14 +116,17 @@ def _input_tensor(
     datatype = spec.get("datatype")
     if not isinstance(name, str):
         raise ProtocolError(f"inputs[{index}] needs a 'name'.")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        type(d) is int and d >= 0  # bool is not a dimension
+        for d in shape
+    ):
         raise ProtocolError(f"Input '{name}': 'shape' must be a list of non-negative integers.")
-    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
+    dtype = _DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
         raise ProtocolError(
             f"Input '{name}': datatype {datatype!r} is not one of {', '.join(V2_TO_NUMPY)}."
         )
-    dtype = np.dtype(V2_TO_NUMPY[datatype])
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     params = spec.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:

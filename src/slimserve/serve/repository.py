@@ -4,6 +4,7 @@ names up in what was loaded, so a name can never reach outside the repository.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,19 @@ class ServedModel:
     predictor: Any
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+
+    @functools.cached_property
+    def input_checks(self) -> dict[str, tuple[Any, tuple[int | None, ...]]]:
+        """{input: (numpy dtype, dims with None where dynamic)}: what requests must match."""
+        import numpy as np
+
+        return {
+            spec["name"]: (
+                np.dtype(spec["dtype"]),
+                tuple(d if isinstance(d, int) and d > 0 else None for d in spec["shape"]),
+            )
+            for spec in self.inputs
+        }
 
     @property
     def batched(self) -> bool:

@@ -24,7 +24,9 @@ def build_server(path: str | Path, config: ServeConfig) -> Any:
         host=config.host,
         port=config.port,
         log_level="warning",
-        access_log=False,
+        log_config=None,  # slimserve.serve.logs formats the server's lines
+        access_log=False,  # ServeConfig.access_log logs inference requests instead
+        proxy_headers=False,  # nothing reads the client address; one ASGI layer less
         timeout_graceful_shutdown=30,
     )
     return uvicorn.Server(uv_config)
