@@ -88,7 +88,7 @@ def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
 
 def test_model_needs_exactly_one_source(tmp_path: Path) -> None:
     recipe = {"name": "t", "model": {"example": "digits", "path": "m.onnx"}}
-    with pytest.raises(ss.RecipeError, match="model: give exactly one of example, path, python "):
+    with pytest.raises(ss.RecipeError, match="model: give exactly one of example, path, python"):
         ss.load_recipe(write(tmp_path, recipe))
 
 

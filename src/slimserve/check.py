@@ -41,7 +41,7 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
     from slimserve.bench import bench_interleaved, model_size
     from slimserve.data import load_data
     from slimserve.evaluate import evaluate, predict_all
-    from slimserve.models import load
+    from slimserve.models import load, tokenizer_folder
     from slimserve.recipe import parse_recipe
     from slimserve.runtime import load as load_predictor
 
@@ -54,7 +54,7 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
             "Add data.eval to the recipe and optimize again."
         )
     baseline = load(recipe.model)
-    data = load_data(spec)
+    data = load_data(spec, tokenizer_folder(recipe.model) if spec.is_text else None)
     base_predictor = load_predictor(baseline, threads)
     candidate_predictor = load_predictor(artifact.model, threads)
     data = data.renamed(candidate_predictor.input_names)

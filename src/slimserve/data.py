@@ -49,9 +49,12 @@ class Dataset:
         return Dataset(dict(zip(names, self.inputs.values(), strict=True)), self.labels)
 
 
-def load_data(spec: DataSpec) -> Dataset:
-    """Materialize one data split from its recipe spec."""
-    if spec.example is not None:
+def load_data(spec: DataSpec, tokenizer: Path | None = None) -> Dataset:
+    """Materialize one data split from its recipe spec. Text is tokenized with
+    ``spec.tokenizer``, else ``tokenizer`` (the recipe's Hugging Face model folder)."""
+    if spec.is_text:
+        dataset = _text(spec, spec.tokenizer or tokenizer)
+    elif spec.example is not None:
         dataset = _example(spec.example, spec.split)
     elif spec.npz is not None:
         dataset = _npz(spec.npz, spec.inputs, spec.labels)
@@ -69,9 +72,49 @@ def load_data(spec: DataSpec) -> Dataset:
     return dataset
 
 
+ENGLISH_SPLITS = {"train": (0, -512), "calibration": (-512, -256), "eval": (-256, None)}
+
+
+def english_split(split: str | None) -> list[str]:
+    """The 'english' example's sentences: eval is the last 256, calibration the 256
+    before, train the rest (eval shares nothing with calibration or training)."""
+    from slimserve.examples.minilm import english_sentences
+
+    if split not in ENGLISH_SPLITS:
+        raise DataError(
+            f"The english example has splits {', '.join(ENGLISH_SPLITS)}, not '{split}'."
+        )
+    start, stop = ENGLISH_SPLITS[split]
+    return english_sentences()[start:stop]
+
+
+def _text(spec: DataSpec, tokenizer: Path | None) -> Dataset:
+    if tokenizer is None:
+        raise DataError(
+            "Text data needs a tokenizer: use a Hugging Face model (model.hf) or set "
+            "the data spec's 'tokenizer' to a saved tokenizer's folder."
+        )
+    if spec.text is not None:
+        if not spec.text.is_file():
+            raise DataError(f"Text file '{spec.text}' does not exist.")
+        try:
+            lines = spec.text.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"'{spec.text}' is not UTF-8 text ({exc.reason}).") from None
+        texts = [line.strip() for line in lines if line.strip()]
+        if not texts:
+            raise DataError(f"'{spec.text}' has no non-empty lines.")
+    else:
+        texts = english_split(spec.split or "eval")
+    from slimserve.models.hf import load_tokenizer, tokenize
+
+    encoded = tokenize(load_tokenizer(tokenizer), texts, spec.max_length)
+    return Dataset(encoded)
+
+
 def _example(name: str, split: str | None) -> Dataset:
     if name != "digits":
-        raise DataError(f"Unknown example dataset '{name}'. Available: digits.")
+        raise DataError(f"Unknown example dataset '{name}'. Available: digits, english.")
     from slimserve.examples.digits import load_split
 
     if split not in ("train", "test"):
@@ -129,8 +172,9 @@ def _python(spec: str, split: str | None) -> Dataset:
 
 
 def parse_data_spec(text: str) -> DataSpec:
-    """A data spec from the command line: ``example:digits[:split]``, ``npz:PATH`` (or a
-    path ending in .npz), ``python:pkg.module:function[:split]``."""
+    """A data spec from the command line: ``example:digits[:split]``,
+    ``example:english[:split]``, ``npz:PATH`` (or a path ending in .npz), ``text:FILE``,
+    ``python:pkg.module:function[:split]``."""
     from slimserve.recipe import DataSpec
 
     kind, _, rest = text.partition(":")
@@ -138,14 +182,16 @@ def parse_data_spec(text: str) -> DataSpec:
         return DataSpec(npz=Path(text))
     if kind == "example" and rest:
         name, _, split = rest.partition(":")
-        return DataSpec(example=name, split=split or "test")
+        return DataSpec(example=name, split=split or ("eval" if name == "english" else "test"))
     if kind == "npz" and rest:
         return DataSpec(npz=Path(rest))
+    if kind == "text" and rest:
+        return DataSpec(text=Path(rest))
     if kind == "python" and rest.count(":") in (1, 2):
         parts = rest.split(":")
         split_name = parts[2] if len(parts) == 3 else None
         return DataSpec(python=f"{parts[0]}:{parts[1]}", split=split_name)
     raise DataError(
-        f"Cannot read data spec '{text}'. Use example:digits[:test], npz:data.npz or "
-        "python:pkg.module:function[:split]."
+        f"Cannot read data spec '{text}'. Use example:digits[:test], example:english[:eval], "
+        "npz:data.npz, text:FILE or python:pkg.module:function[:split]."
     )

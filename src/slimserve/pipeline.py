@@ -94,7 +94,6 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve import __version__
     from slimserve.artifact import Manifest, SourceRecord, StepRecord, save_artifact
     from slimserve.bench import model_bytes
-    from slimserve.data import load_data
     from slimserve.models import OnnxModel
     from slimserve.models import load as load_model
     from slimserve.models.onnx import describe_io
@@ -105,11 +104,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     threads = recipe.bench.threads
     with _progress(console, len(steps) + 3) as advance:
         advance("loading data")
-        data = {
-            split: load_data(spec)
-            for split in ("train", "calibration", "eval")
-            if (spec := getattr(recipe.data, split)) is not None
-        }
+        data = recipe_data(recipe)
         advance("loading model")
         model = load_model(recipe.model)
         model = with_example_inputs(model, data)
@@ -222,6 +217,20 @@ def _stage_name(step: Any, taken: list[str]) -> str:
     return candidate
 
 
+def recipe_data(recipe: Recipe) -> dict[str, Dataset]:
+    """The recipe's data splits; text is tokenized with the recipe's model's tokenizer."""
+    from slimserve.data import load_data
+    from slimserve.models import tokenizer_folder
+
+    specs = {
+        split: spec
+        for split in ("train", "calibration", "eval")
+        if (spec := getattr(recipe.data, split)) is not None
+    }
+    folder = tokenizer_folder(recipe.model) if any(s.is_text for s in specs.values()) else None
+    return {split: load_data(spec, folder) for split, spec in specs.items()}
+
+
 def with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:
     """A torch model without example inputs gets two samples of the recipe's data."""
     from slimserve.models import TorchModel
@@ -235,7 +244,7 @@ def with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:
 
     batch = source.renamed(model.input_names).take(2)
     inputs = tuple(torch.from_numpy(batch.inputs[n]) for n in model.input_names)
-    return TorchModel(model.module, inputs, model.input_names, model.output_names)
+    return replace(model, example_inputs=inputs)
 
 
 def _eval_split(data: dict[str, Dataset], model: Model) -> Dataset | None:

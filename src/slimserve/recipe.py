@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from slimserve.errors import RecipeError
+from slimserve.fuse import FuseConfig
 from slimserve.models.export import ExportConfig
 from slimserve.prune.train import PruneConfig
 from slimserve.quantize.ort import QuantizeConfig
@@ -33,6 +34,7 @@ STEPS: dict[str, type[BaseModel]] = {
     "prune": PruneConfig,
     "qat": QATConfig,
     "export": ExportConfig,
+    "fuse": FuseConfig,
     "quantize": QuantizeConfig,
 }
 """Recipe key -> technique config. Adding a technique = one module + one entry here."""
@@ -53,10 +55,19 @@ def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
 
 
 class ModelSpec(_Frozen):
-    """Where the model comes from: exactly one of example, path, python."""
+    """Where the model comes from: exactly one of example, path, python, hf."""
 
-    example: str | None = Field(None, description="A bundled example model, e.g. 'digits'.")
+    example: str | None = Field(
+        None, description="A bundled example model: 'digits' (CNN) or 'minilm' (text encoder)."
+    )
     path: Path | None = Field(None, description="An .onnx, TorchScript .pt or .pt2 file.")
+    hf: Path | None = Field(
+        None, description="A local Hugging Face model folder (save_pretrained); never a hub id."
+    )
+    task: Literal["feature-extraction", "sequence-classification"] = Field(
+        "feature-extraction",
+        description="hf: embeddings (mean pooling + L2 norm) or classification logits.",
+    )
     python: str | None = Field(
         None, description="A 'pkg.module:function' factory returning (module, inputs)."
     )
@@ -64,14 +75,14 @@ class ModelSpec(_Frozen):
         None, description="A .safetensors (or weights-only .pt) state dict for 'python'."
     )
 
-    _resolve_paths = field_validator("path", "weights")(_resolve)
+    _resolve_paths = field_validator("path", "weights", "hf")(_resolve)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in ("example", "path", "python") if getattr(self, k) is not None]
+        given = [k for k in ("example", "path", "python", "hf") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of example, path, python "
+                "give exactly one of example, path, python, hf "
                 f"(got {', '.join(given) if given else 'none'})"
             )
         if self.weights is not None and self.python is None and self.example is None:
@@ -89,29 +100,45 @@ class ModelSpec(_Frozen):
 
 
 class DataSpec(_Frozen):
-    """One data split: exactly one of example, npz, python."""
+    """One data split: exactly one of example, npz, python, text."""
 
-    example: str | None = Field(None, description="A bundled example dataset, e.g. 'digits'.")
+    example: str | None = Field(
+        None,
+        description="A bundled example dataset: 'digits' (images), 'english' (sentences "
+        "from Python's docs; splits train, calibration, eval).",
+    )
     npz: Path | None = Field(None, description="A .npz file with input arrays and labels.")
     python: str | None = Field(
         None, description="A 'pkg.module:function' returning (inputs, labels)."
     )
+    text: Path | None = Field(
+        None, description="A UTF-8 text file, one example per line, for text models."
+    )
+    tokenizer: Path | None = Field(
+        None, description="text/english: tokenizer folder (default: the recipe's hf model)."
+    )
+    max_length: int = Field(128, ge=2, description="text/english: longest token sequence.")
     split: str | None = Field(None, description="Split name passed to example/python sources.")
     samples: int | None = Field(None, ge=1, description="Use only the first N samples.")
     inputs: list[str] | None = Field(None, description="npz: arrays that are model inputs.")
     labels: str | None = Field(None, description="npz: the array of labels (default 'labels').")
 
-    _resolve_paths = field_validator("npz")(_resolve)
+    _resolve_paths = field_validator("npz", "text", "tokenizer")(_resolve)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        given = [k for k in ("example", "npz", "python") if getattr(self, k) is not None]
+        given = [k for k in ("example", "npz", "python", "text") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of example, npz, python "
+                "give exactly one of example, npz, python, text "
                 f"(got {', '.join(given) if given else 'none'})"
             )
         return self
+
+    @property
+    def is_text(self) -> bool:
+        """Text to tokenize (needs a tokenizer)."""
+        return self.text is not None or self.example == "english"
 
 
 class DataConfig(_Frozen):

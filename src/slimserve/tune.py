@@ -127,20 +127,15 @@ def candidate_list(
 def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     """Search, pick, write ``best-recipe.yaml`` and the winning artifact under ``out``."""
     from slimserve.bench import bench_interleaved, model_size
-    from slimserve.data import load_data
     from slimserve.evaluate import evaluate, predict_all
     from slimserve.models import load as load_model
-    from slimserve.pipeline import plan_steps, run_recipe, with_example_inputs
+    from slimserve.pipeline import plan_steps, recipe_data, run_recipe, with_example_inputs
     from slimserve.recipe import parse_recipe
     from slimserve.runtime import load as load_predictor
 
     started = time.perf_counter()
     base_recipe = parse_recipe({"name": "tune", "model": spec.model, "data": spec.data})
-    data = {
-        split: load_data(s)
-        for split in ("train", "calibration", "eval")
-        if (s := getattr(base_recipe.data, split)) is not None
-    }
+    data = recipe_data(base_recipe)
     if "eval" not in data:
         raise SlimserveError("tune needs eval data (--data) to measure quality.")
     model = with_example_inputs(load_model(base_recipe.model), data)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 Model = TorchModel | OnnxModel
 
 EXAMPLES = {"digits": "slimserve.examples.digits:build"}
+TEXT_EXAMPLES = {"minilm": "slimserve.examples.minilm:model_folder"}
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".ts")
 
 
@@ -41,12 +42,32 @@ def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> M
     return _load_path(path)
 
 
+def tokenizer_folder(spec: ModelSpec) -> Path | None:
+    """Where a recipe's text data finds its tokenizer: the Hugging Face model's folder."""
+    if spec.hf is not None:
+        return spec.hf
+    if spec.example in TEXT_EXAMPLES:
+        from slimserve.models.torch import resolve_callable
+
+        folder: Path = resolve_callable(TEXT_EXAMPLES[spec.example])()
+        return folder
+    return None
+
+
 def _load_spec(spec: ModelSpec) -> Model:
+    if spec.hf is not None:
+        from slimserve.models.hf import load_hf
+
+        return load_hf(spec.hf, spec.task)
     if spec.example is not None:
+        if spec.example in TEXT_EXAMPLES:
+            from slimserve.models.hf import load_hf
+            from slimserve.models.torch import resolve_callable
+
+            return load_hf(resolve_callable(TEXT_EXAMPLES[spec.example])(), spec.task)
         if spec.example not in EXAMPLES:
-            raise ModelLoadError(
-                f"Unknown example model '{spec.example}'. Available: {', '.join(EXAMPLES)}."
-            )
+            available = ", ".join([*EXAMPLES, *TEXT_EXAMPLES])
+            raise ModelLoadError(f"Unknown example model '{spec.example}'. Available: {available}.")
         return load_factory(EXAMPLES[spec.example], spec.weights)
     if spec.python is not None:
         return load_factory(spec.python, spec.weights)
@@ -81,4 +102,4 @@ def _load_path(path: Path) -> Model:
     )
 
 
-__all__ = ["Model", "OnnxModel", "TorchModel", "load"]
+__all__ = ["Model", "OnnxModel", "TorchModel", "load", "tokenizer_folder"]

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import onnx
@@ -27,8 +28,11 @@ class ExportConfig(BaseModel):
     produces: ClassVar[str] = "onnx"
 
     opset: int = Field(18, ge=17, description="ONNX opset version (17 or newer).")
-    exporter: Literal["dynamo", "torchscript"] = Field(
-        "dynamo", description="torch.export-based exporter, or the legacy TorchScript one."
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto",
+        description="torch.export-based exporter, or the legacy TorchScript one; auto: "
+        "TorchScript for Hugging Face models (its graph is what ORT's transformer "
+        "optimizer fuses), torch.export otherwise.",
     )
     dynamic_batch: bool = Field(True, description="Make the first axis of every input dynamic.")
     atol: float = Field(1e-4, gt=0, description="Parity: largest allowed max abs error.")
@@ -46,7 +50,7 @@ class ExportConfig(BaseModel):
                 )
             batch = data.renamed(model.input_names).take(2)
             samples = tuple(torch.from_numpy(batch.inputs[n]) for n in model.input_names)
-            model = TorchModel(model.module, samples, model.input_names, model.output_names)
+            model = replace(model, example_inputs=samples)
         onnx_model = export_onnx(model, self)
         check_parity(model, onnx_model, samples, self, threads=ctx.threads)
         return onnx_model
@@ -58,6 +62,10 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
         raise ExportError("Export needs example inputs; give them with the model.")
     module = model.module.eval()
     args = model.example_inputs
+    exporter = config.exporter
+    if exporter == "auto":
+        exporter = "torchscript" if model.hf_folder is not None else "dynamo"
+    axes_of = {n: {0: "batch"} for n in model.input_names} | (model.dynamic_axes or {})
     sink = io.StringIO()
     # torch.onnx and the onnxscript optimizer it runs log at INFO/WARNING: keep it quiet.
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -71,9 +79,12 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
             contextlib.redirect_stderr(sink),
         ):
             warnings.simplefilter("ignore")
-            if config.exporter == "dynamo":
+            if exporter == "dynamo":
                 dynamic = (
-                    tuple({0: torch.export.Dim.DYNAMIC} for _ in args)
+                    tuple(
+                        dict.fromkeys(axes_of[n], torch.export.Dim.DYNAMIC)
+                        for n in model.input_names
+                    )
                     if config.dynamic_batch
                     else None
                 )
@@ -95,7 +106,7 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
                 proto = _name_batch_axis(proto, model)
             else:
                 buffer = io.BytesIO()
-                axes = {n: {0: "batch"} for n in (*model.input_names, *model.output_names)}
+                axes = axes_of | {n: {0: "batch"} for n in model.output_names}
                 torch.onnx.export(
                     module,
                     args,
@@ -112,14 +123,28 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
     except Exception as exc:
         detail = first_line(exc)
         raise ExportError(
-            f"torch could not export the model to ONNX ({config.exporter} exporter): {detail}. "
+            f"torch could not export the model to ONNX ({exporter} exporter): {detail}. "
             "Try the other exporter (export: {exporter: torchscript}) or check that "
             "forward() has no data-dependent Python control flow."
         ) from exc
     finally:
         for lg, level in zip(loggers, old_levels, strict=True):
             lg.setLevel(level)
+    if model.hf_folder is not None:
+        _record_hf_shape(proto, model.hf_folder)
     return OnnxModel(proto)
+
+
+def _record_hf_shape(proto: onnx.ModelProto, folder: Any) -> None:
+    """Heads and hidden size in the ONNX metadata, for the fuse step (ORT's optimizer
+    cannot always read them from the graph)."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("num_attention_heads", "hidden_size"):
+        if isinstance(config.get(key), int):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"hf.{key}", str(config[key])
 
 
 def check_parity(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,3 +73,17 @@ def describe_io(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
         "inputs": [one(v) for v in proto.graph.input if v.name not in initializers],
         "outputs": [one(v) for v in proto.graph.output],
     }
+
+
+@contextlib.contextmanager
+def scratch_cwd() -> Iterator[Path]:
+    """Run inside a fresh temporary working directory: ONNX Runtime's symbolic shape
+    inference saves ``sym_shape_infer_temp.onnx`` and its weights into the current
+    directory when it gives up, which must not litter the user's folder."""
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="slimserve-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield Path(scratch)
+        finally:
+            os.chdir(previous)

@@ -27,6 +27,9 @@ class TorchModel:
     example_inputs: tuple[torch.Tensor, ...] | None = None
     input_names: tuple[str, ...] = ("input",)
     output_names: tuple[str, ...] = ("output",)
+    # Dynamic axes per input when more than the batch is dynamic (a text's sequence axis).
+    dynamic_axes: dict[str, dict[int, str]] | None = None
+    hf_folder: Path | None = None  # a Hugging Face model's folder: tokenizer and config
     format: str = field(default="torch", init=False)
 
     def with_module(self, module: torch.nn.Module) -> TorchModel:

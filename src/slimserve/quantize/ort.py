@@ -171,9 +171,12 @@ def quantize_onnx(
             "op_types_to_quantize": list(config.op_types) if config.op_types else None,
             "nodes_to_exclude": list(config.exclude),
         }
+        # Outputs of ORT's fused contrib ops (Attention, BiasGelu ...) have no inferred
+        # type; they are float in every graph slimserve fuses.
+        default_type = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         with _quiet():
             if config.mode == "dynamic":
-                quantize_dynamic(source, output, **common)
+                quantize_dynamic(source, output, extra_options=default_type, **common)
             else:
                 if calibration is None:
                     raise DataError(
@@ -195,6 +198,7 @@ def quantize_onnx(
                         "ActivationSymmetric": config.symmetric_activations,
                         "CalibPercentile": config.calibration.percentile,
                         "TensorQuantOverrides": overrides,
+                        **default_type,
                     },
                     **common,
                 )
@@ -319,12 +323,20 @@ def _check_exclusions(model: OnnxModel, exclude: tuple[str, ...]) -> None:
 def _preprocess(model: OnnxModel, path: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with _quiet():
+    from slimserve.models.onnx import scratch_cwd
+
+    # From a file: given a ModelProto, quant_pre_process may move its weights to external
+    # data in place, and a second attempt then reads a model whose data is gone.
+    path = path.resolve()  # it runs in a scratch working directory
+    source = path.with_name("pre-source.onnx")
+    onnx.save(model.proto, source)
+    with _quiet(), scratch_cwd():
         try:
-            quant_pre_process(model.proto, path, skip_symbolic_shape=False)
+            quant_pre_process(source, path, skip_symbolic_shape=False)
         except Exception:
-            # Symbolic shape inference fails on some exporter outputs; ONNX's own is enough.
-            quant_pre_process(model.proto, path, skip_symbolic_shape=True)
+            # Symbolic shape inference fails on some graphs (ORT's fused contrib ops among
+            # them); ONNX's own shape inference is enough for quantization.
+            quant_pre_process(source, path, skip_symbolic_shape=True)
     return path
 
 

