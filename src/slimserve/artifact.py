@@ -66,6 +66,8 @@ class Manifest(_Record):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     packages: dict[str, str] = Field(default_factory=dict)
+    # Text models: {"tokenizer": folder in the artifact, "max_length", "task", "pooling"}.
+    text: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         notes=notes,
         packages=_packages(),
     )
-    artifact = save_artifact(out / recipe.name, current, manifest, build_report(manifest))
+    files: dict[str, bytes] = {}
+    hf_folder = getattr(model, "hf_folder", None)
+    if hf_folder is not None:  # a text model: its tokenizer travels with it
+        from slimserve.models.hf import text_record, tokenizer_files
+
+        manifest = manifest.model_copy(update={"text": text_record(hf_folder, recipe.model.task)})
+        files = tokenizer_files(hf_folder)
+    files.update(build_report(manifest))
+    artifact = save_artifact(out / recipe.name, current, manifest, files)
     return RunResult(artifact, stages, notes)
 
 

@@ -83,8 +83,9 @@ def offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def local_folder(path: str | Path) -> Path:
-    """The folder of a saved model, or a ModelLoadError saying why not (never a download)."""
+def local_folder(path: str | Path, marker: tuple[str, ...] = ("config.json",)) -> Path:
+    """The folder of a saved model (one with a ``marker`` file), or a ModelLoadError saying
+    why not (never a download)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         looks_like_id = "/" in str(path) and not str(path).startswith((".", "/", "~"))
@@ -96,10 +97,10 @@ def local_folder(path: str | Path) -> Path:
             else " Give the folder written by save_pretrained (config.json + weights)."
         )
         raise ModelLoadError(f"Hugging Face model folder '{path}' does not exist.{hint}")
-    if not (folder / "config.json").is_file():
+    if not any((folder / name).is_file() for name in marker):
         raise ModelLoadError(
-            f"'{folder}' has no config.json, so it is not a saved Hugging Face model. "
-            "Give the folder written by save_pretrained."
+            f"'{folder}' has no {' or '.join(marker)}, so it is not a saved Hugging Face "
+            "model. Give the folder written by save_pretrained."
         )
     return folder
 
@@ -109,7 +110,7 @@ def load_tokenizer(path: str | Path) -> Any:
     require("transformers", "hf", "Hugging Face models")
     from transformers import AutoTokenizer
 
-    folder = local_folder(path)
+    folder = local_folder(path, ("tokenizer_config.json", "tokenizer.json", "config.json"))
     with offline():
         try:
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -175,3 +176,40 @@ def load_hf(path: str | Path, task: str = "feature-extraction") -> TorchModel:
         dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
         hf_folder=folder,
     )
+
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def tokenizer_files(folder: Path) -> dict[str, bytes]:
+    """The model's tokenizer as files for an artifact (``tokenizer/...``)."""
+    import tempfile
+
+    tokenizer = load_tokenizer(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {f"{TOKENIZER_DIR}/{p.name}": p.read_bytes() for p in sorted(Path(tmp).iterdir())}
+
+
+def max_sequence_length(folder: Path) -> int:
+    """The longest input the model was trained for: sentence-transformers' setting when
+    present, else the tokenizer's limit (at most 512)."""
+    import json
+
+    config = folder / "sentence_bert_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(load_tokenizer(folder), "model_max_length", 512)
+    return int(min(limit, 512))
+
+
+def text_record(folder: Path, task: str) -> dict[str, Any]:
+    """What an artifact's manifest says about its text input (``manifest.text``)."""
+    return {
+        "tokenizer": TOKENIZER_DIR,
+        "max_length": max_sequence_length(folder),
+        "task": task,
+        "pooling": "mean+l2" if task == "feature-extraction" else None,
+    }

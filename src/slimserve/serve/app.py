@@ -104,7 +104,9 @@ class ServerState:
             )
 
     async def infer(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Checked inputs through the model's batcher."""
+        """Checked inputs through the model's batcher (raw text tokenized first)."""
+        if model.text is not None and TEXT_INPUT in inputs:
+            inputs = tokenize_request(model, inputs, self.config.max_request_rows)
         checked = check_inputs(model, inputs, self.config.max_request_rows)
         outputs: dict[str, np.ndarray] = await self.batchers[(model.name, model.version)].infer(
             checked
@@ -116,6 +118,45 @@ def tensor_metadata(spec: dict[str, Any]) -> dict[str, Any]:
     """V2 metadata of one input/output: dynamic dimensions are -1."""
     shape = [d if isinstance(d, int) and d > 0 else -1 for d in spec["shape"]]
     return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": shape}
+
+
+TEXT_INPUT = "text"
+
+
+def input_metadata(model: Any) -> list[dict[str, Any]]:
+    """What clients send: raw strings for text models (token ids are accepted too)."""
+    if model.text is not None:
+        return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    return [tensor_metadata(s) for s in model.inputs]
+
+
+def tokenize_request(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -> dict[str, Any]:
+    """A text model's 'text' input (BYTES, one string per row) as token arrays, padded to
+    the longest string of the request."""
+    from slimserve.models.hf import tokenize
+
+    if len(inputs) != 1:
+        raise ProtocolError(
+            f"Send either '{TEXT_INPUT}' alone or the token inputs {list(model.input_checks)}."
+        )
+    strings = inputs[TEXT_INPUT]
+    if strings.dtype != object:
+        raise ProtocolError(f"Input '{TEXT_INPUT}' must be BYTES (UTF-8 strings).")
+    if strings.ndim == 2 and strings.shape[1] == 1:
+        strings = strings[:, 0]
+    if strings.ndim != 1 or len(strings) == 0:
+        raise ProtocolError(
+            f"Input '{TEXT_INPUT}' must have shape [-1] (one string per row), "
+            f"got {list(strings.shape)}."
+        )
+    if len(strings) > max_rows:
+        raise ProtocolError(f"Batch of {len(strings)} rows is over the {max_rows}-row limit.")
+    try:
+        texts = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in strings]
+    except UnicodeDecodeError:
+        raise ProtocolError(f"Input '{TEXT_INPUT}' holds bytes that are not UTF-8.") from None
+    encoded = tokenize(model.text.tokenizer, texts, model.text.max_length)
+    return {k: v for k, v in encoded.items() if k in model.input_checks}
 
 
 def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = None) -> Any:
@@ -204,7 +245,7 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
             "name": model.name,
             "versions": list(state.models[model.name]),
             "platform": "onnxruntime_onnx",
-            "inputs": [tensor_metadata(s) for s in model.inputs],
+            "inputs": input_metadata(model),
             "outputs": [tensor_metadata(s) for s in model.outputs],
         }
 

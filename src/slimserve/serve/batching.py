@@ -2,8 +2,10 @@
 
 Requests wait at most ``max_delay_ms`` for company, up to ``max_batch_size`` rows, when
 traffic is concurrent (a lone client is not made to wait for nobody);
-requests whose non-batch shapes differ run in separate groups. ORT runs in a worker
-thread, so the event loop keeps accepting (and collecting the next batch) meanwhile.
+requests whose non-batch shapes differ run in separate groups, except for text models,
+whose requests are grouped by length and zero-padded to the longest of their group.
+ORT runs in a worker thread, so the event loop keeps accepting (and collecting the next
+batch) meanwhile.
 """
 
 from __future__ import annotations
@@ -20,14 +22,52 @@ import numpy as np
 class _Item:
     inputs: dict[str, np.ndarray]
     future: asyncio.Future[dict[str, np.ndarray]]
+    padded: bool = False  # a text model: sequences of any length merge, zero-padded
 
     @property
     def rows(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
     @property
+    def length(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[1]) if self.padded else 0
+
+    @property
     def signature(self) -> tuple[Any, ...]:
-        return tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(self.inputs.items()))
+        skip = 2 if self.padded else 1
+        return tuple((k, v.dtype.str, v.shape[skip:]) for k, v in sorted(self.inputs.items()))
+
+
+# Text batches: a run of requests is split where the next one is this much longer than
+# the shortest in the run, so short sentences are not padded to a long one's length.
+LENGTH_SPREAD = 1.5
+
+
+def _length_groups(items: list[_Item]) -> list[list[_Item]]:
+    ordered = sorted(items, key=lambda i: i.length)
+    groups: list[list[_Item]] = [[ordered[0]]]
+    for item in ordered[1:]:
+        if item.length > LENGTH_SPREAD * max(groups[-1][0].length, 1):
+            groups.append([item])
+        else:
+            groups[-1].append(item)
+    return groups
+
+
+def _pad_merge(group: list[_Item]) -> dict[str, np.ndarray]:
+    """Concatenate along the batch, padding the sequence axis with zeros (pad token,
+    attention mask 0): exact for encoders that honour the attention mask."""
+    longest = max(i.length for i in group)
+    merged = {}
+    for key in group[0].inputs:
+        parts = [
+            np.pad(i.inputs[key], ((0, 0), (0, longest - i.length)))
+            if i.length < longest
+            else i.inputs[key]
+            for i in group
+        ]
+        merged[key] = np.concatenate(parts)
+    return merged
 
 
 class Batcher:
@@ -61,7 +101,7 @@ class Batcher:
         if self.task is None:
             self.task = asyncio.create_task(self._loop())
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        await self.queue.put(_Item(inputs, future))
+        await self.queue.put(_Item(inputs, future, self.model.text is not None))
         self.metrics.queue_depth.labels(self.model.name).set(self.queue.qsize())
         return await future
 
@@ -99,12 +139,20 @@ class Batcher:
             await self._dispatch(items)
 
     async def _dispatch(self, items: list[_Item]) -> None:
-        groups: dict[tuple[Any, ...], list[_Item]] = {}
+        by_signature: dict[tuple[Any, ...], list[_Item]] = {}
         for item in items:
-            groups.setdefault(item.signature, []).append(item)
+            by_signature.setdefault(item.signature, []).append(item)
+        groups = [
+            group
+            for same in by_signature.values()
+            for group in (_length_groups(same) if same[0].padded else [same])
+        ]
         loop = asyncio.get_running_loop()
-        for group in groups.values():
-            merged = {k: np.concatenate([i.inputs[k] for i in group]) for k in group[0].inputs}
+        for group in groups:
+            if group[0].padded:
+                merged = _pad_merge(group)
+            else:
+                merged = {k: np.concatenate([i.inputs[k] for i in group]) for k in group[0].inputs}
             self.metrics.batch_size.labels(self.model.name).observe(_rows(merged))
             try:
                 outputs = await loop.run_in_executor(self.executor, self._run, merged)

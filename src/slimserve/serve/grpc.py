@@ -9,19 +9,28 @@ batchers, and the bearer token (when set) guards both."""
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from typing import Any
 
 import numpy as np
 
 from slimserve.errors import first_line, require
-from slimserve.serve.protocol import V2_TO_NUMPY, ProtocolError, v2_datatype
+from slimserve.serve.protocol import (
+    V2_TO_NUMPY,
+    ProtocolError,
+    decode_bytes_elements,
+    v2_datatype,
+)
 
 
 def _decode(request: Any) -> dict[str, np.ndarray]:
     inputs = {}
     raw = list(request.raw_input_contents)
     for index, tensor in enumerate(request.inputs):
+        if tensor.datatype == "BYTES":
+            inputs[tensor.name] = _bytes_input(tensor, raw[index] if index < len(raw) else None)
+            continue
         if tensor.datatype not in V2_TO_NUMPY:
             raise ProtocolError(
                 f"Input '{tensor.name}': datatype {tensor.datatype!r} is not supported."
@@ -62,6 +71,27 @@ def _decode(request: Any) -> dict[str, np.ndarray]:
     return inputs
 
 
+def _bytes_input(tensor: Any, raw: bytes | None) -> np.ndarray:
+    """A BYTES input: raw (length-prefixed elements, as tritonclient sends) or
+    ``bytes_contents``."""
+    shape = [int(d) for d in tensor.shape]
+    if any(d < 0 for d in shape):
+        raise ProtocolError(f"Input '{tensor.name}': negative dimension in {shape}.")
+    items = (
+        decode_bytes_elements(raw, tensor.name)
+        if raw is not None
+        else list(tensor.contents.bytes_contents)
+    )
+    if len(items) != math.prod(shape):
+        raise ProtocolError(
+            f"Input '{tensor.name}': shape {shape} needs {math.prod(shape)} elements, "
+            f"got {len(items)}."
+        )
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
 def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
     """A ``grpc.aio`` server (not started) for the models in ``state`` (a ServerState),
     and the port it bound. Start it from a running event loop."""
@@ -69,7 +99,7 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from slimserve import __version__
-    from slimserve.serve.app import tensor_metadata
+    from slimserve.serve.app import input_metadata, tensor_metadata
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -100,7 +130,7 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
                 name=model.name,
                 versions=list(state.models[model.name]),
                 platform="onnxruntime_onnx",
-                inputs=[tensor(**tensor_metadata(s)) for s in model.inputs],
+                inputs=[tensor(**spec) for spec in input_metadata(model)],
                 outputs=[tensor(**tensor_metadata(s)) for s in model.outputs],
             )
 

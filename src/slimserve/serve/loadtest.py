@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -75,9 +76,21 @@ def request_body(metadata: dict[str, Any], batch: int, fmt: str = "binary") -> t
                 f"Input '{spec['name']}' has dynamic dimensions {spec['shape']} besides the "
                 "batch: the load test cannot invent a realistic shape for it."
             )
+        entry: dict[str, Any] = {"name": spec["name"], "shape": shape, "datatype": spec["datatype"]}
+        if spec["datatype"] == "BYTES":  # a text model: real English sentences
+            from slimserve.examples.minilm import english_sentences
+
+            texts = english_sentences(max(1, math.prod(shape)))
+            if fmt == "json":
+                entry["data"] = texts
+            else:
+                raw = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in texts)
+                entry["parameters"] = {"binary_data_size": len(raw)}
+                chunks.append(raw)
+            specs.append(entry)
+            continue
         dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]])
         array = (rng.standard_normal(shape) if dtype.kind == "f" else np.zeros(shape)).astype(dtype)
-        entry: dict[str, Any] = {"name": spec["name"], "shape": shape, "datatype": spec["datatype"]}
         if fmt == "json":
             entry["data"] = array.reshape(-1).tolist()
         else:

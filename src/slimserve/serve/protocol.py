@@ -121,10 +121,12 @@ def _input_tensor(
         for d in shape
     ):
         raise ProtocolError(f"Input '{name}': 'shape' must be a list of non-negative integers.")
+    if datatype == "BYTES":
+        return _bytes_tensor(name, shape, spec, binary)
     dtype = _DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise ProtocolError(
-            f"Input '{name}': datatype {datatype!r} is not one of {', '.join(V2_TO_NUMPY)}."
+            f"Input '{name}': datatype {datatype!r} is not one of {', '.join(V2_TO_NUMPY)}, BYTES."
         )
     count = math.prod(shape)
     params = spec.get("parameters") or {}
@@ -180,3 +182,46 @@ def encode_response(
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
+
+
+def _bytes_tensor(
+    name: str, shape: list[int], spec: dict[str, Any], binary: memoryview
+) -> tuple[str, np.ndarray, int]:
+    """A BYTES tensor: JSON strings, or the binary form (each element a 4-byte
+    little-endian length, then its bytes), as an object array of ``bytes``."""
+    count = math.prod(shape)
+    params = spec.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(binary):
+            raise ProtocolError(f"Input '{name}': binary_data_size {size!r} is not in the body.")
+        items = decode_bytes_elements(bytes(binary[:size]), name)
+        used = size
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise ProtocolError(f"Input '{name}': BYTES 'data' must be a list of strings.")
+        items = [d.encode() for d in data]
+        used = 0
+    if len(items) != count:
+        raise ProtocolError(
+            f"Input '{name}': shape {shape} needs {count} elements but the data has {len(items)}."
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return name, array.reshape(shape), used
+
+
+def decode_bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    """Triton's serialized BYTES tensor: <uint32 little-endian length><bytes>, repeated."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError(f"Input '{name}': a BYTES element's length is cut short.")
+        length = int.from_bytes(raw[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(raw):
+            raise ProtocolError(f"Input '{name}': a BYTES element runs past its data.")
+        items.append(raw[offset : offset + length])
+        offset += length
+    return items

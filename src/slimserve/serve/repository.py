@@ -13,12 +13,21 @@ from slimserve.errors import ArtifactError
 
 
 @dataclass
+class TextInput:
+    """A text model's tokenizer: requests may send raw strings (BYTES input 'text')."""
+
+    tokenizer: Any
+    max_length: int
+
+
+@dataclass
 class ServedModel:
     name: str
     version: str
     predictor: Any
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    text: TextInput | None = None
 
     @functools.cached_property
     def input_checks(self) -> dict[str, tuple[Any, tuple[int | None, ...]]]:
@@ -43,12 +52,20 @@ class ServedModel:
         )
 
 
-def _served(name: str, version: str, model: Any, threads: int) -> ServedModel:
+def _served(name: str, version: str, model: Any, threads: int, artifact: Any = None) -> ServedModel:
     from slimserve.models.onnx import describe_io
     from slimserve.runtime import OrtPredictor
 
     io = describe_io(model.proto)
-    return ServedModel(name, version, OrtPredictor(model, threads), io["inputs"], io["outputs"])
+    text = None
+    if artifact is not None and artifact.manifest.text:
+        from slimserve.models.hf import load_tokenizer
+
+        record = artifact.manifest.text
+        tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
+        text = TextInput(tokenizer, int(record["max_length"]))
+    predictor = OrtPredictor(model, threads)
+    return ServedModel(name, version, predictor, io["inputs"], io["outputs"], text)
 
 
 def load_repository(path: str | Path, threads: int = 2) -> dict[str, dict[str, ServedModel]]:
@@ -62,19 +79,23 @@ def load_repository(path: str | Path, threads: int = 2) -> dict[str, dict[str, S
     if (root / MANIFEST_FILE).is_file():
         artifact = load_artifact(root)
         name = artifact.manifest.name
-        return {name: {"1": _served(name, "1", artifact.model, threads)}}
+        return {name: {"1": _served(name, "1", artifact.model, threads, artifact)}}
     models: dict[str, dict[str, ServedModel]] = {}
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             if (folder / MANIFEST_FILE).is_file():
                 artifact = load_artifact(folder)
-                models[folder.name] = {"1": _served(folder.name, "1", artifact.model, threads)}
+                models[folder.name] = {
+                    "1": _served(folder.name, "1", artifact.model, threads, artifact)
+                }
                 continue
-            versions = {
-                v.name: _served(folder.name, v.name, load_artifact(v).model, threads)
-                for v in sorted(folder.iterdir())
-                if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file()
-            }
+            versions = {}
+            for v in sorted(folder.iterdir()):
+                if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file():
+                    artifact = load_artifact(v)
+                    versions[v.name] = _served(
+                        folder.name, v.name, artifact.model, threads, artifact
+                    )
             if versions:
                 models[folder.name] = versions
     if not models:
