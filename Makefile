@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python benchmarks/prune_digits.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/quantize.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/serve.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/minilm.py --update BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks docs/gen.py

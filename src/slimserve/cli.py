@@ -117,17 +117,22 @@ def _optimize(recipe: Any, out: Path, mlflow: bool = False, uri: str | None = No
 @app.command()
 @_user_errors
 def demo(
+    example: str = typer.Argument(
+        "digits", help="digits (CNN, the default) or minilm (text encoder, extra [hf])."
+    ),
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the artifact."),
     repeats: int | None = typer.Option(
         None, "--repeats", min=3, help="Timed runs per stage (default: the recipe's)."
     ),
 ) -> None:
-    """Run the bundled digits example end to end and print the comparison table."""
+    """Run a bundled example end to end and print the comparison table."""
     from importlib.resources import files
 
     from slimserve.recipe import load_recipe
 
-    recipe_path = Path(str(files("slimserve.examples") / "digits.yaml"))
+    if example not in ("digits", "minilm"):
+        raise SlimserveError(f"Unknown demo '{example}'. Choose digits or minilm.")
+    recipe_path = Path(str(files("slimserve.examples") / f"{example}.yaml"))
     recipe = load_recipe(recipe_path)
     if repeats is not None:
         bench = recipe.bench.model_copy(update={"repeats": repeats})
