@@ -102,3 +102,8 @@ def test_kserve_manifest(served_artifact: Path) -> None:
     model = manifest["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
     assert model["storageUri"] == "s3://bucket/digits"
+
+
+def test_serve_refuses_an_unknown_log_format(served_artifact: Path) -> None:
+    result = runner.invoke(app, ["serve", str(served_artifact), "--log-format", "xml"])
+    assert result.exit_code == 2 and "text or json" in result.output
