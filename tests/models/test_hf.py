@@ -154,3 +154,41 @@ def test_text_recipe_export_fuse_quantize(
     (got,) = ss.load_predictor(artifact.model).predict(feeds)
     assert got.shape == (3, 64)
     assert list(cwd.iterdir()) == []  # nothing left behind in the user's folder
+
+
+def test_head_and_ffn_pruning_keeps_the_hf_model_exportable_and_fusable(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    from slimserve.examples.minilm import english_sentences
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(english_sentences(64)))
+    recipe = ss.parse_recipe(
+        {
+            "name": "tiny-pruned",
+            "model": {"hf": str(tiny_bert)},
+            "data": {"train": {"text": str(texts)}, "eval": {"text": str(texts)}},
+            "steps": [
+                {
+                    "prune": {
+                        "granularity": "head",
+                        "sparsity": 0.5,
+                        "finetune": {"epochs": 2, "batch_size": 16, "lr": 1e-4},
+                    }
+                },
+                {"export": {}},
+                {"fuse": {}},
+            ],
+            "goal": {"metric": "cosine_mean", "max_drop": 0.5},
+            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
+        }
+    )
+    result = ss.run_recipe(recipe, tmp_path / "out")
+    artifact = ss.load_artifact(tmp_path / "out" / "tiny-pruned")
+    assert op_counts(artifact.model)["Attention"] == 2  # fused with the pruned head count
+    baseline, final = result.stages[0], result.stages[-1]
+    assert final.size_bytes < baseline.size_bytes
+    assert final.metrics["cosine_mean"] > 0.5  # distilled toward the original embeddings
+    feeds = tokenize(load_tokenizer(tiny_bert), TEXTS)
+    (got,) = ss.load_predictor(artifact.model).predict(feeds)
+    assert got.shape == (3, 64)

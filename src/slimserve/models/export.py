@@ -131,20 +131,24 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
         for lg, level in zip(loggers, old_levels, strict=True):
             lg.setLevel(level)
     if model.hf_folder is not None:
-        _record_hf_shape(proto, model.hf_folder)
+        _record_attention_shape(proto, model.module)
     return OnnxModel(proto)
 
 
-def _record_hf_shape(proto: onnx.ModelProto, folder: Any) -> None:
-    """Heads and hidden size in the ONNX metadata, for the fuse step (ORT's optimizer
-    cannot always read them from the graph)."""
-    import json
+def _record_attention_shape(proto: onnx.ModelProto, module: torch.nn.Module) -> None:
+    """Heads and attention width in the ONNX metadata, for the fuse step (ORT's optimizer
+    cannot always read them from the graph). Read from the module, not its config:
+    head pruning changes both."""
+    from slimserve.prune.structured import attention_modules
 
-    config = json.loads((folder / "config.json").read_text())
-    for key in ("num_attention_heads", "hidden_size"):
-        if isinstance(config.get(key), int):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = f"hf.{key}", str(config[key])
+    blocks = attention_modules(module)
+    if not blocks:
+        return
+    first: Any = blocks[0]
+    width = first.query.out_features
+    for key, value in (("num_attention_heads", first.num_attention_heads), ("hidden_size", width)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"hf.{key}", str(value)
 
 
 def check_parity(
