@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault(
     "SLIMSERVE_CACHE", str(Path(__file__).parent.parent / ".pytest_cache" / "models")
 )
+os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 runs on torch here, never on TF
 torch.set_num_threads(2)
 
 import slimserve as ss  # noqa: E402

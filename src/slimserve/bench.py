@@ -39,7 +39,13 @@ def model_bytes(model: Model) -> bytes:
         return model.to_bytes()
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
+    # Shared tensors (tied weights; Keras lists each weight twice) are stored once.
+    state, seen = {}, set()
+    for name, value in model.module.state_dict().items():
+        key = (value.data_ptr(), value.dtype, tuple(value.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = value.detach().contiguous()
     return bytes(save(state))
 
 

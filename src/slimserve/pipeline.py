@@ -31,10 +31,25 @@ ORDER_ADVICE = (
 )
 
 
+TRAINS_IN_TORCH = ("prune", "qat")
+
+
 def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
     """Check each step accepts what the previous produces; insert ``export`` where needed."""
     from slimserve.models.export import ExportConfig
 
+    if source_format == "keras":
+        for index, step in enumerate(steps):
+            if step.name in TRAINS_IN_TORCH:
+                raise RecipeError(
+                    f"steps[{index}] '{step.name}' trains the model with PyTorch's training "
+                    "loop, which a Keras model in a recipe cannot take. Prune a Keras model "
+                    "in Python with slimserve.keras (prune_low_magnitude, model.fit with "
+                    "UpdatePruningStep, strip_pruning; see docs/keras.md), save it with "
+                    "model.save('model.keras') and give that file here: the recipe then "
+                    "exports, quantizes and measures it."
+                )
+        source_format = "torch"
     fmt = source_format
     planned: list[Any] = []
     for index, step in enumerate(steps):
@@ -325,10 +340,12 @@ def _sha256(data: bytes) -> str:
 
 
 def _packages() -> dict[str, str]:
+    import sys
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for name in ("slimserve", "torch", "onnx", "onnxruntime", "numpy", "pydantic"):
+    used = [m for m in ("transformers", "keras") if m in sys.modules]
+    for name in ("slimserve", "torch", "onnx", "onnxruntime", "numpy", "pydantic", *used):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

@@ -55,14 +55,21 @@ def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
 
 
 class ModelSpec(_Frozen):
-    """Where the model comes from: exactly one of example, path, python, hf."""
+    """Where the model comes from: exactly one of example, path, python, hf, keras."""
 
     example: str | None = Field(
         None, description="A bundled example model: 'digits' (CNN) or 'minilm' (text encoder)."
     )
-    path: Path | None = Field(None, description="An .onnx, TorchScript .pt or .pt2 file.")
+    path: Path | None = Field(
+        None, description="An .onnx, TorchScript .pt, torch.export .pt2 or Keras .keras file."
+    )
     hf: Path | None = Field(
         None, description="A local Hugging Face model folder (save_pretrained); never a hub id."
+    )
+    keras: Path | None = Field(
+        None,
+        description="A Keras 3 .keras file (loaded with safe mode on, run on Keras' torch "
+        "backend; needs the [keras] extra).",
     )
     task: Literal["feature-extraction", "sequence-classification"] = Field(
         "feature-extraction",
@@ -75,14 +82,15 @@ class ModelSpec(_Frozen):
         None, description="A .safetensors (or weights-only .pt) state dict for 'python'."
     )
 
-    _resolve_paths = field_validator("path", "weights", "hf")(_resolve)
+    _resolve_paths = field_validator("path", "weights", "hf", "keras")(_resolve)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in ("example", "path", "python", "hf") if getattr(self, k) is not None]
+        sources = ("example", "path", "python", "hf", "keras")
+        given = [k for k in sources if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of example, path, python, hf "
+                "give exactly one of example, path, python, hf, keras "
                 f"(got {', '.join(given) if given else 'none'})"
             )
         if self.weights is not None and self.python is None and self.example is None:
@@ -96,6 +104,8 @@ class ModelSpec(_Frozen):
             return "onnx"
         if self.path is not None and self.path.is_dir():
             return "onnx"  # an artifact folder serves its model.onnx
+        if self.keras is not None or (self.path is not None and self.path.suffix == ".keras"):
+            return "keras"  # loads as a torch model, but cannot take torch training steps
         return "torch"
 
 

@@ -115,7 +115,28 @@ def _onnx_layers(model: OnnxModel) -> list[Layer]:
     ]
 
 
+def _keras_layers(model: Any) -> list[Layer]:
+    """Keras layers by their Keras names (torch's view lists each weight twice)."""
+    layers = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.weights:  # a nested model
+            layers.extend(_keras_layers(layer))
+            continue
+        values = [w.value for w in layer.weights]
+        if not values:
+            continue
+        count = sum(int(v.numel()) for v in values)
+        zeros = sum(int((v == 0).sum()) for v in values)
+        dtype = str(values[0].dtype).removeprefix("torch.")
+        layers.append(Layer(layer.name, type(layer).__name__, count, dtype, zeros / count))
+    return layers
+
+
 def _torch_layers(module: Any) -> list[Layer]:
+    from slimserve.models.keras import is_keras
+
+    if is_keras(module):
+        return _keras_layers(module.keras_model)
     layers = []
     for name, sub in module.named_modules():
         params = list(sub.parameters(recurse=False))

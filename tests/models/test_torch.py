@@ -118,7 +118,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
         ss.load(bad)
     with pytest.raises(ss.ModelLoadError, match="does not exist"):
         ss.load(tmp_path / "missing.onnx")
-    odd = tmp_path / "model.h5"
+    odd = tmp_path / "model.tflite"
     odd.write_bytes(b"x")
     with pytest.raises(ss.ModelLoadError, match="Don't know how to load"):
         ss.load(odd)

@@ -74,17 +74,24 @@ def test_forgetting_update_pruning_step_is_an_error() -> None:
     model(torch.randn(2, 1, 8, 8))  # inference without steps is fine
 
 
-@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8)])
-def test_n_m_pattern_is_valid(n: int, m: int) -> None:
+@pytest.mark.parametrize(("zeros", "m"), [(2, 4), (4, 8), (1, 4)])
+def test_n_m_pattern_is_valid(zeros: int, m: int) -> None:
+    # TF-MOT's sparsity_m_by_n=(m, n): m zeros in every n consecutive weights
     model = ss.prune_low_magnitude(
-        mlp(), pruning_schedule=ss.ConstantSparsity(target_sparsity=0.5), sparsity_m_by_n=(n, m)
+        mlp(), pruning_schedule=ss.ConstantSparsity(target_sparsity=0.5), sparsity_m_by_n=(zeros, m)
     )
+    n = m - zeros
     ss.update_pruning_step(model)
     ss.strip_pruning(model)
     for layer in (model[1], model[3]):
         groups = layer.weight.detach().reshape(layer.weight.shape[0], -1, m)
         assert ((groups != 0).sum(dim=-1) <= n).all()
         assert ((groups != 0).sum(dim=-1) == n).float().mean() > 0.99
+
+
+def test_m_by_n_must_leave_weights() -> None:
+    with pytest.raises(ss.SlimserveError, match="m zeros in every n"):
+        ss.prune_low_magnitude(mlp(), ss.ConstantSparsity(0.5), sparsity_m_by_n=(4, 4))
 
 
 def test_n_m_on_conv_groups_input_channels(digits_torch) -> None:  # type: ignore[no-untyped-def]

@@ -87,3 +87,15 @@ def test_constant_bad_arguments() -> None:
         ConstantSparsity(target_sparsity=1.5)
     with pytest.raises(ValueError, match="end_step must be -1 or >= 0"):
         ConstantSparsity(target_sparsity=0.5, end_step=-5)
+
+
+def test_schedules_take_tf_mots_positional_arguments() -> None:
+    # tfmot code writes ConstantSparsity(0.5, 0) and PolynomialDecay(0.0, 0.8, 0, 1000).
+    assert ConstantSparsity(0.5, 0) == ConstantSparsity(target_sparsity=0.5, begin_step=0)
+    assert PolynomialDecay(0.0, 0.8, 0, 1000) == PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=0.8, begin_step=0, end_step=1000
+    )
+    with pytest.raises(TypeError, match="both by position and by keyword"):
+        ConstantSparsity(0.5, target_sparsity=0.4)
+    with pytest.raises(TypeError, match="at most 4 arguments"):
+        ConstantSparsity(0.5, 0, -1, 100, 7)

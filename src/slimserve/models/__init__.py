@@ -27,7 +27,8 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".ts")
 def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> Model:
     """Load a model from a recipe spec, a path, ``"pkg.module:function"`` or ``example:NAME``.
 
-    Paths: ``.onnx``; TorchScript ``.pt``; ``torch.export`` ``.pt2``; an artifact folder.
+    Paths: ``.onnx``; TorchScript ``.pt``; ``torch.export`` ``.pt2``; Keras 3 ``.keras``;
+    an artifact folder.
     """
     from slimserve.recipe import ModelSpec
 
@@ -55,6 +56,10 @@ def tokenizer_folder(spec: ModelSpec) -> Path | None:
 
 
 def _load_spec(spec: ModelSpec) -> Model:
+    if spec.keras is not None:
+        from slimserve.models.keras import load_keras
+
+        return load_keras(spec.keras)
     if spec.hf is not None:
         from slimserve.models.hf import load_hf
 
@@ -95,9 +100,13 @@ def _load_path(path: Path) -> Model:
         return load_torchscript(path)
     if suffix == ".pt2":
         return load_exported_program(path)
+    if suffix in (".keras", ".h5", ".hdf5"):
+        from slimserve.models.keras import load_keras
+
+        return load_keras(path)
     raise ModelLoadError(
         f"Don't know how to load '{path}' (suffix '{suffix}'). Supported: .onnx, "
-        "TorchScript .pt, torch.export .pt2, an artifact folder, or a "
+        "TorchScript .pt, torch.export .pt2, Keras 3 .keras, an artifact folder, or a "
         "'pkg.module:function' factory."
     )
 

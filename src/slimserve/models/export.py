@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slimserve.context import Context
 from slimserve.errors import ExportError, first_line
+from slimserve.models.keras import is_keras
 from slimserve.models.onnx import OnnxModel
 from slimserve.models.torch import TorchModel
 
@@ -64,7 +65,10 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
     args = model.example_inputs
     exporter = config.exporter
     if exporter == "auto":
-        exporter = "torchscript" if model.hf_folder is not None else "dynamo"
+        # HF: TorchScript's graph is the one ORT's optimizer fuses. Keras: its call takes
+        # *args/**kwargs, which torch.export cannot map dynamic shapes onto.
+        legacy = model.hf_folder is not None or is_keras(model.module)
+        exporter = "torchscript" if legacy else "dynamo"
     axes_of = {n: {0: "batch"} for n in model.input_names} | (model.dynamic_axes or {})
     sink = io.StringIO()
     # torch.onnx and the onnxscript optimizer it runs log at INFO/WARNING: keep it quiet.

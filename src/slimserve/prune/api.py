@@ -33,14 +33,22 @@ def prune_low_magnitude(
 ) -> nn.Module:
     """Wrap ``module``'s Linear/Conv layers with magnitude masks that follow the schedule.
 
-    ``sparsity_m_by_n=(2, 4)`` selects N:M pruning as in TF-MOT (2 of every 4 inputs kept).
+    ``sparsity_m_by_n=(m, n)`` selects N:M pruning as in TF-MOT: m zeros in every n
+    consecutive input weights, e.g. ``(2, 4)``.
     The final classifier stays dense; ``exclude`` takes layer-name patterns.
     """
     if getattr(module, _ATTR, None) is not None:
         raise SlimserveError("This module is already wrapped by prune_low_magnitude.")
+    n_m = (2, 4)  # (kept, group), what the mask code takes
     if sparsity_m_by_n is not None:
-        granularity = "n:m"
-    options: dict[str, Any] = {"exclude": tuple(exclude), "n_m": sparsity_m_by_n or (2, 4)}
+        zeros, group = sparsity_m_by_n
+        if not 0 < zeros < group:
+            raise SlimserveError(
+                f"sparsity_m_by_n must be (m, n) with 0 < m < n (m zeros in every n "
+                f"consecutive weights), got {sparsity_m_by_n}."
+            )
+        granularity, n_m = "n:m", (group - zeros, group)
+    options: dict[str, Any] = {"exclude": tuple(exclude), "n_m": n_m}
     pruner = attach(module, pruning_schedule, granularity, scope, options)
     object.__setattr__(module, _ATTR, pruner)  # a plain attribute, not a submodule
 

@@ -48,6 +48,29 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(weight)
 
 
+def block_mask(
+    weight: torch.Tensor,
+    sparsity: float,
+    block_size: tuple[int, int],
+    pooling: Literal["AVG", "MAX"] = "AVG",
+) -> torch.Tensor:
+    """TF-MOT's block sparsity for a rank-2 weight: |w| is pooled (mean or max) over
+    non-overlapping ``block_size`` blocks, and whole blocks are kept or zeroed by magnitude.
+    Edge blocks that overhang the weight pool over the part inside it, as TF's SAME padding.
+    """
+    if weight.dim() != 2:
+        raise SlimserveError(
+            f"Block sparsity needs a 2-D weight, got shape {tuple(weight.shape)}; "
+            "use block_size=(1, 1) for this layer."
+        )
+    height, width = block_size
+    pool = torch.nn.functional.avg_pool2d if pooling == "AVG" else torch.nn.functional.max_pool2d
+    pooled = pool(weight.detach().abs()[None, None], block_size, block_size, ceil_mode=True)[0, 0]
+    kept_blocks = magnitude_mask(pooled, sparsity)
+    mask = kept_blocks.repeat_interleave(height, 0).repeat_interleave(width, 1)
+    return mask[: weight.shape[0], : weight.shape[1]].contiguous()
+
+
 def global_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """One magnitude threshold across all layers: layers lose what matters least overall."""
     flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])

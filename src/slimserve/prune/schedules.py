@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -30,6 +32,10 @@ class ConstantSparsity(BaseModel):
     begin_step: int = Field(0, description="First step at which masks are updated (>= 0).")
     end_step: int = Field(-1, description="Last update step; -1 keeps pruning until the end.")
     frequency: int = Field(100, description="Update the masks every `frequency` steps (> 0).")
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        _with_positional(type(self), args, data)
+        super().__init__(**data)
 
     @model_validator(mode="after")
     def _check(self) -> ConstantSparsity:
@@ -59,6 +65,10 @@ class PolynomialDecay(BaseModel):
     power: float = Field(3, description="Exponent: 3 prunes fast early and slowly late.")
     frequency: int = Field(100, description="Update the masks every `frequency` steps (> 0).")
 
+    def __init__(self, *args: Any, **data: Any) -> None:
+        _with_positional(type(self), args, data)
+        super().__init__(**data)
+
     @model_validator(mode="after")
     def _check(self) -> PolynomialDecay:
         _in_range(self.initial_sparsity, "initial_sparsity")
@@ -77,6 +87,18 @@ class PolynomialDecay(BaseModel):
             should_prune_in_step(step, self.begin_step, self.end_step, self.frequency),
             self.sparsity(step),
         )
+
+
+def _with_positional(cls: type[BaseModel], args: tuple[Any, ...], data: dict[str, Any]) -> None:
+    """TF-MOT's schedules take positional arguments (``ConstantSparsity(0.5, 0)``): map them
+    onto the fields in declaration order, so that migrating code keeps working."""
+    names = list(cls.model_fields)
+    if len(args) > len(names):
+        raise TypeError(f"{cls.__name__} takes at most {len(names)} arguments ({', '.join(names)})")
+    for name, value in zip(names, args, strict=False):
+        if name in data:
+            raise TypeError(f"{cls.__name__} got '{name}' both by position and by keyword")
+        data[name] = value
 
 
 def _check_steps(begin_step: int, end_step: int, frequency: int, allow_no_end: bool) -> None:
