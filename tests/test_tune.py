@@ -69,6 +69,8 @@ def test_nothing_within_tolerance_exits_1_with_reasons(tmp_path: Path) -> None:
             "0",
             "--budget",
             "5m",
+            "--runtimes",
+            "onnx",  # a float32 torch program of the same model would be exact
             "--out",
             str(tmp_path / "out"),
         ],
@@ -94,6 +96,8 @@ def test_tune_beats_single_techniques_and_reproduces(tmp_path: Path) -> None:
     statuses = "; ".join(f"{c.name}: {c.status}" for c in result.candidates)
     assert best is not None and best.techniques == 2, statuses  # prune + int8 together
     assert result.baseline_metric - (best.metric or 0) <= 0.01
+    program = next(c for c in result.candidates if c.name.startswith("torch program"))
+    assert program.status == "accepted" and program.items_per_s, statuses  # timed with the rest
     singles = [c for c in result.candidates if c.status == "accepted" and c.techniques == 1]
     assert len(singles) >= 5
     for single in singles:

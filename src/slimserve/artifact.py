@@ -13,7 +13,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,6 +68,8 @@ class Manifest(_Record):
     packages: dict[str, str] = Field(default_factory=dict)
     # Text models: {"tokenizer": folder in the artifact, "max_length", "task", "pooling"}.
     text: dict[str, Any] | None = None
+    # What serves the artifact: model.onnx in ONNX Runtime, or the torch program model.pt2.
+    runtime: Literal["onnx", "torch"] = "onnx"
 
 
 @dataclass(frozen=True)

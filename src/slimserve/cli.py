@@ -189,8 +189,13 @@ def inspect(
 
 
 def _load_any(source: str) -> Any:
+    """A model to run: an artifact gives the model it is served with (ONNX or torch)."""
+    from slimserve.artifact import MANIFEST_FILE, load_artifact
     from slimserve.models import load
+    from slimserve.runtime import served_model
 
+    if (Path(source) / MANIFEST_FILE).is_file():
+        return served_model(load_artifact(source))
     return load(source)
 
 
@@ -609,6 +614,11 @@ def tune(
     max_drop: str = typer.Option("1%", "--max-drop", help="Tolerated quality drop: 1% or 0.01."),
     objective: str = typer.Option("latency", "--objective", help="latency | throughput | size"),
     budget: str = typer.Option("10m", "--budget", help="Time to spend: 90s, 10m, 1h."),
+    runtimes: str = typer.Option(
+        "onnx,torch",
+        "--runtimes",
+        help="Runtimes the result may use: onnx, torch (a torch.export program), or both.",
+    ),
     out: Path = typer.Option(Path("runs/tune"), "--out", "-o", help="Output folder."),
     mlflow: bool = typer.Option(False, "--mlflow", help="Log the winner to MLflow."),
     mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help="Tracking URI."),
@@ -623,6 +633,9 @@ def tune(
         require("mlflow", "mlflow", "MLflow tracking (--mlflow)")
     if objective not in ("latency", "throughput", "size"):
         raise SlimserveError(f"--objective is latency, throughput or size, not '{objective}'.")
+    allowed = tuple(r.strip() for r in runtimes.split(",") if r.strip())
+    if not allowed or any(r not in ("onnx", "torch") for r in allowed):
+        raise SlimserveError(f"--runtimes takes onnx, torch or onnx,torch, not '{runtimes}'.")
     model_spec: dict[str, Any]
     if model.startswith("example:"):
         model_spec = {"example": model.removeprefix("example:")}
@@ -641,6 +654,7 @@ def tune(
         max_drop=_fraction(max_drop),
         objective=objective,  # type: ignore[arg-type]
         budget_s=_seconds(budget),
+        runtimes=allowed,  # type: ignore[arg-type]
     )
     with console.status("tuning") as status:
         result = run_tune(spec, out, lambda message, fraction: status.update(message))

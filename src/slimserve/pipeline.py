@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -162,10 +162,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
                     details=log.details,
                 )
             )
+        program = None
+        if "torch" in recipe.runtimes.candidates:
+            advance("torch program")
+            program = _torch_program(recipe, stages, eval_data, reference, threads, notes)
         advance("benchmarking every stage")
         _bench_stages(stages, eval_data, recipe)
     assert isinstance(current, OnnxModel)
-    notes = _goal_notes(recipe, stages) + notes
+    runtime, served = _choose_runtime(recipe, stages, program, notes)
+    notes = _goal_notes(recipe, [*stages[:1], served]) + notes
     manifest = Manifest(
         name=recipe.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -179,10 +184,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         steps=records,
         io=describe_io(current.proto),
         baseline=baseline.metrics,
-        final=stages[-1].metrics,
+        final=served.metrics,
         stages=[s.row() for s in stages],
         notes=notes,
         packages=_packages(),
+        runtime=runtime,
     )
     files: dict[str, bytes] = {}
     hf_folder = getattr(model, "hf_folder", None)
@@ -191,6 +197,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
 
         manifest = manifest.model_copy(update={"text": text_record(hf_folder, recipe.model.task)})
         files = tokenizer_files(hf_folder)
+    if program is not None:
+        from slimserve.torch_program import PROGRAM_FILE
+
+        files[PROGRAM_FILE] = program[1]
     files.update(build_report(manifest))
     artifact = save_artifact(out / recipe.name, current, manifest, files)
     return RunResult(artifact, stages, notes)
@@ -315,6 +325,82 @@ def _bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> 
     )
     for stage in stages:
         stage.timings = {b: t.as_dict() for b, t in timings[stage.name].items()}
+
+
+def _torch_program(
+    recipe: Recipe,
+    stages: list[Stage],
+    eval_data: Dataset | None,
+    reference: np.ndarray | None,
+    threads: int,
+    notes: list[str],
+) -> tuple[Stage, bytes] | None:
+    """The last PyTorch stage as a ``torch.export`` program: a stage timed with the rest."""
+    from slimserve.errors import ExportError
+    from slimserve.models import TorchModel
+    from slimserve.torch_program import export_program, resolve_dtype
+
+    source = next((s.model for s in reversed(stages) if isinstance(s.model, TorchModel)), None)
+    if source is None:
+        notes.append(
+            "No torch program: the source model is ONNX, so there is nothing to run in PyTorch."
+        )
+        return None
+    dtype, warning = resolve_dtype(recipe.runtimes.torch_dtype)
+    if warning:
+        notes.append(warning)
+    try:
+        model, data = export_program(source, dtype)
+    except ExportError as exc:
+        if recipe.runtimes.candidates == ("torch",):
+            raise
+        notes.append(f"No torch program: {exc}")
+        return None
+    label = str(dtype).removeprefix("torch.")
+    stage = Stage(f"torch program {label}", model)
+    stage.metrics = _quality(model, eval_data, reference, threads)
+    stages.append(stage)
+    return stage, data
+
+
+def _choose_runtime(
+    recipe: Recipe, stages: list[Stage], program: tuple[Stage, bytes] | None, notes: list[str]
+) -> tuple[Literal["onnx", "torch"], Stage]:
+    """Serve the torch program or the ONNX model: the faster at the largest bench batch
+    among those that meet the goal (ONNX when neither or both cannot be compared)."""
+    onnx_stage = next(s for s in reversed(stages) if s.model.format == "onnx")
+    if program is None:
+        return "onnx", onnx_stage
+    torch_stage = program[0]
+    if recipe.runtimes.candidates == ("torch",):
+        return "torch", torch_stage
+    batch = max(recipe.bench.batch_sizes)
+    speed = {
+        s.name: s.timings.get(batch, {}).get("items_per_s", 0.0) for s in (onnx_stage, torch_stage)
+    }
+    ok = {s.name: _meets_goal(recipe, stages[0], s) for s in (onnx_stage, torch_stage)}
+    ratio = speed[torch_stage.name] / speed[onnx_stage.name] if speed[onnx_stage.name] else 0.0
+    if ok[torch_stage.name] and (ratio > 1.0 or not ok[onnx_stage.name]):
+        notes.append(
+            f"Serving the {torch_stage.name}: {ratio:.2f}x the ONNX model's batch-{batch} "
+            "throughput, within the goal."
+        )
+        return "torch", torch_stage
+    why = "misses the goal" if not ok[torch_stage.name] else f"is {ratio:.2f}x as fast"
+    notes.append(
+        f"Serving the ONNX model: the {torch_stage.name} {why} at batch {batch} "
+        "(measured in the same run; the program is kept in the artifact as model.pt2)."
+    )
+    return "onnx", onnx_stage
+
+
+def _meets_goal(recipe: Recipe, baseline: Stage, stage: Stage) -> bool:
+    metric = recipe.goal.metric
+    base = 1.0 if metric in ("cosine_mean", "top1_agreement") else baseline.metrics.get(metric)
+    value = stage.metrics.get(metric)
+    if base is None or value is None:
+        return True  # nothing to check against: speed decides
+    return base - value <= recipe.goal.max_drop
 
 
 def _goal_notes(recipe: Recipe, stages: list[Stage]) -> list[str]:

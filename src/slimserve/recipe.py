@@ -29,6 +29,7 @@ from slimserve.models.export import ExportConfig
 from slimserve.prune.train import PruneConfig
 from slimserve.quantize.ort import QuantizeConfig
 from slimserve.quantize.qat import QATConfig
+from slimserve.torch_program import RuntimeChoice
 
 STEPS: dict[str, type[BaseModel]] = {
     "prune": PruneConfig,
@@ -191,6 +192,10 @@ class Recipe(_Frozen):
     steps: tuple[Any, ...] = Field((), description="Technique steps, run in order.")
     goal: Goal = Field(default_factory=Goal, description="The quality the result must keep.")
     bench: BenchConfig = Field(default_factory=BenchConfig, description="How every stage is timed.")
+    runtimes: RuntimeChoice = Field(
+        default_factory=RuntimeChoice,
+        description="Serve the ONNX model, a torch program, or whichever is faster.",
+    )
     seed: int = Field(0, description="Seed for every random choice.")
 
     @field_serializer("steps")
@@ -242,6 +247,12 @@ def parse_recipe(raw: Any, base: Path | None = None, source: str = "recipe") -> 
         listing = "\n  ".join(problems)
         raise RecipeError(f"{source} has {len(problems)} problem(s):\n  {listing}")
     assert recipe is not None
+    if recipe.runtimes.candidates == ("torch",) and recipe.model.format == "onnx":
+        raise RecipeError(
+            f"{source}: runtimes.candidates is [torch], but the model is ONNX, so there is no "
+            "PyTorch model to make a torch program of. Use candidates: [onnx], or give the "
+            "PyTorch model."
+        )
     recipe = recipe.model_copy(update={"steps": tuple(steps)})
     from slimserve.pipeline import plan_steps
 

@@ -10,6 +10,7 @@ import numpy as np
 from slimserve.errors import DataError
 
 if TYPE_CHECKING:
+    from slimserve.artifact import Artifact
     from slimserve.models import Model, OnnxModel, TorchModel
 
 
@@ -79,7 +80,9 @@ class TorchPredictor:
         self.threads = threads
         self.input_names = model.input_names
         self.output_names = model.output_names
-        model.module.eval()
+        from slimserve.models.torch import as_eval
+
+        as_eval(model.module)
         self._torch = torch
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -94,11 +97,37 @@ class TorchPredictor:
 
 
 def load(source: Model | str | Path, threads: int = 2) -> Predictor:
-    """A predictor for a model state, a model file or an artifact folder."""
+    """A predictor for a model state, a model file or an artifact folder (which runs in
+    the runtime its manifest names: ONNX Runtime, or its torch program)."""
+    from slimserve.artifact import MANIFEST_FILE, load_artifact
     from slimserve.models import OnnxModel, TorchModel
     from slimserve.models import load as load_model
 
+    if not isinstance(source, OnnxModel | TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
+        return for_artifact(load_artifact(source), threads)
     model = source if isinstance(source, OnnxModel | TorchModel) else load_model(source)
     if isinstance(model, OnnxModel):
         return OrtPredictor(model, threads)
     return TorchPredictor(model, threads)
+
+
+def served_model(artifact: Artifact) -> Model:
+    """The model an artifact is served with: ``manifest.runtime`` picks the file."""
+    if artifact.manifest.runtime == "torch":
+        from slimserve.models import TorchModel
+        from slimserve.torch_program import PROGRAM_FILE, load_program
+
+        names = artifact.manifest.io
+        module = load_program((artifact.path / PROGRAM_FILE).read_bytes())
+        return TorchModel(
+            module,
+            None,
+            tuple(i["name"] for i in names["inputs"]),
+            tuple(o["name"] for o in names["outputs"]),
+        )
+    return artifact.model
+
+
+def for_artifact(artifact: Artifact, threads: int = 2) -> Predictor:
+    """The predictor an artifact is served with (ONNX Runtime or its torch program)."""
+    return load(served_model(artifact), threads)

@@ -1,6 +1,7 @@
 """Accuracy-aware tuning: try configurations, keep the best one inside the tolerance.
 
-Candidates run cheapest first (quantization modes and calibration methods, then
+Candidates run cheapest first (quantization modes and calibration methods, a torch
+program of a PyTorch source, float32 or bf16 where the CPU has it, then
 sensitivity fallback, then channel pruning with fine-tuning combined with int8), each
 checked on a small slice of the eval data before the full evaluation (early rejection),
 until the time budget is spent. The accepted ones are timed together in one
@@ -35,6 +36,7 @@ class TuneSpec:
     objective: Objective = "latency"
     budget_s: float = 600.0
     sparsities: tuple[float, ...] = (0.25, 0.5)
+    runtimes: tuple[Literal["onnx", "torch"], ...] = ("onnx", "torch")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Candidate:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     model: Any = None
+    runtimes: dict[str, Any] | None = None  # a recipe's runtimes section (torch program)
 
     def objective(self, kind: Objective) -> float:
         if kind == "size":
@@ -90,6 +93,12 @@ def candidate_list(
         ),
         Candidate("fp16", [{"quantize": {"mode": "fp16"}}], 1),
     ]
+    if model_format == "torch":
+        from slimserve.torch_program import resolve_dtype
+
+        dtype = str(resolve_dtype("auto")[0]).removeprefix("torch.")
+        runtimes = {"candidates": ["torch"], "torch_dtype": "auto"}
+        items.insert(1, Candidate(f"torch program ({dtype})", [], 0, runtimes=runtimes))
     if has_linear:
         items.append(
             Candidate(
@@ -148,7 +157,16 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     quick_reference = None if reference is None else reference[:QUICK_SAMPLES]
     quick_baseline = 1.0 if reference is not None else evaluate(base_predictor, quick)[metric]
     has_linear = _has_linear(model)
-    candidates = candidate_list(model.format, has_linear, "train" in data, spec.sparsities)
+    candidates = [
+        c
+        for c in candidate_list(model.format, has_linear, "train" in data, spec.sparsities)
+        if ("torch" if c.runtimes else "onnx") in spec.runtimes
+    ]
+    if not candidates:
+        raise SlimserveError(
+            "No candidate to try: the model is ONNX and only the torch runtime is allowed. "
+            "Allow onnx (--runtimes onnx,torch) or give the PyTorch model."
+        )
     ctx = Context(data=data, reference=model, seed=0, goal_metric=metric, max_drop=spec.max_drop)
     for index, candidate in enumerate(candidates):
         elapsed = time.perf_counter() - started
@@ -161,7 +179,10 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
             )
         t0 = time.perf_counter()
         try:
-            built = _build(model, candidate.steps, ctx, plan_steps)
+            if candidate.runtimes is not None:
+                built = _torch_program(model)
+            else:
+                built = _build(model, candidate.steps, ctx, plan_steps)
         except SlimserveError as exc:
             candidate.status = f"failed: {exc}"
             continue
@@ -203,6 +224,8 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
             "steps": best.steps,
             "goal": {"metric": metric, "max_drop": spec.max_drop},
         }
+        if best.runtimes is not None:
+            recipe["runtimes"] = best.runtimes
         (out / "best-recipe.yaml").write_text(
             "# Written by slimserve tune: `slimserve optimize best-recipe.yaml` rebuilds it.\n"
             + yaml.safe_dump(recipe, sort_keys=False)
@@ -237,6 +260,15 @@ def _build(model: Any, steps: list[dict[str, Any]], ctx: Context, plan_steps: An
         source = copy.deepcopy(current) if current.format == "torch" else current
         current = config.apply(source, replace(ctx, log=StepLog()))
     return current
+
+
+def _torch_program(model: Any) -> Any:
+    """The source model as a torch.export program (bfloat16 where the CPU has it)."""
+    from slimserve.torch_program import export_program, resolve_dtype
+
+    if model.format != "torch":
+        raise SlimserveError("a torch program needs a PyTorch source model")
+    return export_program(model, resolve_dtype("auto")[0])[0]
 
 
 def _has_linear(model: Any) -> bool:

@@ -17,7 +17,7 @@ from slimserve.context import Context
 from slimserve.errors import ExportError, first_line
 from slimserve.models.keras import is_keras
 from slimserve.models.onnx import OnnxModel
-from slimserve.models.torch import TorchModel
+from slimserve.models.torch import TorchModel, as_eval
 
 
 class ExportConfig(BaseModel):
@@ -61,7 +61,7 @@ def export_onnx(model: TorchModel, config: ExportConfig) -> OnnxModel:
     """Run torch's exporter; quiet on success, a clear ExportError on failure."""
     if model.example_inputs is None:
         raise ExportError("Export needs example inputs; give them with the model.")
-    module = model.module.eval()
+    module = as_eval(model.module)
     args = model.example_inputs
     exporter = config.exporter
     if exporter == "auto":

@@ -37,6 +37,15 @@ class TorchModel:
         return replace(self, module=module)
 
 
+def as_eval(module: torch.nn.Module) -> torch.nn.Module:
+    """``module.eval()``; a ``torch.export`` program's module is already fixed in inference
+    form and refuses eval() (NotImplementedError), so it is returned as is."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
 def _as_inputs(value: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(value, torch.Tensor):
         return (value,)

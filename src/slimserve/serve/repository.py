@@ -54,7 +54,7 @@ class ServedModel:
 
 def _served(name: str, version: str, model: Any, threads: int, artifact: Any = None) -> ServedModel:
     from slimserve.models.onnx import describe_io
-    from slimserve.runtime import OrtPredictor
+    from slimserve.runtime import OrtPredictor, for_artifact
 
     io = describe_io(model.proto)
     text = None
@@ -64,7 +64,7 @@ def _served(name: str, version: str, model: Any, threads: int, artifact: Any = N
         record = artifact.manifest.text
         tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
         text = TextInput(tokenizer, int(record["max_length"]))
-    predictor = OrtPredictor(model, threads)
+    predictor = for_artifact(artifact, threads) if artifact else OrtPredictor(model, threads)
     return ServedModel(name, version, predictor, io["inputs"], io["outputs"], text)
 
 
