@@ -109,11 +109,10 @@ def test_the_stripped_model_exports_quantizes_and_serves(
     saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`slimserve optimize` takes the .keras file; the artifact serves over V2."""
-    import tritonclient.http as httpclient
     from typer.testing import CliRunner
 
     from slimserve.cli import app
-    from tests.serve.conftest import start
+    from tests.serve.conftest import infer_once
 
     model = load_keras(saved)
     onnx_model = ss.ExportConfig().apply(model, ss.Context())  # includes the parity check
@@ -139,17 +138,9 @@ def test_the_stripped_model_exports_quantizes_and_serves(
     assert "QuantizeLinear" in {n.op_type for n in artifact.model.proto.graph.node}
     assert artifact.manifest.final["accuracy"] >= artifact.manifest.baseline["accuracy"] - 0.03
 
-    server, thread, url = start(artifact.path)
-    try:
-        client = httpclient.InferenceServerClient(url)
-        batch = httpclient.InferInput("input", [64, 1, 8, 8], "FP32")
-        batch.set_data_from_numpy(x[:64])
-        logits = client.infer("keras-digits", [batch]).as_numpy("output")
-        assert logits.shape == (64, 10)
-        assert (np.argmax(logits, 1) == np.argmax(reference[:64], 1)).mean() >= 0.95
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=30)
+    logits = infer_once(artifact.path, "keras-digits", x[:64])
+    assert logits.shape == (64, 10)
+    assert (np.argmax(logits, 1) == np.argmax(reference[:64], 1)).mean() >= 0.95
 
 
 def test_masks_move_only_on_frequency_steps() -> None:

@@ -58,9 +58,7 @@ def test_both_runtimes_are_timed_and_the_faster_within_the_goal_is_served(
 
 
 def test_a_torch_only_artifact_serves_its_program(tmp_path: Path) -> None:
-    import tritonclient.http as httpclient
-
-    from tests.serve.conftest import start
+    from tests.serve.conftest import infer_once
 
     result = ss.run_recipe(digits_recipe({"candidates": ["torch"]}, steps=[]), tmp_path)
     artifact = result.artifact
@@ -73,16 +71,8 @@ def test_a_torch_only_artifact_serves_its_program(tmp_path: Path) -> None:
         expected = torch_model.module(torch.from_numpy(x)).numpy()  # type: ignore[union-attr]
     np.testing.assert_allclose(predictor.predict({"input": x})[0], expected, atol=1e-5)
 
-    server, thread, url = start(artifact.path)
-    try:
-        client = httpclient.InferenceServerClient(url)
-        batch = httpclient.InferInput("input", [16, 1, 8, 8], "FP32")
-        batch.set_data_from_numpy(x[:16])
-        logits = client.infer("digits-rt", [batch]).as_numpy("output")
-        np.testing.assert_allclose(logits, expected[:16], atol=1e-5)
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=30)
+    logits = infer_once(artifact.path, "digits-rt", x[:16])
+    np.testing.assert_allclose(logits, expected[:16], atol=1e-5)
 
     (artifact.path / PROGRAM_FILE).write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="sha256 mismatch"):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -44,6 +45,22 @@ def start(path: Path, **options: object) -> tuple[object, threading.Thread, str]
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     return server, thread, f"127.0.0.1:{bound_port(server)}"
+
+
+def infer_once(artifact: Path, model: str, inputs: np.ndarray, name: str = "input") -> np.ndarray:
+    """Start a server on ``artifact``, send one tritonclient HTTP request, stop it."""
+    import tritonclient.http as httpclient
+
+    server, thread, url = start(artifact)
+    try:
+        client = httpclient.InferenceServerClient(url)
+        tensor = httpclient.InferInput(name, list(inputs.shape), "FP32")
+        tensor.set_data_from_numpy(inputs)
+        result: np.ndarray = client.infer(model, [tensor]).as_numpy("output")
+        return result
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
