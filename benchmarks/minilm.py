@@ -1,84 +1,26 @@
 """all-MiniLM-L6-v2: the one-line recipes a user would try, against slimserve's best
-artifact, interleaved in one run.
+artifact (`slimserve demo minilm`'s recipe), interleaved in one run.
 
     python benchmarks/minilm.py [--update BENCHMARKS.md] [--rounds 3]
 
-Candidates (the issue's anchors): PyTorch fp32 eager (transformers' default attention,
-mean pooling), PyTorch bf16, ONNX Runtime fp32 on a plain export, ONNX Runtime dynamic
-int8 per-channel on the fused graph; and slimserve's artifact from
-`slimserve demo minilm`'s recipe. Batch 32 of real English sentences (the 256 held-out
-`english` eval sentences, never used for calibration), each batch padded to its own
-longest sentence; batch 1 over the first 48 of them. Fidelity against PyTorch fp32:
-cosine mean/min and top-5 neighbour agreement (each sentence's 5 nearest others).
+What is measured and how: `slimserve.examples.minilm_anchors` (shared with the demo).
 2 threads everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _record import update
 
 import slimserve as ss
-from slimserve.context import Context
-from slimserve.data import english_split
-from slimserve.examples.minilm import model_folder
-from slimserve.fuse import FuseConfig
-from slimserve.models.export import ExportConfig
-from slimserve.models.hf import load_tokenizer, offline, tokenize
-from slimserve.quantize.ort import QuantizeConfig, quantize_onnx
-from slimserve.recipe import ModelSpec
+from slimserve.examples.minilm_anchors import HEADERS, compare
 from slimserve.report import markdown_table
-from slimserve.runtime import OrtPredictor
-
-Run = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-def torch_runner(dtype: torch.dtype) -> tuple[Run, int]:
-    """transformers' AutoModel as a user loads it (default attention), mean pooling."""
-    from transformers import AutoModel
-
-    with offline():
-        model = AutoModel.from_pretrained(model_folder(), local_files_only=True).eval()
-    model = model.to(dtype)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            hidden = model(**tensors)[0].float()
-            mask = tensors["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=1).numpy()
-
-    return run, size
-
-
-def ort_runner(model: ss.OnnxModel) -> tuple[Run, int]:
-    predictor = OrtPredictor(model, threads=2)
-    names = predictor.input_names
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return predictor.predict({n: feeds[n] for n in names})[0]  # type: ignore[no-any-return]
-
-    return run, len(model.to_bytes())
-
-
-def neighbours(embeddings: np.ndarray, k: int = 5) -> np.ndarray:
-    similarity = embeddings @ embeddings.T
-    np.fill_diagonal(similarity, -np.inf)
-    return np.argsort(-similarity, axis=1)[:, :k]
 
 
 def main() -> None:
@@ -86,126 +28,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--update", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    sentences = english_split("eval")
-    tokenizer = load_tokenizer(model_folder())
-    batches = [tokenize(tokenizer, sentences[i : i + 32], 256) for i in range(0, 256, 32)]
-    singles = [tokenize(tokenizer, [s], 256) for s in sentences[:48]]
-    padded = sum(b["attention_mask"].size for b in batches)
-    real = sum(int(b["attention_mask"].sum()) for b in batches)
-    # The same 256 sentences batched as slimserve's server batches them: grouped by
-    # length, so a batch pads to a similar sentence rather than to the longest of 32.
-    lengths = [len(tokenizer(s)["input_ids"]) for s in sentences]
-    order = np.argsort(lengths, kind="stable")
-    grouped = [
-        tokenize(tokenizer, [sentences[j] for j in order[i : i + 32]], 256)
-        for i in range(0, 256, 32)
-    ]
-    grouped_padded = sum(b["attention_mask"].size for b in grouped)
-
-    print("Building the ONNX candidates (export, fuse, quantize)...")
-    hf_model = ss.load(ModelSpec(example="minilm"))
-    plain = ExportConfig().apply(hf_model, Context())
-    calibration = ss.Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
-    fused = FuseConfig().apply(plain, Context(data={"calibration": calibration}))
-    int8 = quantize_onnx(fused, QuantizeConfig(mode="dynamic", per_channel=True))
     with tempfile.TemporaryDirectory() as tmp:
-        ss.run_recipe(
-            ss.load_recipe(Path(ss.__file__).parent / "examples" / "minilm.yaml"), Path(tmp)
-        )
-        best = ss.load_artifact(Path(tmp) / "minilm").model
-
-    candidates: dict[str, tuple[Run, int]] = {
-        "PyTorch fp32 eager": torch_runner(torch.float32),
-        "PyTorch bf16 eager": torch_runner(torch.bfloat16),
-        "ORT fp32, plain export": ort_runner(plain),
-        "ORT dynamic int8 per-channel, fused graph": ort_runner(int8),
-        "slimserve best (demo minilm recipe)": ort_runner(best),
-    }
-    grouped_name = "slimserve best, batches grouped by length"
-    candidates[grouped_name] = candidates["slimserve best (demo minilm recipe)"]
-    reference = np.concatenate([candidates["PyTorch fp32 eager"][0](b) for b in batches])
-    b32: dict[str, list[float]] = {name: [] for name in candidates}
-    b1: dict[str, list[float]] = {name: [] for name in candidates}
-    outputs: dict[str, np.ndarray] = {}
-    for run, _ in candidates.values():  # warm-up
-        run(batches[0])
-        run(singles[0])
-    for round_ in range(args.rounds):
-        for name, (run, _) in candidates.items():  # interleaved: drift hits all alike
-            started = time.perf_counter()
-            out = [run(b) for b in (grouped if name == grouped_name else batches)]
-            b32[name].append(256 / (time.perf_counter() - started))
-            outputs[name] = np.concatenate(out)
-            if name == grouped_name:  # back to the reference's sentence order
-                outputs[name] = outputs[name][np.argsort(order)]
-            for feeds in singles:
-                started = time.perf_counter()
-                run(feeds)
-                b1[name].append((time.perf_counter() - started) * 1e3)
-        print(f"round {round_ + 1}/{args.rounds} done")
-    ref_neighbours = neighbours(reference)
-    rows = []
-    fp32_size = candidates["PyTorch fp32 eager"][1]
-    for name, (_, size) in candidates.items():
-        cos = (reference * outputs[name]).sum(1) / (
-            np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs[name], axis=1)
-        )
-        found = neighbours(outputs[name])
-        pairs = zip(ref_neighbours, found, strict=True)
-        agree = np.mean([len(set(a) & set(b)) / 5 for a, b in pairs])
-        latencies = sorted(b1[name])
-        rows.append(
-            [
-                name,
-                f"{size / 1e6:.1f} MB ({size / fp32_size:.0%})",
-                f"{statistics.median(latencies):.2f}",
-                f"{latencies[int(0.95 * (len(latencies) - 1))]:.2f}",
-                f"{statistics.median(b32[name]):.0f}",
-                f"{cos.mean():.4f} / {cos.min():.4f}",
-                f"{agree:.3f}",
-            ]
-        )
-    headers = [
-        "recipe",
-        "size",
-        "b1 p50 ms",
-        "b1 p95 ms",
-        "b32 sentences/s",
-        "cosine mean/min",
-        "top-5 neighbours",
-    ]
-    table = markdown_table(headers, rows)
-    anchors = [r for r in rows if not r[0].startswith("slimserve")]
-    best_rate = max(float(r[4]) for r in anchors)
-    best_b1 = min(float(r[2]) for r in anchors)
-    mine, grouped_row = rows[-2], rows[-1]
-    verdict = (
-        f"slimserve's best against the best anchor: b32 throughput "
-        f"{float(mine[4]) / best_rate:.2f}x on the same batches, "
-        f"{float(grouped_row[4]) / best_rate:.2f}x with batches grouped by length (goal 2x); "
-        f"b1 p50 {float(mine[2]) / best_b1:.2f}x (goal <= 0.7x)."
-    )
-    padding = (
-        f"Padding: {1 - real / padded:.0%} of the batch-32 tokens are padding in the "
-        f"anchors' batches, {1 - real / grouped_padded:.0%} when grouped by length."
-    )
+        recipe = ss.load_recipe(Path(ss.__file__).parent / "examples" / "minilm.yaml")
+        print("Running the demo minilm recipe...")
+        ss.run_recipe(recipe, Path(tmp))
+        result = compare(Path(tmp) / "minilm", rounds=args.rounds)
+    table = markdown_table(HEADERS, result.rows)
     print(table)
-    print(verdict)
-    print(padding)
+    print(result.verdict)
+    print(result.padding)
     if args.update:
         body = (
             "Command: `python benchmarks/minilm.py --update BENCHMARKS.md` (run by `make "
             f"bench`). {args.rounds} interleaved rounds, medians; 2 threads.\n\n"
             + table
             + "\n\n"
-            + verdict
+            + result.verdict
             + " "
-            + padding
+            + result.padding
             + "\n\nThis machine has AVX2 only (no AVX-512 VNNI, BF16 or AMX), so its int8 "
             "kernels lack VNNI's dot products and bf16 runs emulated: the anchors' ratios "
-            "differ from a Xeon's. Levers not yet built (issue 7): head/FFN pruning with "
-            "distillation, sensitivity-driven static int8, a torch runtime in artifacts."
+            "differ from a Xeon's."
         )
         update(args.update, "minilm", body)
 

@@ -124,6 +124,11 @@ def demo(
     repeats: int | None = typer.Option(
         None, "--repeats", min=3, help="Timed runs per stage (default: the recipe's)."
     ),
+    anchors: bool = typer.Option(
+        True,
+        "--anchors/--no-anchors",
+        help="minilm: also time the one-line PyTorch/ORT recipes against the artifact.",
+    ),
 ) -> None:
     """Run a bundled example end to end and print the comparison table."""
     from importlib.resources import files
@@ -138,6 +143,23 @@ def demo(
         bench = recipe.bench.model_copy(update={"repeats": repeats})
         recipe = recipe.model_copy(update={"bench": bench})
     _optimize(recipe, out)
+    if example == "minilm" and anchors:
+        from slimserve.examples.minilm_anchors import HEADERS, compare
+
+        with console.status("comparing with the anchors") as status:
+            result = compare(out / recipe.name, rounds=1, log=status.update)
+        table = Table(
+            title="Against the one-line recipes (anchors), interleaved in this run; "
+            "256 held-out sentences, 2 threads",
+            title_justify="left",
+        )
+        for column in HEADERS:
+            table.add_column(column, justify="left" if column == "recipe" else "right")
+        for row in result.rows:
+            table.add_row(*row)
+        console.print(table)
+        console.print(result.verdict, highlight=False)
+        console.print(result.padding, highlight=False)
 
 
 @app.command()

@@ -45,3 +45,25 @@ def test_minilm_recipe_matches_sentence_transformers(tmp_path: Path) -> None:
     cosine = (expected * got).sum(axis=1)
     assert cosine.mean() > 0.985 and cosine.min() > 0.95
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_demo_minilm_prints_the_comparison_with_the_anchors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from slimserve.cli import app
+
+    result = CliRunner().invoke(
+        app, ["demo", "minilm", "--out", str(tmp_path), "--repeats", "3"], env={"COLUMNS": "240"}
+    )
+    assert result.exit_code == 0, result.output
+    for anchor in (
+        "PyTorch fp32 eager",
+        "PyTorch bf16 eager",
+        "ORT fp32, plain export",
+        "ORT dynamic int8 per-channel, fused graph",
+        "slimserve artifact, batches grouped by length",
+    ):
+        assert anchor in result.output
+    assert "against the best anchor: b32 throughput" in result.output
+    assert (tmp_path / "minilm" / "manifest.json").is_file()

@@ -1,0 +1,210 @@
+"""all-MiniLM-L6-v2: the one-line recipes a user would try (the anchors), against a
+slimserve artifact, interleaved in one run. Used by ``slimserve demo minilm`` and
+``benchmarks/minilm.py``.
+
+Anchors: PyTorch fp32 eager (transformers' default attention, mean pooling), PyTorch
+bf16 eager, ONNX Runtime fp32 on a plain export, ONNX Runtime dynamic int8 per-channel
+on the fused graph. Batch 32 of real English sentences (the 256 held-out ``english``
+eval sentences, never used for calibration), each batch padded to its own longest
+sentence; batch 1 over the first 48 of them. Fidelity against PyTorch fp32: cosine
+mean/min and top-5 neighbour agreement (each sentence's 5 nearest others).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Run = Callable[[dict[str, np.ndarray]], np.ndarray]
+HEADERS = [
+    "recipe",
+    "size",
+    "b1 p50 ms",
+    "b1 p95 ms",
+    "b32 sentences/s",
+    "cosine mean/min",
+    "top-5 neighbours",
+]
+ARTIFACT = "slimserve artifact"
+GROUPED = "slimserve artifact, batches grouped by length"
+
+
+@dataclass
+class Comparison:
+    rows: list[list[str]]
+    verdict: str
+    padding: str
+
+
+def torch_runner(dtype: torch.dtype) -> tuple[Run, int]:
+    """transformers' AutoModel as a user loads it (default attention), mean pooling."""
+    from transformers import AutoModel
+
+    from slimserve.examples.minilm import model_folder
+    from slimserve.models.hf import offline
+
+    with offline():
+        model = AutoModel.from_pretrained(model_folder(), local_files_only=True).eval()
+    model = model.to(dtype)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            hidden = model(**tensors)[0].float()
+            mask = tensors["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            result: np.ndarray = torch.nn.functional.normalize(pooled, dim=1).numpy()
+            return result
+
+    return run, size
+
+
+def predictor_runner(predictor: Any, size: int) -> tuple[Run, int]:
+    names = predictor.input_names
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        result: np.ndarray = predictor.predict({n: feeds[n] for n in names})[0]
+        return result
+
+    return run, size
+
+
+def neighbours(embeddings: np.ndarray, k: int = 5) -> np.ndarray:
+    similarity = embeddings @ embeddings.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1)[:, :k]
+
+
+def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
+    """The four anchors, built as a user would (export, fuse, quantize for the ORT ones)."""
+    import slimserve as ss
+    from slimserve.context import Context
+    from slimserve.data import english_split
+    from slimserve.examples.minilm import model_folder
+    from slimserve.fuse import FuseConfig
+    from slimserve.models.export import ExportConfig
+    from slimserve.models.hf import load_tokenizer, tokenize
+    from slimserve.quantize.ort import QuantizeConfig, quantize_onnx
+    from slimserve.recipe import ModelSpec
+    from slimserve.runtime import OrtPredictor
+
+    tokenizer = load_tokenizer(model_folder())
+    hf_model = ss.load(ModelSpec(example="minilm"))
+    assert isinstance(hf_model, ss.TorchModel)
+    plain = ExportConfig().apply(hf_model, Context())
+    calibration = ss.Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
+    fused = FuseConfig().apply(plain, Context(data={"calibration": calibration}))
+    int8 = quantize_onnx(fused, QuantizeConfig(mode="dynamic", per_channel=True))
+    return {
+        "PyTorch fp32 eager": torch_runner(torch.float32),
+        "PyTorch bf16 eager": torch_runner(torch.bfloat16),
+        "ORT fp32, plain export": predictor_runner(
+            OrtPredictor(plain, threads), len(plain.to_bytes())
+        ),
+        "ORT dynamic int8 per-channel, fused graph": predictor_runner(
+            OrtPredictor(int8, threads), len(int8.to_bytes())
+        ),
+    }
+
+
+def compare(
+    artifact: Path, rounds: int = 3, threads: int = 2, log: Callable[[str], None] = print
+) -> Comparison:
+    """Time and score the anchors and ``artifact`` (served as its manifest says) together."""
+    import slimserve as ss
+    from slimserve.data import english_split
+    from slimserve.examples.minilm import model_folder
+    from slimserve.models.hf import load_tokenizer, tokenize
+
+    torch.set_num_threads(threads)
+    sentences = english_split("eval")
+    tokenizer = load_tokenizer(model_folder())
+    batches = [tokenize(tokenizer, sentences[i : i + 32], 256) for i in range(0, 256, 32)]
+    singles = [tokenize(tokenizer, [s], 256) for s in sentences[:48]]
+    padded = sum(b["attention_mask"].size for b in batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    # The same sentences batched as slimserve's server batches them: grouped by length,
+    # so a batch pads to a similar sentence rather than to the longest of 32.
+    lengths = [len(tokenizer(s)["input_ids"]) for s in sentences]
+    order = np.argsort(lengths, kind="stable")
+    grouped = [
+        tokenize(tokenizer, [sentences[j] for j in order[i : i + 32]], 256)
+        for i in range(0, 256, 32)
+    ]
+    grouped_padded = sum(b["attention_mask"].size for b in grouped)
+
+    log("Building the anchors (export, fuse, quantize)...")
+    candidates = anchors(threads)
+    loaded = ss.load_artifact(artifact)
+    served_bytes = sum(
+        r.bytes
+        for name, r in loaded.manifest.files.items()
+        if name == ("model.pt2" if loaded.manifest.runtime == "torch" else "model.onnx")
+    )
+    candidates[ARTIFACT] = predictor_runner(ss.load_predictor(artifact, threads), served_bytes)
+    candidates[GROUPED] = candidates[ARTIFACT]
+    reference = np.concatenate([candidates["PyTorch fp32 eager"][0](b) for b in batches])
+    b32: dict[str, list[float]] = {name: [] for name in candidates}
+    b1: dict[str, list[float]] = {name: [] for name in candidates}
+    outputs: dict[str, np.ndarray] = {}
+    for run, _ in candidates.values():  # warm-up
+        run(batches[0])
+        run(singles[0])
+    for round_ in range(rounds):
+        for name, (run, _) in candidates.items():  # interleaved: drift hits all alike
+            started = time.perf_counter()
+            out = [run(b) for b in (grouped if name == GROUPED else batches)]
+            b32[name].append(256 / (time.perf_counter() - started))
+            outputs[name] = np.concatenate(out)
+            if name == GROUPED:  # back to the reference's sentence order
+                outputs[name] = outputs[name][np.argsort(order)]
+            for feeds in singles:
+                started = time.perf_counter()
+                run(feeds)
+                b1[name].append((time.perf_counter() - started) * 1e3)
+        log(f"round {round_ + 1}/{rounds} done")
+    ref_neighbours = neighbours(reference)
+    rows = []
+    fp32_size = candidates["PyTorch fp32 eager"][1]
+    for name, (_, size) in candidates.items():
+        cos = (reference * outputs[name]).sum(1) / (
+            np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs[name], axis=1)
+        )
+        found = neighbours(outputs[name])
+        pairs = zip(ref_neighbours, found, strict=True)
+        agree = np.mean([len(set(a) & set(b)) / 5 for a, b in pairs])
+        latencies = sorted(b1[name])
+        rows.append(
+            [
+                name,
+                f"{size / 1e6:.1f} MB ({size / fp32_size:.0%})",
+                f"{statistics.median(latencies):.2f}",
+                f"{latencies[int(0.95 * (len(latencies) - 1))]:.2f}",
+                f"{statistics.median(b32[name]):.0f}",
+                f"{cos.mean():.4f} / {cos.min():.4f}",
+                f"{agree:.3f}",
+            ]
+        )
+    anchor_rows = [r for r in rows if not r[0].startswith("slimserve")]
+    best_rate = max(float(r[4]) for r in anchor_rows)
+    best_b1 = min(float(r[2]) for r in anchor_rows)
+    mine, grouped_row = rows[-2], rows[-1]
+    verdict = (
+        f"The slimserve artifact against the best anchor: b32 throughput "
+        f"{float(mine[4]) / best_rate:.2f}x on the same batches, "
+        f"{float(grouped_row[4]) / best_rate:.2f}x with batches grouped by length (goal 2x); "
+        f"b1 p50 {float(mine[2]) / best_b1:.2f}x (goal <= 0.7x)."
+    )
+    padding = (
+        f"Padding: {1 - real / padded:.0%} of the batch-32 tokens are padding in the "
+        f"anchors' batches, {1 - real / grouped_padded:.0%} when grouped by length."
+    )
+    return Comparison(rows, verdict, padding)
