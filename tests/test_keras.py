@@ -301,3 +301,14 @@ def test_masks_share_the_torch_paths_mask_code() -> None:
     layer.layer.kernel.assign(weight)
     layer.update_masks(0.25)
     assert torch.equal(layer.masks[0].value, magnitude_mask(weight, 0.25))
+
+
+def test_a_model_without_an_input_shape_is_pruned_once_fit_builds_it() -> None:
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
+    pruned = sparsity.prune_low_magnitude(model, sparsity.ConstantSparsity(0.5, 0, frequency=1))
+    pruned.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 4), dtype=np.float32), rng.random((64, 2), dtype=np.float32)
+    pruned.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    assert [w.step for w in sparsity.collect_prunable_layers(pruned)] == [4, 4]
+    assert list(sparsity.pruned_sparsity(pruned).values()) == [0.5, 0.5]

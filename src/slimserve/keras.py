@@ -344,7 +344,11 @@ def prune_low_magnitude(
                 raise SlimserveError(
                     f"Layer '{layer.name}' is already wrapped by prune_low_magnitude."
                 )
-            if isinstance(layer, keras.layers.InputLayer) or not get_prunable_weights(layer):
+            if isinstance(layer, keras.layers.InputLayer):
+                return layer
+            # A built layer shows its weights; an unbuilt one is wrapped, as TF-MOT wraps
+            # every layer, and its wrapper finds out at build time.
+            if layer.built and not get_prunable_weights(layer):
                 return layer
             return PruneLowMagnitude(layer, **params)
 
