@@ -413,6 +413,7 @@ class UpdatePruningStep(keras.callbacks.Callback):  # type: ignore[misc,name-def
     def __init__(self) -> None:
         super().__init__()
         self.prunable_layers: list[PruneLowMagnitude] = []
+        self._unbuilt: list[PruneLowMagnitude] = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.prunable_layers = collect_prunable_layers(self.model)
@@ -423,12 +424,15 @@ class UpdatePruningStep(keras.callbacks.Callback):  # type: ignore[misc,name-def
             for layer in self.prunable_layers:
                 if layer.built:
                     layer.pruning_step.assign(0)
+        self._unbuilt = [layer for layer in self.prunable_layers if not layer.built]
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # Layers built lazily by the first batch start at step 0 too.
-        for layer in self.prunable_layers:
-            if layer.built and layer.step == -1:
-                layer.pruning_step.assign(0)
+        if self._unbuilt:
+            for layer in [layer for layer in self._unbuilt if layer.built]:
+                if layer.step == -1:
+                    layer.pruning_step.assign(0)
+                self._unbuilt.remove(layer)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for layer in self.prunable_layers:
