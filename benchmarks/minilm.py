@@ -2,6 +2,7 @@
 artifact (`slimserve demo minilm`'s recipe), interleaved in one run.
 
     python benchmarks/minilm.py [--update BENCHMARKS.md] [--rounds 3]
+        [--recipe minilm-static]   # another bundled recipe; recorded in its own section
 
 What is measured and how: `slimserve.examples.minilm_anchors` (shared with the demo).
 2 threads everywhere.
@@ -27,20 +28,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--update", type=Path)
+    parser.add_argument("--recipe", default="minilm", help="A bundled recipe: minilm, ...")
     args = parser.parse_args()
+    recipe_file = Path(ss.__file__).parent / "examples" / f"{args.recipe}.yaml"
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = ss.load_recipe(Path(ss.__file__).parent / "examples" / "minilm.yaml")
-        print("Running the demo minilm recipe...")
+        recipe = ss.load_recipe(recipe_file)
+        print(f"Running the {args.recipe} recipe...")
         ss.run_recipe(recipe, Path(tmp))
-        result = compare(Path(tmp) / "minilm", rounds=args.rounds)
+        result = compare(Path(tmp) / recipe.name, rounds=args.rounds)
     table = markdown_table(HEADERS, result.rows)
     print(table)
     print(result.verdict)
     print(result.padding)
     if args.update:
+        flag = "" if args.recipe == "minilm" else f" --recipe {args.recipe}"
         body = (
-            "Command: `python benchmarks/minilm.py --update BENCHMARKS.md` (run by `make "
-            f"bench`). {args.rounds} interleaved rounds, medians; 2 threads.\n\n"
+            f"Command: `python benchmarks/minilm.py{flag} --update BENCHMARKS.md` (run by "
+            f"`make bench`). The artifact: `src/slimserve/examples/{args.recipe}.yaml`. "
+            f"{args.rounds} interleaved rounds, medians; 2 threads.\n\n"
             + table
             + "\n\n"
             + result.verdict
@@ -50,7 +55,7 @@ def main() -> None:
             "kernels lack VNNI's dot products and bf16 runs emulated: the anchors' ratios "
             "differ from a Xeon's."
         )
-        update(args.update, "minilm", body)
+        update(args.update, args.recipe, body)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,8 +120,20 @@ def test_missing_hf_extra_is_named(tiny_bert: Path, monkeypatch: pytest.MonkeyPa
         load_hf(tiny_bert)
 
 
+STATIC_ON_FUSED = {
+    "mode": "static",
+    "per_channel": True,
+    "op_types": ["MatMul", "Attention", "Gather"],  # minilm-static.yaml's choice
+}
+
+
+@pytest.mark.parametrize(
+    "quantize",
+    [{"mode": "dynamic", "per_channel": True}, STATIC_ON_FUSED],
+    ids=["dynamic", "static"],
+)
 def test_text_recipe_export_fuse_quantize(
-    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize: dict[str, Any]
 ) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -137,7 +150,7 @@ def test_text_recipe_export_fuse_quantize(
             "steps": [
                 {"export": {}},
                 {"fuse": {}},
-                {"quantize": {"mode": "dynamic", "per_channel": True}},
+                {"quantize": quantize},
             ],
             "goal": {"metric": "cosine_mean", "max_drop": 0.05},
             "bench": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
@@ -149,7 +162,19 @@ def test_text_recipe_export_fuse_quantize(
     artifact = ss.load_artifact(tmp_path / "out" / "tiny-text")
     counts = op_counts(artifact.model)
     assert counts["Attention"] + counts["QAttention"] == 2
-    assert counts["DynamicQuantizeLinear"] + counts["MatMulInteger"] >= 1
+    if quantize["mode"] == "dynamic":
+        assert counts["DynamicQuantizeLinear"] + counts["MatMulInteger"] >= 1
+    else:  # int8 weights in the MatMuls, the Attention and the embedding Gather only
+        assert counts["QuantizeLinear"] >= 1 and counts["DequantizeLinear"] >= 1
+        graph = artifact.model.proto
+        weights = {i.name for i in graph.graph.initializer}
+        int8_weights = {
+            n.output[0]
+            for n in graph.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in weights
+        }
+        quantized_ops = {n.op_type for n in graph.graph.node if int8_weights & set(n.input)}
+        assert quantized_ops <= {"MatMul", "Attention", "Gather"}, quantized_ops
     feeds = tokenize(load_tokenizer(tiny_bert), TEXTS)
     (got,) = ss.load_predictor(artifact.model).predict(feeds)
     assert got.shape == (3, 64)
