@@ -36,7 +36,9 @@ class FinetuneConfig(BaseModel):
     )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature for KL distillation.")
     distill_loss: Literal["auto", "kl", "mse", "cosine"] = Field(
-        "auto", description="auto: KL on 2-D logits, cosine on anything else (embeddings)."
+        "auto",
+        description="auto: cosine for embeddings (an output named 'embeddings', as Hugging "
+        "Face feature-extraction models give), KL on other 2-D scores, cosine on the rest.",
     )
 
 
@@ -77,6 +79,7 @@ def run_finetune(
     torch.manual_seed(ctx.seed)
     torch.set_num_threads(ctx.threads)
     optimizer = make_optimizer(module, finetune)
+    finetune = _resolve_distill_loss(finetune, model)
     step = 0
     module.train()
     for _ in range(finetune.epochs):
@@ -133,6 +136,14 @@ def _loss(
     return loss
 
 
+def _resolve_distill_loss(finetune: FinetuneConfig, model: TorchModel) -> FinetuneConfig:
+    """``auto`` made concrete: cosine for embeddings, whose coordinates are not class
+    scores (a softmax over them would train the wrong thing); else decided per output."""
+    if finetune.distill_loss == "auto" and outputs_embeddings(model):
+        return finetune.model_copy(update={"distill_loss": "cosine"})
+    return finetune
+
+
 def _distill(
     student: torch.Tensor, teacher: torch.Tensor, finetune: FinetuneConfig
 ) -> torch.Tensor:
@@ -181,8 +192,30 @@ def eval_subset(ctx: Context, model: TorchModel) -> Dataset | None:
     return None if data is None else data.renamed(model.input_names).take(EVAL_SAMPLES)
 
 
+def outputs_embeddings(model: TorchModel) -> bool:
+    """Whether the model's output is an embedding (a Hugging Face feature-extraction
+    model, or any output named ``embedding(s)``), where the largest coordinate means
+    nothing and only the direction counts."""
+    return bool(model.output_names) and model.output_names[0] in ("embedding", "embeddings")
+
+
+def metric_key(model: TorchModel, ctx: Context, result: dict[str, float]) -> str | None:
+    """The number training watches: the recipe's goal metric when the evaluation gives
+    it; else accuracy with labels; else fidelity to the original (cosine for embeddings,
+    top-1 agreement for class scores)."""
+    fallback = (
+        ("accuracy", "cosine_mean")
+        if outputs_embeddings(model)
+        else ("accuracy", "top1_agreement", "cosine_mean")
+    )
+    for key in (ctx.goal_metric, *fallback):
+        if key in result:
+            return str(key)
+    return None
+
+
 def make_metric(model: TorchModel, ctx: Context, data: Dataset | None) -> Any:
-    """accuracy with labels; otherwise top-1 agreement / cosine with the original."""
+    """The step's metric on the eval subset (see ``metric_key``)."""
     from slimserve.evaluate import evaluate, predict_all
     from slimserve.runtime import TorchPredictor
 
@@ -197,10 +230,8 @@ def make_metric(model: TorchModel, ctx: Context, data: Dataset | None) -> Any:
         module.eval()
         result = evaluate(TorchPredictor(model.with_module(module), ctx.threads), data, reference)
         module.train(was_training)
-        for key in ("accuracy", "top1_agreement", "cosine_mean"):
-            if key in result:
-                return result[key]
-        return float("nan")
+        key = metric_key(model, ctx, result)
+        return float("nan") if key is None else result[key]
 
     return metric
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import slimserve as ss
 from slimserve.context import StepLog
+from slimserve.evaluate import fidelity
 
 transformers = pytest.importorskip("transformers")
 
@@ -89,7 +90,27 @@ def test_gradual_head_pruning_with_distillation_on_unlabeled_tokens(encoder: ss.
     ctx = ss.Context(data={"train": data, "eval": data}, reference=encoder, log=log)
     pruned = config.apply(copy.deepcopy(encoder), ctx)
     assert heads_and_ffn(pruned.module) == [(2, 128), (2, 128)]
-    assert log.details["metric_after"] > 0.5  # cosine with the original's embeddings
+    # The step watches the cosine with the original's embeddings (the goal metric), the
+    # number the pipeline's evaluation reports, not the argmax of embedding coordinates.
+    first = log.details["history"][0]
+    assert first["step"] == 0 and first["metric_before"] == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        inputs = [torch.from_numpy(data.inputs[n]) for n in ("input_ids", "attention_mask")]
+        expected = fidelity(encoder.module(*inputs).numpy(), pruned.module(*inputs).numpy())
+    assert log.details["metric_after"] == pytest.approx(expected["cosine_mean"], abs=1e-4)
+    assert log.details["metric_after"] > 0.5
+
+
+def test_distillation_of_embeddings_uses_cosine_by_default(encoder: ss.TorchModel) -> None:
+    from dataclasses import replace
+
+    from slimserve.finetune import FinetuneConfig, _resolve_distill_loss
+
+    hf_like = replace(encoder, output_names=("embeddings",))
+    assert _resolve_distill_loss(FinetuneConfig(), hf_like).distill_loss == "cosine"
+    assert _resolve_distill_loss(FinetuneConfig(distill_loss="mse"), hf_like).distill_loss == "mse"
+    logits = replace(encoder, output_names=("logits",))
+    assert _resolve_distill_loss(FinetuneConfig(), logits).distill_loss == "auto"
 
 
 def test_head_pruning_needs_an_encoder(digits_torch) -> None:  # type: ignore[no-untyped-def]
