@@ -40,6 +40,13 @@ class FinetuneConfig(BaseModel):
         description="auto: cosine for embeddings (an output named 'embeddings', as Hugging "
         "Face feature-extraction models give), KL on other 2-D scores, cosine on the rest.",
     )
+    distill_layers: tuple[str, ...] = Field(
+        (),
+        description="Module-name patterns (fnmatch; outermost match wins) whose outputs "
+        "the model also learns to match, e.g. '*encoder.layer.*' for the layers of a "
+        "Hugging Face encoder. Layer-wise distillation gives many targets per sample; the "
+        "outputs must keep their shape (true for head pruning, not for channel pruning).",
+    )
 
 
 @dataclass
@@ -80,6 +87,7 @@ def run_finetune(
     torch.set_num_threads(ctx.threads)
     optimizer = make_optimizer(module, finetune)
     finetune = _resolve_distill_loss(finetune, model)
+    taps = LayerTaps(module, teacher, finetune.distill_layers) if weight > 0 else None
     step = 0
     module.train()
     for _ in range(finetune.epochs):
@@ -95,6 +103,8 @@ def run_finetune(
             batch = [t[idx] for t in inputs]
             batch_labels = labels[idx] if labels is not None else None
             loss = _loss(module(*batch), batch, batch_labels, teacher, weight, finetune)
+            if taps is not None and taps.names:
+                loss = loss + weight * taps.loss()
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -112,8 +122,85 @@ def run_finetune(
         start = int(point["step"])
         window = history.losses[start : start + 20]
         point["loss_after"] = float(np.mean(window)) if window else float("nan")
+    if taps is not None:
+        taps.close()
     module.eval()
     return history
+
+
+class LayerTaps:
+    """Forward hooks that record the outputs of the same-named modules of the model and
+    of the original, for layer-wise distillation."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, patterns: tuple[str, ...]):
+        self.names = matching_modules(student, patterns) if patterns else []
+        self.outputs: dict[tuple[str, str], torch.Tensor] = {}
+        self.handles: list[Any] = []
+        if not self.names:
+            return
+        assert teacher is not None
+        teacher_modules = dict(teacher.named_modules())
+        student_modules = dict(student.named_modules())
+        for name in self.names:
+            if name not in teacher_modules:
+                raise DataError(
+                    f"distill_layers: '{name}' is in the model but not in the original, so "
+                    "there is nothing to match it to. Pick modules that both have."
+                )
+            for side, found in (("student", student_modules), ("teacher", teacher_modules)):
+                self.handles.append(found[name].register_forward_hook(self._keep(side, name)))
+
+    def _keep(self, side: str, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            while isinstance(output, (tuple, list)):
+                output = output[0]
+            self.outputs[(side, name)] = output
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        """Mean over the taps of the MSE to the original's output, scaled by that
+        output's mean square so that every layer counts alike whatever its magnitude."""
+        losses = []
+        for name in self.names:
+            student, teacher = self.outputs[("student", name)], self.outputs[("teacher", name)]
+            if student.shape != teacher.shape:
+                raise DataError(
+                    f"distill_layers: '{name}' gives {tuple(student.shape)} in the model but "
+                    f"{tuple(teacher.shape)} in the original; layer distillation needs "
+                    "outputs that keep their shape (the encoder layers under head pruning, "
+                    "not channel-pruned layers)."
+                )
+            teacher = teacher.detach()
+            scale = teacher.pow(2).mean().clamp(min=1e-12)
+            losses.append(nn.functional.mse_loss(student, teacher) / scale)
+        self.outputs.clear()
+        return torch.stack(losses).mean()
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def matching_modules(module: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the modules that match a pattern, outermost only (a match's children are
+    skipped); an error naming a few modules when nothing matches."""
+    import fnmatch
+
+    names: list[str] = []
+    for name, _ in module.named_modules():
+        if not name or any(name.startswith(f"{kept}.") for kept in names):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            names.append(name)
+    if not names:
+        sample = [n for n, _ in module.named_modules() if n][:8]
+        raise DataError(
+            f"distill_layers {list(patterns)} match no module of the model. Module names "
+            f"look like: {', '.join(sample)}."
+        )
+    return names
 
 
 def _loss(

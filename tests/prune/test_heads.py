@@ -131,3 +131,66 @@ def test_head_step_ratios_reach_the_schedule_targets() -> None:
     ):
         current -= math.ceil(step_ratio * current)  # what torch-pruning removes
         assert current == round(12 * (1 - ratio))
+
+
+def layer_outputs(module: nn.Module, data: ss.Dataset) -> list[torch.Tensor]:
+    inputs = [torch.from_numpy(data.inputs[n]) for n in ("input_ids", "attention_mask")]
+    with torch.no_grad():
+        hidden = module.bert(
+            input_ids=inputs[0], attention_mask=inputs[1], output_hidden_states=True
+        )
+    return list(hidden.hidden_states[1:])
+
+
+def test_layer_distillation_brings_the_pruned_layers_closer_to_the_original(
+    encoder: ss.TorchModel,
+) -> None:
+    data = tokens(128)
+    errors = {}
+    for layers in ((), ("*encoder.layer.*",)):
+        config = ss.PruneConfig.model_validate(
+            {
+                "granularity": "head",
+                "schedule": {
+                    "polynomial_decay": {"final_sparsity": 0.5, "end_step": 8, "frequency": 4}
+                },
+                "finetune": {
+                    "epochs": 4,
+                    "batch_size": 16,
+                    "lr": 1e-3,
+                    "distill_layers": list(layers),
+                },
+            }
+        )
+        ctx = ss.Context(data={"train": data, "eval": data}, reference=encoder, log=StepLog())
+        pruned = config.apply(copy.deepcopy(encoder), ctx).module
+        for module in (pruned, encoder.module):  # the taps are removed
+            hooks = [h for m in module.modules() for h in m._forward_hooks.values()]
+            assert not [h for h in hooks if "LayerTaps" in h.__qualname__]
+        pairs = zip(layer_outputs(pruned, data), layer_outputs(encoder.module, data), strict=True)
+        errors[layers] = float(sum(nn.functional.mse_loss(s, t) for s, t in pairs))
+    assert errors[("*encoder.layer.*",)] < 0.5 * errors[()]
+
+
+def test_layer_distillation_errors_name_the_problem(
+    encoder: ss.TorchModel, digits_torch: ss.TorchModel
+) -> None:
+    def run(model: ss.TorchModel, granularity: str, layers: list[str], data: ss.Dataset) -> None:
+        config = ss.PruneConfig.model_validate(
+            {
+                "granularity": granularity,
+                "schedule": {
+                    "polynomial_decay": {"final_sparsity": 0.5, "end_step": 2, "frequency": 1}
+                },
+                "finetune": {"epochs": 1, "batch_size": 16, "distill_layers": layers},
+            }
+        )
+        ctx = ss.Context(data={"train": data, "eval": data}, reference=model, log=StepLog())
+        config.apply(copy.deepcopy(model), ctx)
+
+    with pytest.raises(ss.SlimserveError, match=r"match no module.*bert\.embeddings"):
+        run(encoder, "head", ["*decoder*"], tokens(64))
+    pixels = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
+    digits = ss.Dataset({"input": pixels})
+    with pytest.raises(ss.SlimserveError, match="keep their shape"):
+        run(digits_torch, "channel", ["conv1"], digits)
