@@ -102,9 +102,10 @@ def fuse_transformer(model: OnnxModel, config: FuseConfig) -> OnnxModel:
     hidden_size = config.hidden_size or int(recorded.get("hf.hidden_size", 0))
     options = FusionOptions(config.model_type)
     options.enable_embed_layer_norm = config.embed_layer_norm
-    quiet = logging.getLogger("onnxruntime.transformers")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # The optimizer's modules log under top-level names ("fusion_attention", ...), and
+    # warn about pruned heads' narrower q/k/v (then fuse them correctly); slimserve
+    # reports what fused and checks parity itself.
+    logging.disable(logging.WARNING)
     try:
         with scratch_cwd():
             optimized: Any = optimize_model(
@@ -121,7 +122,7 @@ def fuse_transformer(model: OnnxModel, config: FuseConfig) -> OnnxModel:
             "num_heads/hidden_size explicitly, or drop the fuse step."
         ) from exc
     finally:
-        quiet.setLevel(level)
+        logging.disable(logging.NOTSET)
     fused = optimized.model
     # The fused ops live in ORT's com.microsoft domain; declare it as ORT's own save does
     # (onnx's shape inference, which quantization runs, refuses undeclared domains).

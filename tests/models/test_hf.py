@@ -182,7 +182,7 @@ def test_text_recipe_export_fuse_quantize(
 
 
 def test_head_and_ffn_pruning_keeps_the_hf_model_exportable_and_fusable(
-    tiny_bert: Path, tmp_path: Path
+    tiny_bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from slimserve.examples.minilm import english_sentences
 
@@ -211,6 +211,9 @@ def test_head_and_ffn_pruning_keeps_the_hf_model_exportable_and_fusable(
     result = ss.run_recipe(recipe, tmp_path / "out")
     artifact = ss.load_artifact(tmp_path / "out" / "tiny-pruned")
     assert op_counts(artifact.model)["Attention"] == 2  # fused with the pruned head count
+    # ORT warns about the pruned heads' narrower q/k/v, then fuses them right: not the
+    # user's concern (the fuse step reports what fused and checks parity).
+    assert not [r for r in caplog.records if "hidden size" in r.getMessage()]
     baseline, final = result.stages[0], result.stages[-1]
     assert final.size_bytes < baseline.size_bytes
     assert final.metrics["cosine_mean"] > 0.5  # distilled toward the original embeddings
