@@ -16,7 +16,7 @@ from torch import nn
 
 from slimserve.context import Context
 from slimserve.data import Dataset
-from slimserve.errors import DataError
+from slimserve.errors import DataError, RecipeError
 from slimserve.models.torch import TorchModel
 
 EVAL_SAMPLES = 512
@@ -73,21 +73,47 @@ def run_finetune(
     """Train with the task and/or distillation loss while ``ramp`` raises sparsity;
     record loss and metric around every update."""
     history = History()
+    teacher = teacher_module(ctx)
+    module = model.module
+    weight = finetune.distill if train_split(ctx, model).labels is not None else 1.0
+    if teacher is None and weight > 0:
+        raise DataError("Distillation needs the original model as a reference.")
+    if finetune.distill_layers and weight == 0:
+        raise RecipeError(
+            "finetune.distill_layers matches layers to the original, but distill is 0 "
+            "(labels only). Set distill above 0 or drop distill_layers."
+        )
+    torch.manual_seed(ctx.seed)
+    torch.set_num_threads(ctx.threads)
+    finetune = _resolve_distill_loss(finetune, model)
+    taps = LayerTaps(module, teacher, finetune.distill_layers) if finetune.distill_layers else None
+    try:
+        _train(model, finetune, ctx, ramp, metric_fn, history, teacher, weight, taps)
+    finally:  # the hooks sit on the original too, which the pipeline goes on to measure
+        if taps is not None:
+            taps.close()
+    module.eval()
+    return history
+
+
+def _train(
+    model: TorchModel,
+    finetune: FinetuneConfig,
+    ctx: Context,
+    ramp: Ramp,
+    metric_fn: Any,
+    history: History,
+    teacher: nn.Module | None,
+    weight: float,
+    taps: LayerTaps | None,
+) -> None:
     train = train_split(ctx, model)
     steps = total_steps(train, finetune)
-    teacher = teacher_module(ctx)
     module = model.module
     inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in model.input_names]
     labels = None if train.labels is None else torch.from_numpy(train.labels).long()
-    weight = finetune.distill if labels is not None else 1.0
-    if teacher is None and weight > 0:
-        raise DataError("Distillation needs the original model as a reference.")
     generator = torch.Generator().manual_seed(ctx.seed)
-    torch.manual_seed(ctx.seed)
-    torch.set_num_threads(ctx.threads)
     optimizer = make_optimizer(module, finetune)
-    finetune = _resolve_distill_loss(finetune, model)
-    taps = LayerTaps(module, teacher, finetune.distill_layers) if weight > 0 else None
     step = 0
     module.train()
     for _ in range(finetune.epochs):
@@ -103,7 +129,7 @@ def run_finetune(
             batch = [t[idx] for t in inputs]
             batch_labels = labels[idx] if labels is not None else None
             loss = _loss(module(*batch), batch, batch_labels, teacher, weight, finetune)
-            if taps is not None and taps.names:
+            if taps is not None:
                 loss = loss + weight * taps.loss()
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
@@ -122,10 +148,6 @@ def run_finetune(
         start = int(point["step"])
         window = history.losses[start : start + 20]
         point["loss_after"] = float(np.mean(window)) if window else float("nan")
-    if taps is not None:
-        taps.close()
-    module.eval()
-    return history
 
 
 class LayerTaps:

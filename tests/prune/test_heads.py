@@ -194,3 +194,13 @@ def test_layer_distillation_errors_name_the_problem(
     digits = ss.Dataset({"input": pixels})
     with pytest.raises(ss.SlimserveError, match="keep their shape"):
         run(digits_torch, "channel", ["conv1"], digits)
+    labelled = ss.Dataset({"input": pixels}, np.arange(64) % 10)
+    config = ss.PruneConfig.model_validate(
+        {
+            "sparsity": 0.5,
+            "finetune": {"epochs": 1, "distill": 0, "distill_layers": ["fc1"]},
+        }
+    )
+    ctx = ss.Context(data={"train": labelled}, reference=digits_torch, log=StepLog())
+    with pytest.raises(ss.RecipeError, match="distill is 0"):
+        config.apply(copy.deepcopy(digits_torch), ctx)
