@@ -17,3 +17,39 @@ def test_fidelity_on_known_outputs() -> None:
     assert stats["top1_agreement"] == 0.5
     assert stats["max_abs_error"] == pytest.approx(1.0)
     assert stats["cosine_min"] == pytest.approx(4 / 5)
+
+
+def test_neighbour_agreement_counts_kept_neighbours() -> None:
+    from slimserve.evaluate import nearest_neighbours, neighbour_agreement
+
+    angles = np.radians([0, 10, 30, 60, 100, 150])
+    ref = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    assert nearest_neighbours(ref, 1)[:, 0].tolist() == [1, 0, 1, 2, 3, 4]
+    assert neighbour_agreement(ref, ref * 3.0, k=2) == 1.0  # scale does not matter
+    moved = ref.copy()
+    moved[5] = [1.0, 0.05]  # row 5 jumps next to rows 0 and 1
+    agreement = neighbour_agreement(ref, moved, k=1)
+    assert 0 < agreement < 1
+    assert agreement == pytest.approx(np.mean(nearest_neighbours(moved, 1)[:, 0] == [1, 0, 1, 2, 3, 4]))
+
+
+def test_embeddings_are_scored_by_neighbours_not_by_their_largest_coordinate() -> None:
+    import torch
+
+    import slimserve as ss
+    from slimserve.evaluate import evaluate
+    from slimserve.runtime import TorchPredictor
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(8, 16).eval()
+    data = ss.Dataset({"input": np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)})
+    with torch.no_grad():
+        reference = encoder(torch.from_numpy(data.inputs["input"])).numpy()
+    example = (torch.zeros(2, 8),)
+    as_embeddings = ss.TorchModel(encoder, example, ("input",), ("embeddings",))
+    as_scores = ss.TorchModel(encoder, example, ("input",), ("logits",))
+    metrics = evaluate(TorchPredictor(as_embeddings), data, reference)
+    assert metrics["top5_neighbours"] == pytest.approx(1.0)
+    assert "top1_agreement" not in metrics and "top5_agreement" not in metrics
+    scores = evaluate(TorchPredictor(as_scores), data, reference)
+    assert scores["top1_agreement"] == 1.0 and "top5_neighbours" not in scores

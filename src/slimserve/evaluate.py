@@ -33,15 +33,45 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
-def fidelity(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> dict[str, float]:
+EMBEDDING_OUTPUTS = ("embedding", "embeddings")
+NEIGHBOUR_ROWS = 2048  # the neighbour search is quadratic in rows
+
+
+def nearest_neighbours(embeddings: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices of each row's k most cosine-similar other rows, most similar first."""
+    flat = embeddings.reshape(len(embeddings), -1).astype(np.float64)
+    unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> float:
+    """The share of each row's k nearest neighbours (by cosine, among the first
+    NEIGHBOUR_ROWS rows) under the reference that the candidate keeps: what a search or
+    deduplication over the embeddings would see change."""
+    ref, cand = reference[:NEIGHBOUR_ROWS], candidate[:NEIGHBOUR_ROWS]
+    pairs = zip(nearest_neighbours(ref, k), nearest_neighbours(cand, k), strict=True)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in pairs]))
+
+
+def fidelity(
+    reference: np.ndarray, candidate: np.ndarray, k: int = 5, embeddings: bool = False
+) -> dict[str, float]:
     """Cosine mean/min, max abs error and, for 2-D scores, top-1 and top-k agreement
-    (the share of the reference's k best classes that the candidate also ranks top-k)."""
+    (the share of the reference's k best classes that the candidate also ranks top-k).
+    For ``embeddings``, whose largest coordinate means nothing, top-k neighbour agreement
+    (``top{k}_neighbours``) instead."""
     cos = cosine(reference, candidate)
     result = {
         "cosine_mean": float(cos.mean()),
         "cosine_min": float(cos.min()),
         "max_abs_error": float(np.abs(reference.astype(np.float64) - candidate).max()),
     }
+    if embeddings:
+        if len(reference) > k:
+            result[f"top{k}_neighbours"] = neighbour_agreement(reference, candidate, k)
+        return result
     if reference.ndim == 2 and reference.shape[1] > 1:
         agree = reference.argmax(axis=1) == candidate.argmax(axis=1)
         result["top1_agreement"] = float(agree.mean())
@@ -86,7 +116,8 @@ def evaluate(
                 f"The reference model's outputs have shape {reference.shape} but the model's "
                 f"have {outputs.shape}: they are not comparable."
             )
-        metrics.update(fidelity(reference, outputs, k))
+        embeddings = predictor.output_names[:1] in tuple((n,) for n in EMBEDDING_OUTPUTS)
+        metrics.update(fidelity(reference, outputs, k, embeddings))
     if custom is not None:
         metrics.update(_custom_metric(custom, outputs, data.labels))
     return metrics

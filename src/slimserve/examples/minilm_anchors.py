@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimserve.evaluate import fidelity
+
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 HEADERS = [
     "recipe",
@@ -75,12 +77,6 @@ def predictor_runner(predictor: Any, size: int) -> tuple[Run, int]:
         return result
 
     return run, size
-
-
-def neighbours(embeddings: np.ndarray, k: int = 5) -> np.ndarray:
-    similarity = embeddings @ embeddings.T
-    np.fill_diagonal(similarity, -np.inf)
-    return np.argsort(-similarity, axis=1)[:, :k]
 
 
 def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
@@ -171,16 +167,10 @@ def compare(
                 run(feeds)
                 b1[name].append((time.perf_counter() - started) * 1e3)
         log(f"round {round_ + 1}/{rounds} done")
-    ref_neighbours = neighbours(reference)
     rows = []
     fp32_size = candidates["PyTorch fp32 eager"][1]
     for name, (_, size) in candidates.items():
-        cos = (reference * outputs[name]).sum(1) / (
-            np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs[name], axis=1)
-        )
-        found = neighbours(outputs[name])
-        pairs = zip(ref_neighbours, found, strict=True)
-        agree = np.mean([len(set(a) & set(b)) / 5 for a, b in pairs])
+        stats = fidelity(reference, outputs[name], k=5, embeddings=True)
         latencies = sorted(b1[name])
         rows.append(
             [
@@ -189,8 +179,8 @@ def compare(
                 f"{statistics.median(latencies):.2f}",
                 f"{latencies[int(0.95 * (len(latencies) - 1))]:.2f}",
                 f"{statistics.median(b32[name]):.0f}",
-                f"{cos.mean():.4f} / {cos.min():.4f}",
-                f"{agree:.3f}",
+                f"{stats['cosine_mean']:.4f} / {stats['cosine_min']:.4f}",
+                f"{stats['top5_neighbours']:.3f}",
             ]
         )
     anchor_rows = [r for r in rows if not r[0].startswith("slimserve")]
