@@ -32,15 +32,19 @@ def _check_names(expected: tuple[str, ...], inputs: dict[str, np.ndarray]) -> No
 
 
 class OrtPredictor:
-    """An ONNX Runtime session with explicit thread counts."""
+    """An ONNX Runtime session with explicit thread counts. ``spinning=False`` lets ORT's
+    worker threads sleep between runs instead of spinning: a server needs those cycles
+    for the requests around the model (measured in BENCHMARKS.md, serve)."""
 
-    def __init__(self, model: OnnxModel, threads: int = 2) -> None:
+    def __init__(self, model: OnnxModel, threads: int = 2, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             model.to_bytes(), options, providers=["CPUExecutionProvider"]
         )
@@ -96,18 +100,19 @@ class TorchPredictor:
         return [o.detach().float().numpy() for o in outs]
 
 
-def load(source: Model | str | Path, threads: int = 2) -> Predictor:
+def load(source: Model | str | Path, threads: int = 2, spinning: bool = True) -> Predictor:
     """A predictor for a model state, a model file or an artifact folder (which runs in
-    the runtime its manifest names: ONNX Runtime, or its torch program)."""
+    the runtime its manifest names: ONNX Runtime, or its torch program). ``spinning``:
+    see ``OrtPredictor``."""
     from slimserve.artifact import MANIFEST_FILE, load_artifact
     from slimserve.models import OnnxModel, TorchModel
     from slimserve.models import load as load_model
 
     if not isinstance(source, OnnxModel | TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
-        return for_artifact(load_artifact(source), threads)
+        return for_artifact(load_artifact(source), threads, spinning)
     model = source if isinstance(source, OnnxModel | TorchModel) else load_model(source)
     if isinstance(model, OnnxModel):
-        return OrtPredictor(model, threads)
+        return OrtPredictor(model, threads, spinning)
     return TorchPredictor(model, threads)
 
 
@@ -128,6 +133,6 @@ def served_model(artifact: Artifact) -> Model:
     return artifact.model
 
 
-def for_artifact(artifact: Artifact, threads: int = 2) -> Predictor:
+def for_artifact(artifact: Artifact, threads: int = 2, spinning: bool = True) -> Predictor:
     """The predictor an artifact is served with (ONNX Runtime or its torch program)."""
-    return load(served_model(artifact), threads)
+    return load(served_model(artifact), threads, spinning)

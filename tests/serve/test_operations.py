@@ -107,3 +107,21 @@ def test_kserve_manifest(served_artifact: Path) -> None:
 def test_serve_refuses_an_unknown_log_format(served_artifact: Path) -> None:
     result = runner.invoke(app, ["serve", str(served_artifact), "--log-format", "xml"])
     assert result.exit_code == 2 and "text or json" in result.output
+
+
+def test_served_models_let_ort_threads_sleep_between_runs(
+    served_artifact: Path, tmp_path: Path, digits_onnx: object
+) -> None:
+    import slimserve as ss
+    from slimserve.serve.repository import load_repository
+
+    onnx_file = tmp_path / "digits.onnx"
+    onnx_file.write_bytes(digits_onnx.to_bytes())  # type: ignore[attr-defined]
+    for path in (served_artifact, onnx_file):
+        (served,) = load_repository(path).values()
+        options = served["1"].predictor.session.get_session_options()  # type: ignore[attr-defined]
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # Everywhere else (bench, eval) ORT keeps its default: spinning, lowest latency.
+    default = ss.load_predictor(served_artifact).session.get_session_options()  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry("session.intra_op.allow_spinning")

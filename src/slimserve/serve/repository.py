@@ -64,7 +64,13 @@ def _served(name: str, version: str, model: Any, threads: int, artifact: Any = N
         record = artifact.manifest.text
         tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
         text = TextInput(tokenizer, int(record["max_length"]))
-    predictor = for_artifact(artifact, threads) if artifact else OrtPredictor(model, threads)
+    # ORT runs in a worker thread beside the event loop: spinning threads would take the
+    # cores the requests around the model need.
+    predictor = (
+        for_artifact(artifact, threads, spinning=False)
+        if artifact
+        else OrtPredictor(model, threads, spinning=False)
+    )
     return ServedModel(name, version, predictor, io["inputs"], io["outputs"], text)
 
 
