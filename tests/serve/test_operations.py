@@ -109,19 +109,27 @@ def test_serve_refuses_an_unknown_log_format(served_artifact: Path) -> None:
     assert result.exit_code == 2 and "text or json" in result.output
 
 
-def test_served_models_let_ort_threads_sleep_between_runs(
+def test_batching_servers_let_ort_threads_sleep_between_runs(
     served_artifact: Path, tmp_path: Path, digits_onnx: object
 ) -> None:
     import slimserve as ss
+    from slimserve.serve.app import ServeConfig
     from slimserve.serve.repository import load_repository
+
+    def spinning(options: object) -> str:
+        try:
+            return str(options.get_session_config_entry("session.intra_op.allow_spinning"))  # type: ignore[attr-defined]
+        except RuntimeError:  # not set: ORT's default, spinning
+            return "default"
 
     onnx_file = tmp_path / "digits.onnx"
     onnx_file.write_bytes(digits_onnx.to_bytes())  # type: ignore[attr-defined]
-    for path in (served_artifact, onnx_file):
-        (served,) = load_repository(path).values()
-        options = served["1"].predictor.session.get_session_options()  # type: ignore[attr-defined]
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    # Everywhere else (bench, eval) ORT keeps its default: spinning, lowest latency.
-    default = ss.load_predictor(served_artifact).session.get_session_options()  # type: ignore[attr-defined]
-    with pytest.raises(RuntimeError, match="does not have configuration"):
-        default.get_session_config_entry("session.intra_op.allow_spinning")
+    for batch_size, expected in ((32, "0"), (1, "default")):
+        config = ServeConfig(max_batch_size=batch_size)
+        for path in (served_artifact, onnx_file):
+            (served,) = load_repository(path, config.threads, config.ort_spinning).values()
+            session = served["1"].predictor.session  # type: ignore[attr-defined]
+            assert spinning(session.get_session_options()) == expected
+    # Everywhere else (bench, eval) ORT keeps its default.
+    default = ss.load_predictor(served_artifact).session  # type: ignore[attr-defined]
+    assert spinning(default.get_session_options()) == "default"

@@ -53,6 +53,14 @@ class ServeConfig(BaseModel):
     max_request_rows: int = Field(1024, ge=1, description="Largest batch in one request.")
     access_log: bool = Field(False, description="Log every inference request (one line each).")
 
+    @property
+    def ort_spinning(self) -> bool:
+        """Let ORT's threads spin between runs only without batching. Spinning answers
+        back-to-back one-request runs sooner, but with batching the threads would spin
+        while the event loop parses the next batch's requests on the same cores
+        (measured both ways in BENCHMARKS.md, serve)."""
+        return self.max_batch_size == 1
+
 
 @dataclass
 class ServerState:

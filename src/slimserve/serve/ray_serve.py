@@ -37,13 +37,13 @@ def run_ray(path: str | Path, config: ServeConfig, replicas: int, address: str |
     # Fail here, with slimserve's message, rather than in a replica's log.
     from slimserve.serve.repository import load_repository
 
-    load_repository(repository, config.threads)
+    load_repository(repository, config.threads, config.ort_spinning)
 
     def build_app() -> Any:
         from slimserve.serve.app import create_app
         from slimserve.serve.repository import load_repository
 
-        return create_app(load_repository(repository, config.threads), config)
+        return create_app(load_repository(repository, config.threads, config.ort_spinning), config)
 
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     # After ray.init (which installs its own exit-on-SIGTERM handler), before the app

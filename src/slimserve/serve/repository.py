@@ -52,7 +52,9 @@ class ServedModel:
         )
 
 
-def _served(name: str, version: str, model: Any, threads: int, artifact: Any = None) -> ServedModel:
+def _served(
+    name: str, version: str, model: Any, threads: int, spinning: bool, artifact: Any = None
+) -> ServedModel:
     from slimserve.models.onnx import describe_io
     from slimserve.runtime import OrtPredictor, for_artifact
 
@@ -64,43 +66,47 @@ def _served(name: str, version: str, model: Any, threads: int, artifact: Any = N
         record = artifact.manifest.text
         tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
         text = TextInput(tokenizer, int(record["max_length"]))
-    # ORT runs in a worker thread beside the event loop: spinning threads would take the
-    # cores the requests around the model need.
     predictor = (
-        for_artifact(artifact, threads, spinning=False)
+        for_artifact(artifact, threads, spinning)
         if artifact
-        else OrtPredictor(model, threads, spinning=False)
+        else OrtPredictor(model, threads, spinning)
     )
     return ServedModel(name, version, predictor, io["inputs"], io["outputs"], text)
 
 
-def load_repository(path: str | Path, threads: int = 2) -> dict[str, dict[str, ServedModel]]:
-    """{model name: {version: ServedModel}}."""
+def load_repository(
+    path: str | Path, threads: int = 2, spinning: bool = True
+) -> dict[str, dict[str, ServedModel]]:
+    """{model name: {version: ServedModel}}. ``spinning``: whether ORT's threads spin
+    between runs (see ``runtime.OrtPredictor``)."""
+    from functools import partial
+
     from slimserve.artifact import MANIFEST_FILE, load_artifact
     from slimserve.models.onnx import load_onnx
 
+    served = partial(_served, threads=threads, spinning=spinning)
     root = Path(path)
     if root.is_file() and root.suffix == ".onnx":
-        return {root.stem: {"1": _served(root.stem, "1", load_onnx(root), threads)}}
+        return {root.stem: {"1": served(root.stem, "1", load_onnx(root))}}
     if (root / MANIFEST_FILE).is_file():
         artifact = load_artifact(root)
         name = artifact.manifest.name
-        return {name: {"1": _served(name, "1", artifact.model, threads, artifact)}}
+        return {name: {"1": served(name, "1", artifact.model, artifact=artifact)}}
     models: dict[str, dict[str, ServedModel]] = {}
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             if (folder / MANIFEST_FILE).is_file():
                 artifact = load_artifact(folder)
                 models[folder.name] = {
-                    "1": _served(folder.name, "1", artifact.model, threads, artifact)
+                    "1": served(folder.name, "1", artifact.model, artifact=artifact)
                 }
                 continue
             versions = {}
             for v in sorted(folder.iterdir()):
                 if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file():
                     artifact = load_artifact(v)
-                    versions[v.name] = _served(
-                        folder.name, v.name, artifact.model, threads, artifact
+                    versions[v.name] = served(
+                        folder.name, v.name, artifact.model, artifact=artifact
                     )
             if versions:
                 models[folder.name] = versions

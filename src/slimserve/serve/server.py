@@ -17,7 +17,7 @@ def build_server(path: str | Path, config: ServeConfig) -> Any:
 
     from slimserve.serve.repository import load_repository
 
-    models = load_repository(path, config.threads)
+    models = load_repository(path, config.threads, config.ort_spinning)
     app = create_app(models, config)
     uv_config = uvicorn.Config(
         app,
