@@ -37,6 +37,12 @@ EMBEDDING_OUTPUTS = ("embedding", "embeddings")
 NEIGHBOUR_ROWS = 2048  # the neighbour search is quadratic in rows
 
 
+def is_embedding_output(output_names: tuple[str, ...]) -> bool:
+    """Whether a model's first output is an embedding (named as Hugging Face
+    feature-extraction models' is), where only the direction counts."""
+    return bool(output_names) and output_names[0] in EMBEDDING_OUTPUTS
+
+
 def nearest_neighbours(embeddings: np.ndarray, k: int = 5) -> np.ndarray:
     """Indices of each row's k most cosine-similar other rows, most similar first."""
     flat = embeddings.reshape(len(embeddings), -1).astype(np.float64)
@@ -116,7 +122,7 @@ def evaluate(
                 f"The reference model's outputs have shape {reference.shape} but the model's "
                 f"have {outputs.shape}: they are not comparable."
             )
-        embeddings = predictor.output_names[:1] in tuple((n,) for n in EMBEDDING_OUTPUTS)
+        embeddings = is_embedding_output(predictor.output_names)
         metrics.update(fidelity(reference, outputs, k, embeddings))
     if custom is not None:
         metrics.update(_custom_metric(custom, outputs, data.labels))

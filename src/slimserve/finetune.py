@@ -305,9 +305,9 @@ def outputs_embeddings(model: TorchModel) -> bool:
     """Whether the model's output is an embedding (a Hugging Face feature-extraction
     model, or any output named ``embedding(s)``), where the largest coordinate means
     nothing and only the direction counts."""
-    from slimserve.evaluate import EMBEDDING_OUTPUTS
+    from slimserve.evaluate import is_embedding_output
 
-    return bool(model.output_names) and model.output_names[0] in EMBEDDING_OUTPUTS
+    return is_embedding_output(model.output_names)
 
 
 def metric_key(model: TorchModel, ctx: Context, result: dict[str, float]) -> str | None:

@@ -33,8 +33,8 @@ def _check_names(expected: tuple[str, ...], inputs: dict[str, np.ndarray]) -> No
 
 class OrtPredictor:
     """An ONNX Runtime session with explicit thread counts. ``spinning=False`` lets ORT's
-    worker threads sleep between runs instead of spinning: a server needs those cycles
-    for the requests around the model (measured in BENCHMARKS.md, serve)."""
+    worker threads sleep between runs instead of spinning: a batching server needs those
+    cycles for the requests around the model (see ``ServeConfig.ort_spinning``)."""
 
     def __init__(self, model: OnnxModel, threads: int = 2, spinning: bool = True) -> None:
         import onnxruntime as ort
