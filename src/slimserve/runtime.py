@@ -45,6 +45,10 @@ class OrtPredictor:
         options.log_severity_level = 3
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if _folds_dequantize(model):
+            # Lets ORT fold int8 weights behind DequantizeLinear into float once, at load
+            # (quantize/per_token.py); the model has no activation QDQ pairs to fuse.
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         self.session = ort.InferenceSession(
             model.to_bytes(), options, providers=["CPUExecutionProvider"]
         )
@@ -60,6 +64,12 @@ class OrtPredictor:
             k: np.ascontiguousarray(v, dtype=self._input_types[k]) for k, v in inputs.items()
         }
         return list(self.session.run(None, feeds))
+
+
+def _folds_dequantize(model: OnnxModel) -> bool:
+    from slimserve.quantize.per_token import FOLD_DEQUANTIZE
+
+    return any(p.key == FOLD_DEQUANTIZE and p.value == "1" for p in model.proto.metadata_props)
 
 
 _ORT_TYPES: dict[str, type] = {

@@ -100,6 +100,11 @@ def candidate_list(
         runtimes = {"candidates": ["torch"], "torch_dtype": "auto"}
         items.insert(1, Candidate(f"torch program ({dtype})", [], 0, runtimes=runtimes))
     if has_linear:
+        per_token = {"quantize": {"mode": "dynamic", "activation_scales": "token"}}
+        items.insert(
+            items.index(next(c for c in items if c.name == "dynamic int8")) + 1,
+            Candidate("dynamic int8, per-token", [per_token], 1),
+        )
         items.append(
             Candidate(
                 "int4 weight-only", [{"quantize": {"mode": "weight_only", "block_size": 32}}], 1

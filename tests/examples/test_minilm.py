@@ -43,7 +43,7 @@ def test_minilm_recipe_matches_sentence_transformers(tmp_path: Path) -> None:
     feeds = tokenize(load_tokenizer(model_folder()), sentences)
     (got,) = ss.load_predictor(artifact.model).predict(feeds)
     cosine = (expected * got).sum(axis=1)
-    assert cosine.mean() > 0.985 and cosine.min() > 0.95
+    assert cosine.mean() > 0.995 and cosine.min() > 0.99  # per-token int8: 0.998 / 0.995
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
 
 

@@ -129,8 +129,12 @@ STATIC_ON_FUSED = {
 
 @pytest.mark.parametrize(
     "quantize",
-    [{"mode": "dynamic", "per_channel": True}, STATIC_ON_FUSED],
-    ids=["dynamic", "static"],
+    [
+        {"mode": "dynamic", "per_channel": True},
+        {"mode": "dynamic", "activation_scales": "token"},
+        STATIC_ON_FUSED,
+    ],
+    ids=["dynamic", "dynamic-per-token", "static"],
 )
 def test_text_recipe_export_fuse_quantize(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize: dict[str, Any]
@@ -162,7 +166,25 @@ def test_text_recipe_export_fuse_quantize(
     artifact = ss.load_artifact(tmp_path / "out" / "tiny-text")
     counts = op_counts(artifact.model)
     assert counts["Attention"] + counts["QAttention"] == 2
-    if quantize["mode"] == "dynamic":
+    if quantize.get("activation_scales") == "token":
+        # MatMuls with a scale per token; Attention float on int8 weights, which the
+        # runtime unpacks once at load.
+        assert counts["MatMulIntegerToFloat"] == 6 and counts["Attention"] == 2
+        graph = artifact.model.proto.graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        assert all(
+            producers[n.input[1]] == "DequantizeLinear"
+            for n in graph.node
+            if n.op_type == "Attention"
+        )
+        predictor = OrtPredictor(artifact.model)
+        assert (
+            predictor.session.get_session_options().get_session_config_entry(
+                "session.disable_quant_qdq"
+            )
+            == "1"
+        )
+    elif quantize["mode"] == "dynamic":
         assert counts["DynamicQuantizeLinear"] + counts["MatMulInteger"] >= 1
     else:  # int8 weights in the MatMuls, the Attention and the embedding Gather only
         assert counts["QuantizeLinear"] >= 1 and counts["DequantizeLinear"] >= 1
