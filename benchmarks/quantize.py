@@ -2,11 +2,11 @@
 
     python benchmarks/quantize.py [--repeats 200] [--update BENCHMARKS.md]
 
-For each model: ONNX Runtime fp32, dynamic int8, static int8 with each calibration
-method, 4-bit weight-only, fp16 and QAT, all timed interleaved (batch 1 and 32, 2
-threads, medians), accuracy on the 450 digits test images. Then the fallback case: the
-CNN with one outlier neuron, which breaks static int8 until the sensitivity-driven
-fallback keeps the two layers around it in float.
+For each model: ONNX Runtime fp32, dynamic int8 (per tensor and per token), static int8
+with each calibration method, 4-bit weight-only, fp16 and QAT, all timed interleaved
+(batch 1 and 32, 2 threads, medians), accuracy on the 450 digits test images. Then the
+fallback case: the CNN with one outlier neuron, which breaks static int8 until the
+sensitivity-driven fallback keeps the two layers around it in float.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def candidates(
     results["fp32"] = (fp32, time.perf_counter() - started)
     configs = {
         "dynamic int8": ss.QuantizeConfig(mode="dynamic"),
+        "dynamic int8, per-token": ss.QuantizeConfig(mode="dynamic", activation_scales="token"),
         "static int8, minmax": ss.QuantizeConfig(mode="static"),
         "static int8, entropy": ss.QuantizeConfig(
             mode="static", calibration=ss.CalibrationConfig(method="entropy")

@@ -73,6 +73,18 @@ def test_inputs_that_cannot_go_negative_use_all_levels(activation: nn.Module) ->
     assert errors.max() < 0.06 and errors.mean() < 0.02, errors
 
 
+def test_gelu_shift_without_a_bias_to_fold_into() -> None:
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16, bias=False))
+    model = export(layers, 32)
+    quantized = ss.quantize_onnx(model, TOKEN)
+    names = [n.name for n in quantized.proto.graph.node]
+    assert len(names) == len(set(names))
+    x = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
+    errors = row_errors(run(model, x), run(quantized, x))
+    assert errors.max() < 0.06 and errors.mean() < 0.02, errors
+
+
 def test_digits_cnn_keeps_its_accuracy(digits_onnx, digits_test) -> None:  # type: ignore[no-untyped-def]
     quantized = ss.quantize_onnx(digits_onnx, TOKEN)
     ops = {n.op_type for n in quantized.proto.graph.node}

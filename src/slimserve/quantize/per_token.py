@@ -155,8 +155,8 @@ def per_token_matmuls(
             )
         else:
             new.append(_node("Mul", [t("product"), t("row_scale")], out))
-        for n in new:
-            n.name = f"{base}/per_token/{n.op_type}"
+        for i, n in enumerate(new):  # unique: an unfolded shift makes two Adds
+            n.name = f"{base}/per_token/{i}_{n.op_type}"
         nodes.extend(new)
         rewritten.append(node.name)
     del graph.node[:]
