@@ -120,13 +120,16 @@ class Batcher:
             wait = self.max_delay if concurrent or not self.queue.empty() else 0.0
             deadline = loop.time() + wait
             while rows < self.max_batch_size:
-                timeout = deadline - loop.time()
-                if timeout <= 0 and self.queue.empty():
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), max(timeout, 0))
-                except TimeoutError:
-                    break
+                if self.queue.empty():
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), timeout)
+                    except TimeoutError:
+                        break
+                else:  # queued already: no wait_for (it makes a task per call)
+                    item = self.queue.get_nowait()
                 if rows + item.rows > self.max_batch_size:
                     await self._dispatch(items)
                     items, rows = [item], item.rows

@@ -29,6 +29,9 @@ V2_TO_NUMPY = {
 }
 NUMPY_TO_V2 = {np.dtype(v).name: k for k, v in V2_TO_NUMPY.items()}
 _DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
+# By dtype object: ``dtype.name`` is computed in Python on every call (~5 % of a served
+# request's CPU in a py-spy profile).
+_V2_BY_DTYPE = {np.dtype(v): k for k, v in V2_TO_NUMPY.items()}
 
 
 class ProtocolError(Exception):
@@ -165,7 +168,7 @@ def encode_response(
     for name, array in outputs.items():
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": v2_datatype(array.dtype.name),
+            "datatype": _V2_BY_DTYPE.get(array.dtype) or v2_datatype(array.dtype.name),
             "shape": list(array.shape),
         }
         if name in request.binary_outputs or (request.outputs is None and request.binary_default):
