@@ -72,3 +72,23 @@ def test_fallback_needs_eval_data(digits_onnx, digits_train) -> None:  # type: i
     del ctx.data["calibration"]  # no split at all: nothing to measure the drop on
     with pytest.raises(ss.DataError, match="needs eval data"):
         ss.QuantizeConfig(mode="static", fallback="auto").apply(digits_onnx, ctx)
+
+
+def test_fallback_with_per_token_scales(outlier, digits_test) -> None:  # type: ignore[no-untyped-def]
+    """Per-token scales do not help an outlier *channel* (it is in every row); the
+    fallback finds and keeps the layer that reads it in float, by its original name."""
+    torch_model, onnx_model = outlier
+    log = StepLog()
+    ctx = ss.Context(data={"eval": digits_test}, reference=torch_model, log=log, max_drop=0.01)
+    config = ss.QuantizeConfig(mode="dynamic", activation_scales="token", fallback="auto")
+    quantized = config.apply(onnx_model, ctx)
+    assert accuracy(quantized, digits_test) >= accuracy(onnx_model, digits_test) - 0.01
+    assert log.details["attempts"][0]["metric"] < 0.5  # fully quantized, it was broken
+    gemms = [n.name for n in onnx_model.proto.graph.node if n.op_type == "Gemm"]
+    assert gemms[-1] in log.details["float_nodes"]  # fc_out reads the outlier
+    rewritten = {
+        n.name.split("/per_token/")[0]
+        for n in quantized.proto.graph.node
+        if n.op_type == "MatMulIntegerToFloat"
+    }
+    assert rewritten and not rewritten & set(log.details["float_nodes"])
