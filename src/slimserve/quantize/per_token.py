@@ -89,10 +89,7 @@ def per_token_matmuls(
         # 127 x 2 cannot. (int8 x int8 has no fast kernel there: 3.5x slower on MiniLM.)
         steps, zero_point = (127.0, 0) if non_negative else (63.0, 64)
 
-        w = numpy_helper.to_array(weight).astype(np.float32)
-        w_scale = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max())
-        w_scale = (np.maximum(w_scale, 1e-12) / 127).astype(np.float32)
-        w_int = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        w_int, w_scale = _int8_columns(numpy_helper.to_array(weight), per_channel)
 
         base = node.name or node.output[0]
         out = node.output[0]
@@ -183,19 +180,15 @@ def attention_weight_only(
         if (
             weight is None
             or weight.data_type != onnx.TensorProto.FLOAT
-            or (skip and skip(node.name))
+            or (skip is not None and skip(node.name))
         ):
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weight).astype(np.float32)
-        scale = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max())
-        scale = (np.maximum(scale, 1e-12) / 127).astype(np.float32)
+        w_int, scale = _int8_columns(numpy_helper.to_array(weight), per_channel)
         base = node.name or node.output[0]
         graph.initializer.extend(
             [
-                numpy_helper.from_array(
-                    np.clip(np.round(w / scale), -127, 127).astype(np.int8), f"{base}/weight_int8"
-                ),
+                numpy_helper.from_array(w_int, f"{base}/weight_int8"),
                 numpy_helper.from_array(scale, f"{base}/weight_scale"),
                 numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}/weight_zero"),
             ]
@@ -212,6 +205,15 @@ def attention_weight_only(
     graph.node.extend(nodes)
     _drop_unused(graph)
     return proto, rewritten
+
+
+def _int8_columns(weight: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights in [-127, 127] and their float32 scales: one per output
+    column, or one for the whole matrix."""
+    w = weight.astype(np.float32)
+    scale = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max())
+    scale = (np.maximum(scale, 1e-12) / 127).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
 
 def mark_fold_dequantize(proto: onnx.ModelProto) -> None:
