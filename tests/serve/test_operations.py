@@ -52,6 +52,53 @@ def test_loadtest_sends_the_token(served_artifact: Path) -> None:
         thread.join(timeout=30)
 
 
+def test_loadtest_counts_failures_and_reconnects_after_close() -> None:
+    """A server that fails every inference, closes after each answer, and once in a
+    while hangs up without answering: every request is counted, none hangs the run."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    metadata = json.dumps(
+        {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    ).encode()
+    seen = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # one request per connection, then close
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(metadata)))
+            self.end_headers()
+            self.wfile.write(metadata)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(1)
+            if len(seen) % 5 == 0:
+                return  # hang up without a response
+            body = b'{"error": "model failed"}'
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = load_test(f"http://127.0.0.1:{server.server_port}", "m", 2, 20, duration=30)
+    finally:
+        server.shutdown()
+    assert result.requests == 20 and result.errors == 20 and len(seen) == 20
+    assert result.seconds < 10
+    assert result.first_error is not None and "HTTP 500" in result.first_error
+
+
 def test_loadtest_refuses_remote_targets_and_unknown_models(server_url: str) -> None:
     with pytest.raises(SlimserveError, match="not a loopback address"):
         check_target("http://192.0.2.10:8000", allow_remote=False)
