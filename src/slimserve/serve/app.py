@@ -302,7 +302,7 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     return _Front(app, state)
 
 
-def _infer_target(method: str, path: str) -> tuple[str, str | None] | None:
+def infer_target(method: str, path: str) -> tuple[str, str | None] | None:
     """(model, version) of a V2 infer URL, else None."""
     if method != "POST" or not path.startswith("/v2/models/") or not path.endswith("/infer"):
         return None
@@ -363,7 +363,7 @@ class _Front:
                 f"{config.max_body_bytes}-byte limit.",
             )
             return
-        target = _infer_target(scope["method"], path)
+        target = infer_target(scope["method"], path)
         if target is None:
             await self.app(scope, receive, send)
             return
@@ -372,13 +372,7 @@ class _Front:
     async def _infer(
         self, target: tuple[str, str | None], headers: dict[bytes, bytes], receive: Any, send: Any
     ) -> None:
-        started = time.perf_counter()
-        server = self.server
-        try:
-            model = server.find(*target)
-        except LookupError as exc:
-            await _error(send, 404, str(exc))
-            return
+        limit = self.server.config.max_body_bytes
         chunks, size = [], 0
         while True:  # the body may arrive in pieces (chunked, or large)
             message = await receive()
@@ -386,55 +380,65 @@ class _Front:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > server.config.max_body_bytes:
-                await _error(
-                    send,
-                    413,
-                    f"Request body is over the {server.config.max_body_bytes}-byte limit.",
-                )
+            if size > limit:
+                await _error(send, 413, f"Request body is over the {limit}-byte limit.")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        code = 200
-        try:
-            header = headers.get(HEADER_LENGTH)
-            if header is not None and not header.isdigit():
-                raise ProtocolError("Inference-Header-Content-Length must be an integer.")
-            parsed = parse_request(body, int(header) if header is not None else None)
-            outputs = await server.infer(model, parsed.inputs)
-            if parsed.outputs is not None:
-                unknown = [o for o in parsed.outputs if o not in outputs]
-                if unknown:
-                    raise ProtocolError(
-                        f"Unknown output(s) {unknown}; the model gives {list(outputs)}."
-                    )
-                outputs = {k: outputs[k] for k in parsed.outputs}
-            payload, header_length = encode_response(model.name, model.version, parsed, outputs)
-        except ProtocolError as exc:
-            code = 400
-            await _error(send, 400, str(exc))
-            return
-        except Exception as exc:  # the model failed: answer, log, keep serving
-            code = 500
-            log.exception("model run failed", extra={"model": model.name})
-            await _error(send, 500, f"Model '{model.name}' failed: {first_line(exc)}")
-            return
-        finally:
-            server.observe(model.name, code, time.perf_counter() - started, "http")
-        if header_length is None:
-            await _respond(send, 200, payload, [(b"content-type", b"application/json")])
-            return
-        await _respond(
-            send,
-            200,
-            payload,
-            [
-                (b"content-type", b"application/octet-stream"),
-                (b"inference-header-content-length", str(header_length).encode()),
-            ],
+        status, payload, response_headers = await answer_infer(
+            self.server, target, headers.get(HEADER_LENGTH), body
         )
+        await _respond(send, status, payload, response_headers)
+
+
+async def answer_infer(
+    server: ServerState, target: tuple[str, str | None], header_length: bytes | None, body: bytes
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """One V2 infer request, whatever carried it: (status, body, headers) of the answer.
+    ``header_length`` is the Inference-Header-Content-Length header's value, if sent."""
+    import orjson
+
+    started = time.perf_counter()
+    try:
+        model = server.find(*target)
+    except LookupError as exc:
+        return 404, orjson.dumps({"error": str(exc)}), [JSON_TYPE]
+    code = 200
+    try:
+        if header_length is not None and not header_length.isdigit():
+            raise ProtocolError("Inference-Header-Content-Length must be an integer.")
+        parsed = parse_request(body, int(header_length) if header_length is not None else None)
+        outputs = await server.infer(model, parsed.inputs)
+        if parsed.outputs is not None:
+            unknown = [o for o in parsed.outputs if o not in outputs]
+            if unknown:
+                raise ProtocolError(
+                    f"Unknown output(s) {unknown}; the model gives {list(outputs)}."
+                )
+            outputs = {k: outputs[k] for k in parsed.outputs}
+        payload, binary_header = encode_response(model.name, model.version, parsed, outputs)
+    except ProtocolError as exc:
+        code = 400
+        return 400, orjson.dumps({"error": str(exc)}), [JSON_TYPE]
+    except Exception as exc:  # the model failed: answer, log, keep serving
+        code = 500
+        log.exception("model run failed", extra={"model": model.name})
+        message = f"Model '{model.name}' failed: {first_line(exc)}"
+        return 500, orjson.dumps({"error": message}), [JSON_TYPE]
+    finally:
+        server.observe(model.name, code, time.perf_counter() - started, "http")
+    if binary_header is None:
+        return 200, payload, [JSON_TYPE]
+    return (
+        200,
+        payload,
+        [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH, b"%d" % binary_header)],
+    )
+
+
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 def check_inputs(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -> dict[str, np.ndarray]:

@@ -15,12 +15,16 @@ def build_server(path: str | Path, config: ServeConfig) -> Any:
     require("uvicorn", "serve", "Serving")
     import uvicorn
 
+    from slimserve.serve import infer_protocol
     from slimserve.serve.repository import load_repository
 
     models = load_repository(path, config.threads, config.ort_spinning)
     app = create_app(models, config)
+    # V2 infer requests skip the ASGI layer where the installed uvicorn allows it.
+    http = infer_protocol.protocol_class(app.server) if infer_protocol.supported() else "auto"
     uv_config = uvicorn.Config(
         app,
+        http=http,
         host=config.host,
         port=config.port,
         log_level="warning",

@@ -1,0 +1,132 @@
+"""Infer requests answered by the server's own HTTP protocol (no ASGI layer): raw HTTP/1.1
+as clients may send it (pipelined, chunked, HTTP/1.0), and the same answers as the ASGI
+path that serves them when the installed uvicorn is not one it was tested with."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slimserve as ss
+from slimserve.serve import infer_protocol
+from tests.serve.conftest import start
+
+
+def infer_json(x: np.ndarray) -> bytes:
+    inputs = [
+        {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    ]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def post(path: str, body: bytes, extra: str = "", version: str = "1.1") -> bytes:
+    head = f"POST {path} HTTP/{version}\r\nHost: test\r\nContent-Length: {len(body)}\r\n{extra}"
+    return head.encode() + b"\r\n" + body
+
+
+def chunked(path: str, body: bytes, pieces: int = 3) -> bytes:
+    step = -(-len(body) // pieces)
+    parts = [body[i : i + step] for i in range(0, len(body), step)]
+    encoded = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + encoded
+    )
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` responses (status, lower-cased headers, body) off one connection."""
+    buffer, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(answers)} responses"
+            buffer += chunk
+        head, buffer = buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(fields["content-length"])
+        while len(buffer) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed mid-body"
+            buffer += chunk
+        answers.append((int(lines[0].split()[1]), fields, buffer[:length]))
+        buffer = buffer[length:]
+    return answers
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    return sock
+
+
+@pytest.fixture(params=["own protocol", "ASGI"])
+def server(
+    request: pytest.FixtureRequest, served_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    if request.param == "ASGI":
+        monkeypatch.setattr(infer_protocol, "supported", lambda: False)
+    server, thread, url = start(served_artifact, max_body_bytes=4096)
+    yield url
+    server.should_exit = True  # type: ignore[attr-defined]
+    thread.join(timeout=30)
+
+
+def test_the_protocol_is_used_with_this_uvicorn() -> None:
+    assert infer_protocol.supported()  # else the fast path in these tests is never taken
+
+
+def test_pipelined_requests_are_answered_in_order(server: str, digits_onnx, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x = np.ascontiguousarray(digits_test.inputs["input"][:2])
+    (expected,) = ss.load_predictor(digits_onnx).predict({"input": x})
+    with connect(server) as sock:
+        sock.sendall(
+            post("/v2/models/digits/infer", infer_json(x[:1]))
+            + b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+            + post("/v2/models/digits/versions/1/infer", infer_json(x[1:]))
+            + post("/v2/models/nope/infer", infer_json(x[1:]))
+        )
+        answers = read_responses(sock, 4)
+    assert [a[0] for a in answers] == [200, 200, 200, 404]
+    first, live, second, unknown = (json.loads(a[2]) for a in answers)
+    assert live == {"live": True}
+    np.testing.assert_allclose(first["outputs"][0]["data"], expected[0], atol=1e-5)
+    np.testing.assert_allclose(second["outputs"][0]["data"], expected[1], atol=1e-5)
+    assert "Unknown model 'nope'" in unknown["error"]
+    assert all(a[1]["content-type"] == "application/json" for a in answers)
+
+
+def test_chunked_body_and_chunked_body_over_the_limit(server: str, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x = np.ascontiguousarray(digits_test.inputs["input"][:1])
+    with connect(server) as sock:
+        sock.sendall(chunked("/v2/models/digits/infer", infer_json(x)))
+        ((status, _, body),) = read_responses(sock, 1)
+        assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 10]
+        big = np.zeros((16, 1, 8, 8), np.float32)  # ~5 KB of JSON: over the 4096-byte limit
+        sock.sendall(chunked("/v2/models/digits/infer", infer_json(big), pieces=8))
+        ((status, _, body),) = read_responses(sock, 1)
+    assert status == 413 and "4096-byte limit" in json.loads(body)["error"]
+
+
+def test_http10_is_answered_then_closed(server: str, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x = np.ascontiguousarray(digits_test.inputs["input"][:1])
+    with connect(server) as sock:
+        sock.sendall(post("/v2/models/digits/infer", infer_json(x), version="1.0"))
+        ((status, fields, _),) = read_responses(sock, 1)
+        assert status == 200 and fields.get("connection") == "close"
+        assert sock.recv(1) == b""  # the server closed its end
+
+
+def test_oversized_content_length_is_refused_before_the_body(server: str) -> None:
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 99999\r\n\r\n"
+        )
+        ((status, _, body),) = read_responses(sock, 1)  # answered without the body sent
+    assert status == 413 and "99999 bytes" in json.loads(body)["error"]
