@@ -403,8 +403,10 @@ def main() -> None:
             + "\n\n"
             + soak_line
             + "\n\nWhere the goals are missed on the demo CNN, the reason: a one-image "
-            "request costs the server ~0.25 ms of Python (HTTP parsing, decoding, encoding, "
-            "the socket write), while ONNX Runtime needs ~0.02 ms per image at batch 32. "
+            "request costs the server's event loop ~0.1 ms of CPU (HTTP parsing, decoding, "
+            "encoding, the socket write) and the load generator on the same cores ~0.05 ms, "
+            "while ONNX Runtime needs ~0.01-0.02 ms per image at batch 32 (per-thread CPU "
+            "times under `slimserve loadtest -c 32`, docs/serving.md). "
             "Batching removes only the model's share, so on a model this small it cannot "
             "multiply throughput. It pays on models whose batch-1 run costs more than the "
             "request around it:\n\n" + mlp_text

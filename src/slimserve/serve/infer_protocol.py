@@ -18,7 +18,7 @@ import hmac
 
 from slimserve.serve.app import HEADER_LENGTH, ServerState, answer_infer, infer_target
 
-TESTED_UVICORN = ((0, 30), (0, 55))  # [from, to): the versions whose internals this uses
+TESTED_UVICORN = ((0, 54), (0, 55))  # [from, to): versions whose internals it was run on
 
 
 def supported() -> bool:
