@@ -127,14 +127,21 @@ def compare(
     singles = [tokenize(tokenizer, [s], 256) for s in sentences[:48]]
     padded = sum(b["attention_mask"].size for b in batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
-    # The same sentences batched as slimserve's server batches them: grouped by length,
-    # so a batch pads to a similar sentence rather than to the longest of 32.
-    lengths = [len(tokenizer(s)["input_ids"]) for s in sentences]
+    # The same sentences batched as slimserve's server batches them: 32 at a time in
+    # length order, each 32 split where lengths spread (batching.length_groups), so a
+    # sentence pads to a similar one rather than to the longest of 32.
+    from slimserve.serve.batching import length_groups
+
+    lengths = [len(tokenizer(s)["input_ids"]) for s in sentences[:256]]
     order = np.argsort(lengths, kind="stable")
-    grouped = [
-        tokenize(tokenizer, [sentences[j] for j in order[i : i + 32]], 256)
-        for i in range(0, 256, 32)
-    ]
+    grouped_order: list[int] = []
+    grouped = []
+    for i in range(0, 256, 32):
+        chunk = [int(j) for j in order[i : i + 32]]
+        for group in length_groups([lengths[j] for j in chunk]):
+            members = [chunk[k] for k in group]
+            grouped_order += members
+            grouped.append(tokenize(tokenizer, [sentences[j] for j in members], 256))
     grouped_padded = sum(b["attention_mask"].size for b in grouped)
 
     log("Building the anchors (export, fuse, quantize)...")
@@ -161,7 +168,7 @@ def compare(
             b32[name].append(256 / (time.perf_counter() - started))
             outputs[name] = np.concatenate(out)
             if name == GROUPED:  # back to the reference's sentence order
-                outputs[name] = outputs[name][np.argsort(order)]
+                outputs[name] = outputs[name][np.argsort(grouped_order)]
             for feeds in singles:
                 started = time.perf_counter()
                 run(feeds)

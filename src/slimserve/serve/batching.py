@@ -11,6 +11,7 @@ batch) meanwhile.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -43,15 +44,21 @@ class _Item:
 LENGTH_SPREAD = 1.5
 
 
-def _length_groups(items: list[_Item]) -> list[list[_Item]]:
-    ordered = sorted(items, key=lambda i: i.length)
-    groups: list[list[_Item]] = [[ordered[0]]]
-    for item in ordered[1:]:
-        if item.length > LENGTH_SPREAD * max(groups[-1][0].length, 1):
-            groups.append([item])
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Positions of ``lengths`` in the groups the batcher runs them in: sorted by length,
+    split where one is more than ``LENGTH_SPREAD`` times its group's shortest."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = [[order[0]]] if order else []
+    for i in order[1:]:
+        if lengths[i] > LENGTH_SPREAD * max(lengths[groups[-1][0]], 1):
+            groups.append([i])
         else:
-            groups[-1].append(item)
+            groups[-1].append(i)
     return groups
+
+
+def _length_groups(items: list[_Item]) -> list[list[_Item]]:
+    return [[items[i] for i in g] for g in length_groups([i.length for i in items])]
 
 
 def _pad_merge(group: list[_Item]) -> dict[str, np.ndarray]:
