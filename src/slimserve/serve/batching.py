@@ -92,7 +92,9 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.executor = executor
-        self.metrics = metrics
+        # Labelled children looked up once: labels() takes a lock on every call.
+        self.batch_size = metrics.batch_size.labels(model.name)
+        self.queue_depth = metrics.queue_depth.labels(model.name)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
@@ -103,13 +105,13 @@ class Batcher:
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         if not self.enabled:
-            self.metrics.batch_size.labels(self.model.name).observe(_rows(inputs))
+            self.batch_size.observe(_rows(inputs))
             return await loop.run_in_executor(self.executor, self._run, inputs)
         if self.task is None:
             self.task = asyncio.create_task(self._loop())
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         await self.queue.put(_Item(inputs, future, self.model.text is not None))
-        self.metrics.queue_depth.labels(self.model.name).set(self.queue.qsize())
+        self.queue_depth.set(self.queue.qsize())
         return await future
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -144,7 +146,7 @@ class Batcher:
                     continue
                 items.append(item)
                 rows += item.rows
-            self.metrics.queue_depth.labels(self.model.name).set(self.queue.qsize())
+            self.queue_depth.set(self.queue.qsize())
             concurrent = len(items) > 1
             await self._dispatch(items)
 
@@ -163,7 +165,7 @@ class Batcher:
                 merged = _pad_merge(group)
             else:
                 merged = {k: np.concatenate([i.inputs[k] for i in group]) for k in group[0].inputs}
-            self.metrics.batch_size.labels(self.model.name).observe(_rows(merged))
+            self.batch_size.observe(_rows(merged))
             try:
                 outputs = await loop.run_in_executor(self.executor, self._run, merged)
             except Exception as exc:  # every waiting request gets the error, none hangs
