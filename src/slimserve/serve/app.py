@@ -328,6 +328,24 @@ async def _error(send: Any, status: int, message: str) -> None:
     )
 
 
+def refusal(
+    config: ServeConfig, headers: dict[bytes, bytes], check_token: bool = True
+) -> tuple[int, str] | None:
+    """(status, message) when a request is refused from its head alone: a missing or
+    wrong bearer token, or a Content-Length over the body limit; else None."""
+    if check_token and config.token is not None:
+        supplied = headers.get(b"authorization", b"")
+        if not hmac.compare_digest(supplied, f"Bearer {config.token}".encode()):
+            return 401, "Missing or wrong bearer token (Authorization: Bearer ...)."
+    length = headers.get(b"content-length", b"")
+    if length.isdigit() and int(length) > config.max_body_bytes:
+        return (
+            413,
+            f"Request body of {int(length)} bytes is over the {config.max_body_bytes}-byte limit.",
+        )
+    return None
+
+
 class _Front:
     """Plain ASGI in front of FastAPI: token and body-size checks for every route, and the
     whole infer route (a Starlette middleware or route costs a task, a stream copy and a
@@ -337,31 +355,16 @@ class _Front:
         self.app = app
         self.state = app.state  # uvicorn users reach .state.slimserve as on FastAPI
         self.server = state
-        config = state.config
-        self.expected = f"Bearer {config.token}".encode() if config.token is not None else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        config = self.server.config
         headers = dict(scope.get("headers") or ())
         path = scope.get("path", "")
-        if self.expected is not None and path != "/v2/health/live":
-            supplied = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(supplied, self.expected):
-                await _error(
-                    send, 401, "Missing or wrong bearer token (Authorization: Bearer ...)."
-                )
-                return
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > config.max_body_bytes:
-            await _error(
-                send,
-                413,
-                f"Request body of {int(length)} bytes is over the "
-                f"{config.max_body_bytes}-byte limit.",
-            )
+        refused = refusal(self.server.config, headers, check_token=path != "/v2/health/live")
+        if refused is not None:
+            await _error(send, *refused)
             return
         target = infer_target(scope["method"], path)
         if target is None:

@@ -14,9 +14,8 @@ it was tested with (``supported``); any other version serves through plain ASGI.
 from __future__ import annotations
 
 import asyncio
-import hmac
 
-from slimserve.serve.app import HEADER_LENGTH, ServerState, answer_infer, infer_target
+from slimserve.serve.app import HEADER_LENGTH, ServerState, answer_infer, infer_target, refusal
 
 TESTED_UVICORN = ((0, 54), (0, 55))  # [from, to): versions whose internals it was run on
 
@@ -52,7 +51,6 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     config = state.config
-    expected = f"Bearer {config.token}".encode() if config.token is not None else None
 
     class InferProtocol(HttpToolsProtocol):
         # The request being read: (model, version) and its body so far; ``infer_refused``
@@ -93,19 +91,9 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.answering = _Answering(keep_alive=self.parser.should_keep_alive())
             self.cycle = self.answering  # type: ignore[assignment]  # uvicorn reads 4 fields
             fields = dict(self.headers)
-            # The checks _Front makes for every other route.
-            if expected is not None and not hmac.compare_digest(
-                fields.get(b"authorization", b""), expected
-            ):
-                self._refuse(401, "Missing or wrong bearer token (Authorization: Bearer ...).")
-                return
-            length = fields.get(b"content-length", b"")
-            if length.isdigit() and int(length) > config.max_body_bytes:
-                self._refuse(
-                    413,
-                    f"Request body of {int(length)} bytes is over the "
-                    f"{config.max_body_bytes}-byte limit.",
-                )
+            refused = refusal(config, fields)  # the checks _Front makes for other routes
+            if refused is not None:
+                self._refuse(*refused)
                 return
             self.infer_target = target
             self.infer_header_length = fields.get(HEADER_LENGTH)
