@@ -74,9 +74,22 @@ class ServerState:
     config: ServeConfig
     grpc_port: int | None = None
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _latest: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A request without a version gets the highest: found once, not per request.
+        for name, versions in self.models.items():
+            if versions:
+                self._latest[name] = versions[
+                    max(versions, key=lambda v: int(v) if v.isdigit() else 0)
+                ]
 
     def find(self, name: str, version: str | None) -> Any:
         """The served model, or a LookupError naming what is served."""
+        if not version:
+            latest = self._latest.get(name)
+            if latest is not None:
+                return latest
         versions = self.models.get(name)
         if versions is None:
             raise LookupError(f"Unknown model '{name}'. Served: {', '.join(self.models)}.")
