@@ -130,3 +130,42 @@ def test_oversized_content_length_is_refused_before_the_body(server: str) -> Non
         )
         ((status, _, body),) = read_responses(sock, 1)  # answered without the body sent
     assert status == 413 and "99999 bytes" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("path", ["own protocol", "ASGI"])
+def test_a_failing_model_run_is_a_500_and_the_server_keeps_serving(
+    path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnx import TensorProto, helper
+
+    if path == "ASGI":
+        monkeypatch.setattr(infer_protocol, "supported", lambda: False)
+    # Rows of a 4-row table by index: ONNX Runtime fails on an index out of range.
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4, 2], [float(i) for i in range(8)])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["rows"])],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "lookup.onnx").write_bytes(model.SerializeToString())
+    server, thread, url = start(tmp_path / "lookup.onnx")
+
+    def body(index: int) -> bytes:
+        inputs = [{"name": "idx", "shape": [1], "datatype": "INT64", "data": [index]}]
+        return json.dumps({"inputs": inputs}).encode()
+
+    try:
+        with connect(url) as sock:
+            sock.sendall(post("/v2/models/lookup/infer", body(40)))
+            ((status, fields, failed),) = read_responses(sock, 1)
+            sock.sendall(post("/v2/models/lookup/infer", body(3)))  # same connection
+            ((ok_status, _, ok),) = read_responses(sock, 1)
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
+    assert status == 500 and fields["content-type"] == "application/json"
+    assert "Model 'lookup' failed" in json.loads(failed)["error"]
+    assert ok_status == 200 and json.loads(ok)["outputs"][0]["data"] == [6.0, 7.0]

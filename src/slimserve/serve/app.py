@@ -14,7 +14,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,13 +128,16 @@ class ServerState:
 
     async def infer(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Checked inputs through the model's batcher (raw text tokenized first)."""
-        if model.text is not None and TEXT_INPUT in inputs:
-            inputs = tokenize_request(model, inputs, self.config.max_request_rows)
-        checked = check_inputs(model, inputs, self.config.max_request_rows)
         outputs: dict[str, np.ndarray] = await self.batchers[(model.name, model.version)].infer(
-            checked
+            self.checked(model, inputs)
         )
         return outputs
+
+    def checked(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``inputs`` as the model takes them (raw text tokenized), or a ProtocolError."""
+        if model.text is not None and TEXT_INPUT in inputs:
+            inputs = tokenize_request(model, inputs, self.config.max_request_rows)
+        return check_inputs(model, inputs, self.config.max_request_rows)
 
 
 def tensor_metadata(spec: dict[str, Any]) -> dict[str, Any]:
@@ -409,24 +412,77 @@ class _Front:
         await _respond(send, status, payload, response_headers)
 
 
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]  # status, body, headers
+
+
 async def answer_infer(
     server: ServerState, target: tuple[str, str | None], header_length: bytes | None, body: bytes
-) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+) -> Answer:
     """One V2 infer request, whatever carried it: (status, body, headers) of the answer.
     ``header_length`` is the Inference-Header-Content-Length header's value, if sent."""
+    import asyncio
+
+    future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+    def reply(answer: Answer) -> None:
+        if not future.done():
+            future.set_result(answer)
+
+    reply_infer(server, target, header_length, body, reply)
+    return await future
+
+
+def reply_infer(
+    server: ServerState,
+    target: tuple[str, str | None],
+    header_length: bytes | None,
+    body: bytes,
+    reply: Callable[[Answer], None],
+) -> None:
+    """``answer_infer`` without a coroutine: ``reply`` gets the answer, at once for a
+    request refused before the model, else when its batch has run. The HTTP fast path
+    uses this, so a request costs no task and no future (~8 us each on this machine)."""
     import orjson
 
     started = time.perf_counter()
     try:
         model = server.find(*target)
     except LookupError as exc:
-        return 404, orjson.dumps({"error": str(exc)}), [JSON_TYPE]
-    code = 200
+        reply((404, orjson.dumps({"error": str(exc)}), [JSON_TYPE]))
+        return
     try:
         if header_length is not None and not header_length.isdigit():
             raise ProtocolError("Inference-Header-Content-Length must be an integer.")
         parsed = parse_request(body, int(header_length) if header_length is not None else None)
-        outputs = await server.infer(model, parsed.inputs)
+        inputs = server.checked(model, parsed.inputs)
+    except ProtocolError as exc:
+        server.observe(model.name, 400, time.perf_counter() - started, "http")
+        reply((400, orjson.dumps({"error": str(exc)}), [JSON_TYPE]))
+        return
+    except Exception as exc:  # e.g. the tokenizer failed: answer, log, keep serving
+        server.observe(model.name, 500, time.perf_counter() - started, "http")
+        reply(_answer_outputs(model, None, None, exc))
+        return
+
+    def done(outputs: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+        answer = _answer_outputs(model, parsed, outputs, error)
+        server.observe(model.name, answer[0], time.perf_counter() - started, "http")
+        reply(answer)
+
+    server.batchers[(model.name, model.version)].submit(inputs, done)
+
+
+def _answer_outputs(
+    model: Any, parsed: Any, outputs: dict[str, np.ndarray] | None, error: BaseException | None
+) -> Answer:
+    import orjson
+
+    if error is not None:  # the model failed: answer, log, keep serving
+        log.error("model run failed", exc_info=error, extra={"model": model.name})
+        message = f"Model '{model.name}' failed: {first_line(error)}"
+        return 500, orjson.dumps({"error": message}), [JSON_TYPE]
+    assert outputs is not None
+    try:
         if parsed.outputs is not None:
             unknown = [o for o in parsed.outputs if o not in outputs]
             if unknown:
@@ -436,15 +492,9 @@ async def answer_infer(
             outputs = {k: outputs[k] for k in parsed.outputs}
         payload, binary_header = encode_response(model.name, model.version, parsed, outputs)
     except ProtocolError as exc:
-        code = 400
         return 400, orjson.dumps({"error": str(exc)}), [JSON_TYPE]
-    except Exception as exc:  # the model failed: answer, log, keep serving
-        code = 500
-        log.exception("model run failed", extra={"model": model.name})
-        message = f"Model '{model.name}' failed: {first_line(exc)}"
-        return 500, orjson.dumps({"error": message}), [JSON_TYPE]
-    finally:
-        server.observe(model.name, code, time.perf_counter() - started, "http")
+    except Exception as exc:
+        return _answer_outputs(model, parsed, None, exc)
     if binary_header is None:
         return 200, payload, [JSON_TYPE]
     return (

@@ -11,19 +11,24 @@ batch) meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("slimserve.serve")
+# Called once per request with (outputs, None) or (None, the model's exception).
+Done = Callable[[dict[str, np.ndarray] | None, BaseException | None], None]
+
 
 @dataclass
 class _Item:
     inputs: dict[str, np.ndarray]
-    future: asyncio.Future[dict[str, np.ndarray]]
+    done: Done
     rows: int
     padded: bool = False  # a text model: sequences of any length merge, zero-padded
 
@@ -112,22 +117,38 @@ class Batcher:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's outputs for ``inputs``, run merged with concurrent requests."""
+        loop = self.loop or asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+
+        def done(outputs: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+            if not future.done():  # else its request was cancelled meanwhile
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(outputs)  # type: ignore[arg-type]
+
+        self.submit(inputs, done)
+        return await future
+
+    def submit(self, inputs: dict[str, np.ndarray], done: Done) -> None:
+        """Queue ``inputs``; ``done`` is called on the event loop when the model has run.
+        No task or future per request: the HTTP fast path answers from ``done``."""
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
         rows = _rows(inputs)
         if not self.enabled:
             self.batch_size.observe(rows)
-            return await loop.run_in_executor(self.executor, self._run, inputs)
+            run = loop.run_in_executor(self.executor, self._run, inputs)
+            run.add_done_callback(lambda f: _call(done, *_outcome(f)))
+            return
         if self.task is None:
             self.task = loop.create_task(self._loop(loop))
-        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        item = _Item(inputs, future, rows, self.padded)
-        self.pending.append(item)
+        self.pending.append(_Item(inputs, done, rows, self.padded))
         self.pending_rows += rows
         if len(self.pending) == 1 or self.pending_rows >= self.max_batch_size:
             self._wake()  # the idle loop's first request, or a full batch
-        return await future
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -189,15 +210,30 @@ class Batcher:
                 outputs = await loop.run_in_executor(self.executor, self._run, merged)
             except Exception as exc:  # every waiting request gets the error, none hangs
                 for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                    _call(item.done, None, exc)
                 continue
             start = 0
             for item in group:
                 stop = start + item.rows
-                if not item.future.done():
-                    item.future.set_result({k: v[start:stop] for k, v in outputs.items()})
+                _call(item.done, {k: v[start:stop] for k, v in outputs.items()}, None)
                 start = stop
+
+
+def _outcome(
+    run: asyncio.Future[dict[str, np.ndarray]],
+) -> tuple[dict[str, np.ndarray] | None, BaseException | None]:
+    if run.cancelled():
+        return None, asyncio.CancelledError()
+    error = run.exception()
+    return (None, error) if error is not None else (run.result(), None)
+
+
+def _call(done: Done, outputs: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+    # One request's answer failing (a bug) must not stop the others' or the batch loop.
+    try:
+        done(outputs, error)
+    except Exception:
+        log.exception("answering a request failed")
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:

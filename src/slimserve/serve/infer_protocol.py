@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from slimserve.serve.app import HEADER_LENGTH, ServerState, answer_infer, infer_target, refusal
+from slimserve.serve.app import HEADER_LENGTH, ServerState, infer_target, refusal, reply_infer
 
 TESTED_UVICORN = ((0, 54), (0, 55))  # [from, to): versions whose internals it was run on
 
@@ -132,25 +132,23 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.infer_target = None
             body = self.infer_body[0] if len(self.infer_body) == 1 else b"".join(self.infer_body)
             self.infer_body = []
-            answer = self._answer(self.answering, target, self.infer_header_length, body)
-            task = self.loop.create_task(answer)
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            answering = self.answering
+            parsing = True
 
-        async def _answer(
-            self,
-            answering: _Answering,
-            target: tuple[str, str | None],
-            header_length: bytes | None,
-            body: bytes,
-        ) -> None:
+            def reply(answer: tuple[int, bytes, list[tuple[bytes, bytes]]]) -> None:
+                if parsing:  # refused before the model: answer once httptools is done
+                    self.loop.call_soon(self._write, answering, *answer)
+                else:
+                    self._write(answering, *answer)
+
+            # No task per request: the answer is written from the batch's callback.
             try:
-                status, payload, headers = await answer_infer(state, target, header_length, body)
-            except Exception:  # answer_infer answers every error itself: a bug if here
+                reply_infer(state, target, self.infer_header_length, body, reply)
+            except Exception:  # reply_infer answers every error itself: a bug if here
                 self.logger.exception("Exception answering a V2 infer request")
                 answering.keep_alive = False
-                status, payload, headers = 500, b'{"error": "Internal Server Error"}', []
-            self._write(answering, status, payload, headers)
+                reply((500, b'{"error": "Internal Server Error"}', []))
+            parsing = False
 
         def _write(
             self,
