@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,35 @@ def test_a_failing_model_run_is_a_500_and_the_server_keeps_serving(
     assert status == 500 and fields["content-type"] == "application/json"
     assert "Model 'lookup' failed" in json.loads(failed)["error"]
     assert ok_status == 200 and json.loads(ok)["outputs"][0]["data"] == [6.0, 7.0]
+
+
+@pytest.mark.parametrize("idle_connection", [False, True])
+def test_a_batch_leaves_when_every_connection_waits_for_it(
+    idle_connection: bool, served_artifact: Path, digits_test
+) -> None:  # type: ignore[no-untyped-def]
+    """With 4 clients all waiting, no request can join: the batch goes without waiting
+    out max_delay_ms. One more open connection that could still send keeps it waiting."""
+    x = np.ascontiguousarray(digits_test.inputs["input"][:1])
+    server, thread, url = start(served_artifact, max_batch_size=32, max_delay_ms=1500)
+    clients = [connect(url) for _ in range(4)]
+    idle = connect(url) if idle_connection else None
+    try:
+        for sock in clients:  # a first round, so the batcher has seen company
+            sock.sendall(post("/v2/models/digits/infer", infer_json(x)))
+        for sock in clients:
+            read_responses(sock, 1)
+        started = time.perf_counter()
+        for sock in clients:
+            sock.sendall(post("/v2/models/digits/infer", infer_json(x)))
+        statuses = [read_responses(sock, 1)[0][0] for sock in clients]
+        elapsed = time.perf_counter() - started
+    finally:
+        for sock in [*clients, *([idle] if idle else [])]:
+            sock.close()
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
+    assert statuses == [200] * 4
+    if idle_connection:
+        assert elapsed >= 1.4  # someone could still send: the delay is waited out
+    else:
+        assert elapsed < 1.0

@@ -115,6 +115,9 @@ class Batcher:
         # The server's loop, looked up once: get_running_loop() makes a getpid() system
         # call on every call, ~5 % of the event loop's time at batch 1 here.
         self.loop: asyncio.AbstractEventLoop | None = None
+        # True when no client can send a request now (the server's connections all wait
+        # for answers): then a batch leaves without waiting out max_delay_ms.
+        self.no_more_company: Callable[[], bool] = lambda: False
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's outputs for ``inputs``, run merged with concurrent requests."""
@@ -147,8 +150,12 @@ class Batcher:
             self.task = loop.create_task(self._loop(loop))
         self.pending.append(_Item(inputs, done, rows, self.padded))
         self.pending_rows += rows
-        if len(self.pending) == 1 or self.pending_rows >= self.max_batch_size:
-            self._wake()  # the idle loop's first request, or a full batch
+        if (
+            len(self.pending) == 1
+            or self.pending_rows >= self.max_batch_size
+            or self.no_more_company()
+        ):
+            self._wake()  # the idle loop's first request, a full batch, or no one left
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -176,7 +183,11 @@ class Batcher:
                 await self._wait(loop, None)
             # A lone client gains nothing from waiting: only wait for company when the
             # previous batch had some; requests that queued meanwhile are taken at once.
-            if (concurrent or len(self.pending) > 1) and self.pending_rows < self.max_batch_size:
+            if (
+                (concurrent or len(self.pending) > 1)
+                and self.pending_rows < self.max_batch_size
+                and not self.no_more_company()
+            ):
                 await self._wait(loop, self.max_delay)
             items = [self.pending.popleft()]
             rows = items[0].rows

@@ -134,8 +134,12 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.infer_body = []
             answering = self.answering
             parsing = True
+            if state.http_connections is None:
+                state.http_connections = self.connections  # uvicorn's set of them all
+            state.http_waiting += 1  # before submit: the batcher counts this one
 
             def reply(answer: tuple[int, bytes, list[tuple[bytes, bytes]]]) -> None:
+                state.http_waiting -= 1
                 if parsing:  # refused before the model: answer once httptools is done
                     self.loop.call_soon(self._write, answering, *answer)
                 else:
