@@ -202,3 +202,35 @@ def test_a_batch_leaves_when_every_connection_waits_for_it(
         assert elapsed >= 1.4  # someone could still send: the delay is waited out
     else:
         assert elapsed < 1.0
+
+
+def test_a_client_gone_before_its_answer_no_longer_counts_as_waiting(
+    served_artifact: Path, digits_test
+) -> None:  # type: ignore[no-untyped-def]
+    """A hangs up while its request waits for company; B then sends while C sits idle.
+    C could still send, so B's batch must wait out the delay, not leave as if A, B and C
+    all waited."""
+    x = np.ascontiguousarray(digits_test.inputs["input"][:1])
+    request = post("/v2/models/digits/infer", infer_json(x))
+    server, thread, url = start(served_artifact, max_batch_size=32, max_delay_ms=1500)
+    a, b, c = (connect(url) for _ in range(3))
+    try:
+        for sock in (a, b, c):  # a first round: 3 requests, so batches wait for company
+            sock.sendall(request)
+        for sock in (a, b, c):
+            read_responses(sock, 1)
+        a.sendall(request)
+        time.sleep(0.2)
+        a.close()
+        time.sleep(0.2)
+        started = time.perf_counter()
+        b.sendall(request)
+        ((status, _, _),) = read_responses(b, 1)
+        waited = time.perf_counter() - started
+    finally:
+        for sock in (a, b, c):
+            sock.close()
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
+    assert status == 200
+    assert waited >= 0.8  # the rest of the 1.5 s delay that A's arrival started

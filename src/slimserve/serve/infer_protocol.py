@@ -36,13 +36,14 @@ class _Answering:
     uvicorn's own code queues pipelined requests behind it (``response_complete``),
     marks it on disconnect and asks it to close on shutdown (``keep_alive``)."""
 
-    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete")
+    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete", "waiting")
 
     def __init__(self, keep_alive: bool) -> None:
         self.response_complete = False
         self.disconnected = False
         self.keep_alive = keep_alive
         self.message_event = asyncio.Event()
+        self.waiting = False  # counted in ServerState.http_waiting
 
 
 def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
@@ -100,6 +101,12 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.infer_body = []
             self.infer_size = 0
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            answering = getattr(self, "answering", None)
+            if answering is not None:  # gone: no longer a client that waits
+                _settle(answering)
+            super().connection_lost(exc)
+
         def _refuse(self, status: int, message: str) -> None:
             # Answered from the head; the connection closes rather than read the body.
             self.infer_target = None
@@ -136,10 +143,11 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             parsing = True
             if state.http_connections is None:
                 state.http_connections = self.connections  # uvicorn's set of them all
-            state.http_waiting += 1  # before submit: the batcher counts this one
+            answering.waiting = True  # before submit: the batcher counts this one
+            state.http_waiting += 1
 
             def reply(answer: tuple[int, bytes, list[tuple[bytes, bytes]]]) -> None:
-                state.http_waiting -= 1
+                _settle(answering)
                 if parsing:  # refused before the model: answer once httptools is done
                     self.loop.call_soon(self._write, answering, *answer)
                 else:
@@ -179,5 +187,11 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
                 self.transport.close()
                 return
             self.on_response_complete()  # uvicorn's: next pipelined request, keep-alive timer
+
+    def _settle(answering: _Answering) -> None:
+        # Uncount a request once, whether its answer or its connection's end comes first.
+        if answering.waiting:
+            answering.waiting = False
+            state.http_waiting -= 1
 
     return InferProtocol
