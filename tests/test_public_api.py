@@ -21,8 +21,8 @@ def test_all_is_sorted_and_honest() -> None:
 def test_import_stays_lean() -> None:
     code = (
         "import sys, slimserve; "
-        "heavy = [m for m in ('transformers', 'fastapi', 'grpc', 'ray', 'mlflow', 'uvicorn', "
-        "'matplotlib', 'onnxruntime.quantization', 'sklearn') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'grpc', 'ray', 'mlflow', "
+        "'uvicorn', 'matplotlib', 'onnxruntime.quantization', 'sklearn') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -115,12 +115,16 @@ def load(source: Model | str | Path, threads: int = 2, spinning: bool = True) ->
     the runtime its manifest names: ONNX Runtime, or its torch program). ``spinning``:
     see ``OrtPredictor``."""
     from slimserve.artifact import MANIFEST_FILE, load_artifact
-    from slimserve.models import OnnxModel, TorchModel
+    from slimserve.models import OnnxModel
     from slimserve.models import load as load_model
 
-    if not isinstance(source, OnnxModel | TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
+    if isinstance(source, OnnxModel):  # first: an ONNX model never needs torch imported
+        return OrtPredictor(source, threads, spinning)
+    from slimserve.models import TorchModel
+
+    if not isinstance(source, TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
         return for_artifact(load_artifact(source), threads, spinning)
-    model = source if isinstance(source, OnnxModel | TorchModel) else load_model(source)
+    model = source if isinstance(source, TorchModel) else load_model(source)
     if isinstance(model, OnnxModel):
         return OrtPredictor(model, threads, spinning)
     return TorchPredictor(model, threads)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,27 @@ def test_batching_servers_let_ort_threads_sleep_between_runs(
     # Everywhere else (bench, eval) ORT keeps its default.
     default = ss.load_predictor(served_artifact).session  # type: ignore[attr-defined]
     assert spinning(default.get_session_options()) == "default"
+
+
+def test_serving_onnx_never_imports_torch(served_artifact: Path, tmp_path: Path) -> None:
+    """`slimserve serve` on an artifact or a .onnx file starts without torch (~2 s and
+    ~200,000 objects at import); `import slimserve` itself is lazy."""
+    onnx_file = tmp_path / "digits.onnx"
+    onnx_file.write_bytes((served_artifact / "model.onnx").read_bytes())
+    script = (
+        "import sys\n"
+        "import slimserve, slimserve.cli\n"
+        "from slimserve.serve.app import ServeConfig\n"
+        "from slimserve.serve.server import build_server\n"
+        "for path in sys.argv[1:]:\n"
+        "    build_server(path, ServeConfig(port=0))\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(served_artifact), str(onnx_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

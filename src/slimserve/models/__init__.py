@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimserve.errors import ModelLoadError
 from slimserve.models.onnx import OnnxModel, load_onnx
-from slimserve.models.torch import (
-    TorchModel,
-    load_exported_program,
-    load_factory,
-    load_torchscript,
-)
 
 if TYPE_CHECKING:
+    from slimserve.models.torch import TorchModel
     from slimserve.recipe import ModelSpec
 
-Model = TorchModel | OnnxModel
+    Model = TorchModel | OnnxModel
+
+
+def __getattr__(name: str) -> Any:
+    # TorchModel (and Model, which names it) on first use: importing torch takes ~2 s
+    # and ~200,000 objects, which serving an ONNX file never needs.
+    if name in ("TorchModel", "Model"):
+        from slimserve.models.torch import TorchModel
+
+        globals().update(TorchModel=TorchModel, Model=TorchModel | OnnxModel)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 EXAMPLES = {"digits": "slimserve.examples.digits:build"}
 TEXT_EXAMPLES = {"minilm": "slimserve.examples.minilm:model_folder"}
@@ -39,6 +46,8 @@ def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> M
         return _load_spec(ModelSpec(example=text.removeprefix("example:")))
     path = Path(text)
     if isinstance(source, str) and not path.exists() and ":" in text:
+        from slimserve.models.torch import load_factory
+
         return load_factory(text, Path(weights) if weights else None)
     return _load_path(path)
 
@@ -56,6 +65,8 @@ def tokenizer_folder(spec: ModelSpec) -> Path | None:
 
 
 def _load_spec(spec: ModelSpec) -> Model:
+    from slimserve.models.torch import load_factory
+
     if spec.keras is not None:
         from slimserve.models.keras import load_keras
 
@@ -97,8 +108,12 @@ def _load_path(path: Path) -> Model:
     if suffix == ".onnx":
         return load_onnx(path)
     if suffix in TORCHSCRIPT_SUFFIXES:
+        from slimserve.models.torch import load_torchscript
+
         return load_torchscript(path)
     if suffix == ".pt2":
+        from slimserve.models.torch import load_exported_program
+
         return load_exported_program(path)
     if suffix in (".keras", ".h5", ".hdf5"):
         from slimserve.models.keras import load_keras
