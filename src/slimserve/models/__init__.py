@@ -65,8 +65,6 @@ def tokenizer_folder(spec: ModelSpec) -> Path | None:
 
 
 def _load_spec(spec: ModelSpec) -> Model:
-    from slimserve.models.torch import load_factory
-
     if spec.keras is not None:
         from slimserve.models.keras import load_keras
 
@@ -84,8 +82,12 @@ def _load_spec(spec: ModelSpec) -> Model:
         if spec.example not in EXAMPLES:
             available = ", ".join([*EXAMPLES, *TEXT_EXAMPLES])
             raise ModelLoadError(f"Unknown example model '{spec.example}'. Available: {available}.")
+        from slimserve.models.torch import load_factory
+
         return load_factory(EXAMPLES[spec.example], spec.weights)
     if spec.python is not None:
+        from slimserve.models.torch import load_factory
+
         return load_factory(spec.python, spec.weights)
     if spec.path is None:  # the recipe model guarantees one source
         raise ModelLoadError("A model spec needs one of: example, path, python.")
