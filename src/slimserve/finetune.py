@@ -47,6 +47,13 @@ class FinetuneConfig(BaseModel):
         "Hugging Face encoder. Layer-wise distillation gives many targets per sample; the "
         "outputs must keep their shape (true for head pruning, not for channel pruning).",
     )
+    group_by_length: bool = Field(
+        False,
+        description="Text (inputs with an attention_mask): put sentences of similar length "
+        "in the same batch (sorted within windows of 16 batches, batch order shuffled), so "
+        "less of each batch is padding. Every batch is trimmed to its longest sentence "
+        "either way.",
+    )
 
 
 @dataclass
@@ -112,21 +119,27 @@ def _train(
     module = model.module
     inputs = [torch.from_numpy(np.ascontiguousarray(train.inputs[n])) for n in model.input_names]
     labels = None if train.labels is None else torch.from_numpy(train.labels).long()
+    mask = _attention_mask(model.input_names, inputs)
+    lengths = None if mask is None else (mask != 0).sum(dim=1)
     generator = torch.Generator().manual_seed(ctx.seed)
     optimizer = make_optimizer(module, finetune)
     step = 0
     module.train()
     for _ in range(finetune.epochs):
-        order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(train), finetune.batch_size):
+        batches = epoch_batches(
+            len(train),
+            finetune.batch_size,
+            generator,
+            lengths if finetune.group_by_length else None,
+        )
+        for idx in batches:
             if ramp.is_update(step):
                 metric_before = metric_fn(module)
                 ramp.apply(step)
                 if ramp.reshapes:
                     optimizer = make_optimizer(module, finetune)
                 _checkpoint(module, metric_fn, history, step, ramp.sparsity(), metric_before)
-            idx = order[start : start + finetune.batch_size]
-            batch = [t[idx] for t in inputs]
+            batch = trim_padding(model.input_names, [t[idx] for t in inputs])
             batch_labels = labels[idx] if labels is not None else None
             loss = _loss(module(*batch), batch, batch_labels, teacher, weight, finetune)
             if taps is not None:
@@ -271,6 +284,56 @@ def _distill(
         return nn.functional.mse_loss(student, teacher)
     flat_s, flat_t = student.flatten(1), teacher.flatten(1)
     return (1 - nn.functional.cosine_similarity(flat_s, flat_t, dim=1)).mean()
+
+
+LENGTH_WINDOW = 16
+"""group_by_length sorts sentences by length within windows of this many batches: batches
+hold similar lengths, yet which sentences meet stays random."""
+
+
+def epoch_batches(
+    count: int, batch_size: int, generator: torch.Generator, lengths: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """One epoch's batches of sample indices: a random permutation cut into batches, or,
+    with ``lengths``, each window of ``LENGTH_WINDOW`` batches of the permutation sorted
+    by length before it is cut, and the batches then shuffled (as Hugging Face's
+    ``group_by_length``)."""
+    order = torch.randperm(count, generator=generator)
+    if lengths is None:
+        return _cut(order, batch_size)
+    batches: list[torch.Tensor] = []
+    for window in _cut(order, batch_size * LENGTH_WINDOW):
+        ranked = window[torch.argsort(lengths[window], descending=True, stable=True)]
+        batches.extend(_cut(ranked, batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator)
+    return [batches[int(i)] for i in shuffled]
+
+
+def _cut(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def _attention_mask(names: tuple[str, ...], inputs: list[torch.Tensor]) -> torch.Tensor | None:
+    """The text padding mask among the model's inputs (Hugging Face's name), if any."""
+    for name, tensor in zip(names, inputs, strict=True):
+        if name == "attention_mask" and tensor.dim() == 2:
+            return tensor
+    return None
+
+
+def trim_padding(names: tuple[str, ...], batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Drop the trailing positions that every sentence of the batch pads: the split is
+    padded to its longest sentence, most batches' longest is far shorter, and padded
+    positions are masked, so the outputs are the same at a fraction of the work. Only
+    trailing ones: real tokens keep their positions (left padding is left alone)."""
+    mask = _attention_mask(names, batch)
+    if mask is None or mask.shape[1] == 0:
+        return batch
+    used = (mask != 0).any(dim=0).nonzero()
+    width = int(used.max()) + 1 if len(used) else 1
+    if width == mask.shape[1]:
+        return batch
+    return [t[:, :width] if t.shape == mask.shape else t for t in batch]
 
 
 def _checkpoint(
