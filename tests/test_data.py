@@ -48,3 +48,11 @@ def test_python_source() -> None:
     assert data.labels is not None and len(data) == 450
     with pytest.raises(ss.DataError, match="Cannot import module"):
         ss.load_data(DataSpec(python="nowhere.mod:fn"))
+
+
+def test_padded_width_counts_only_trailing_padding() -> None:
+    from slimserve.data import padded_width
+
+    assert padded_width(np.array([[1, 1, 0, 0], [1, 0, 0, 0]])) == 2
+    assert padded_width(np.array([[0, 0, 1, 1], [0, 1, 1, 1]])) == 4  # left padding kept
+    assert padded_width(np.zeros((2, 3))) == 1

@@ -54,3 +54,25 @@ def test_embeddings_are_scored_by_neighbours_not_by_their_largest_coordinate() -
     assert "top1_agreement" not in metrics and "top5_agreement" not in metrics
     scores = evaluate(TorchPredictor(as_scores), data, reference)
     assert scores["top1_agreement"] == 1.0 and "top5_neighbours" not in scores
+
+
+def test_a_torch_text_model_is_evaluated_in_length_order_on_trimmed_batches(tiny_bert) -> None:  # type: ignore[no-untyped-def]
+    import slimserve as ss
+    from slimserve.evaluate import predict_all
+    from slimserve.examples.minilm import english_sentences
+    from slimserve.models.hf import load_hf, load_tokenizer, tokenize
+    from slimserve.runtime import TorchPredictor
+
+    model = load_hf(tiny_bert)
+    sentences = english_sentences(70)
+    encoded = tokenize(load_tokenizer(tiny_bert), [*sentences, " ".join(["word"] * 100)], 128)
+    data = ss.Dataset({n: encoded[n] for n in model.input_names})
+    full = encoded["input_ids"].shape[1]
+    widths: list[int] = []
+    model.module.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
+    predictor = TorchPredictor(model)
+    outputs = predict_all(predictor, data)
+    expected = predictor.predict(data.inputs)[0]  # one batch at the split's full width
+    np.testing.assert_allclose(outputs, expected, atol=1e-5, rtol=1e-4)
+    assert widths[-1] == full and max(widths[:-1]) == full  # the long one, once
+    assert widths[0] < full / 3  # the 32 shortest sentences: cut short

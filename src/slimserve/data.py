@@ -195,3 +195,11 @@ def parse_data_spec(text: str) -> DataSpec:
         f"Cannot read data spec '{text}'. Use example:digits[:test], example:english[:eval], "
         "npz:data.npz, text:FILE or python:pkg.module:function[:split]."
     )
+
+
+def padded_width(mask: np.ndarray) -> int:
+    """How many leading positions of a padding mask (rows x positions) any row uses: the
+    width a batch can be cut to without dropping a token. Only trailing padding counts,
+    so real tokens keep their positions (a left-padded batch keeps its full width)."""
+    used = np.flatnonzero((np.asarray(mask) != 0).any(axis=0))
+    return int(used[-1]) + 1 if len(used) else min(1, mask.shape[1])

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from slimserve.context import Context
-from slimserve.data import Dataset
+from slimserve.data import Dataset, padded_width
 from slimserve.errors import DataError, RecipeError
 from slimserve.models.torch import TorchModel
 
@@ -327,10 +327,9 @@ def trim_padding(names: tuple[str, ...], batch: list[torch.Tensor]) -> list[torc
     positions are masked, so the outputs are the same at a fraction of the work. Only
     trailing ones: real tokens keep their positions (left padding is left alone)."""
     mask = _attention_mask(names, batch)
-    if mask is None or mask.shape[1] == 0:
+    if mask is None:
         return batch
-    used = (mask != 0).any(dim=0).nonzero()
-    width = int(used.max()) + 1 if len(used) else 1
+    width = padded_width(mask.numpy())
     if width == mask.shape[1]:
         return batch
     return [t[:, :width] if t.shape == mask.shape else t for t in batch]
