@@ -204,3 +204,31 @@ def test_layer_distillation_errors_name_the_problem(
     ctx = ss.Context(data={"train": labelled}, reference=digits_torch, log=StepLog())
     with pytest.raises(ss.RecipeError, match="distill is 0"):
         config.apply(copy.deepcopy(digits_torch), ctx)
+
+
+def test_taylor_gradients_on_text_match_one_full_width_batch(tiny_bert) -> None:  # type: ignore[no-untyped-def]
+    from slimserve.examples.minilm import english_sentences
+    from slimserve.models.hf import load_hf, load_tokenizer, tokenize
+    from slimserve.prune.train import _taylor_gradients
+
+    model = load_hf(tiny_bert)
+    model.module.eval()  # no dropout: the two gradients must be comparable
+    encoded = tokenize(load_tokenizer(tiny_bert), english_sentences(80), 128)
+    data = ss.Dataset({n: encoded[n] for n in model.input_names})
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in teacher.module.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # a teacher that differs: non-zero loss
+    ctx = ss.Context(data={"train": data}, reference=teacher)
+    _taylor_gradients(model, ctx)
+    chunked = [None if p.grad is None else p.grad.clone() for p in model.module.parameters()]
+    assert sum(g is not None for g in chunked) > 10
+    model.module.zero_grad()
+    inputs = [torch.from_numpy(encoded[n]) for n in model.input_names]
+    with torch.no_grad():
+        target = teacher.module(*inputs)
+    nn.functional.mse_loss(model.module(*inputs), target).backward()
+    for got, want in zip(chunked, (p.grad for p in model.module.parameters()), strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-3)

@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
@@ -25,6 +26,7 @@ from slimserve.finetune import (
     teacher_module,
     total_steps,
     train_split,
+    trim_padding,
 )
 from slimserve.models.torch import TorchModel
 from slimserve.prune.masks import PRUNABLE, Pruner, attach, prunable_layers, resolve_overrides
@@ -223,27 +225,45 @@ def _check_schedule_fits(schedule: Schedule, steps: int) -> None:
 
 
 def _taylor_gradients(model: TorchModel, ctx: Context) -> None:
-    """Taylor importance needs gradients of the task (or distillation) loss."""
+    """Taylor importance needs gradients of the task (or distillation) loss: summed over
+    up to 256 samples; text in length-ordered batches, each cut to its longest sentence
+    (as in training) and weighted by its share, so the gradients are the full mean's."""
     module = model.module
     data = ctx.split("train", "calibration", "eval")
     if data is None:
         raise DataError("Taylor importance needs data to compute gradients.")
     sample = data.renamed(model.input_names).take(256)
     inputs = [torch.from_numpy(sample.inputs[n]) for n in model.input_names]
+    labels = None if sample.labels is None else torch.from_numpy(sample.labels).long()
+    teacher = teacher_module(ctx) if labels is None else None
+    assert labels is not None or teacher is not None
+    mask = sample.inputs.get("attention_mask")
+    text = mask is not None and mask.ndim == 2
+    order = (
+        torch.from_numpy(np.argsort((mask != 0).sum(axis=1), kind="stable"))
+        if mask is not None and text
+        else torch.arange(len(sample))
+    )
+    size = TAYLOR_TEXT_BATCH if text else len(order)  # one batch: BatchNorm sees them all
     module.zero_grad()
-    out = module(*inputs)
-    out = out if isinstance(out, torch.Tensor) else out[0]
-    if sample.labels is not None:
-        loss = nn.functional.cross_entropy(out, torch.from_numpy(sample.labels).long())
-    else:
-        teacher = teacher_module(ctx)
-        assert teacher is not None
-        with torch.no_grad():
-            target = teacher(*inputs)
-        loss = nn.functional.mse_loss(
-            out, target if isinstance(target, torch.Tensor) else target[0]
-        )
-    loss.backward()  # type: ignore[no-untyped-call]
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        batch = trim_padding(model.input_names, [t[rows] for t in inputs])
+        out = module(*batch)
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        if labels is not None:
+            loss = nn.functional.cross_entropy(out, labels[rows])
+        else:
+            assert teacher is not None
+            with torch.no_grad():
+                target = teacher(*batch)
+            loss = nn.functional.mse_loss(
+                out, target if isinstance(target, torch.Tensor) else target[0]
+            )
+        (loss * len(rows) / len(order)).backward()  # type: ignore[no-untyped-call]
+
+
+TAYLOR_TEXT_BATCH = 32
 
 
 def _record(
