@@ -203,3 +203,16 @@ def padded_width(mask: np.ndarray) -> int:
     so real tokens keep their positions (a left-padded batch keeps its full width)."""
     used = np.flatnonzero((np.asarray(mask) != 0).any(axis=0))
     return int(used[-1]) + 1 if len(used) else min(1, mask.shape[1])
+
+
+TEXT_BATCH = 32
+"""Sentences per batch where slimserve itself batches text in length order."""
+
+
+def length_order(inputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Sample indices from the shortest sentence to the longest, for text (a 2-D
+    ``attention_mask`` input, Hugging Face's name); None for other data."""
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.ndim != 2:
+        return None
+    return np.argsort((mask != 0).sum(axis=1), kind="stable")

@@ -88,23 +88,19 @@ def fidelity(
     return result
 
 
-TEXT_BATCH = 32
-"""Sentences per batch when a torch text model is evaluated in length order."""
-
-
 def predict_all(predictor: Predictor, data: Dataset, batch_size: int = 256) -> np.ndarray:
     """The first output of the model over a whole dataset, batch by batch. A torch text
     model (an ``attention_mask`` input) sees the sentences in length order, each batch cut
     to its longest: the split is padded to its longest sentence, and padded positions are
     masked, so the outputs are the same for a fraction of the work."""
-    from slimserve.data import padded_width
+    from slimserve.data import TEXT_BATCH, length_order, padded_width
     from slimserve.runtime import TorchPredictor
 
-    mask = data.inputs.get("attention_mask")
-    if not isinstance(predictor, TorchPredictor) or mask is None or mask.ndim != 2:
+    order = length_order(data.inputs) if isinstance(predictor, TorchPredictor) else None
+    if order is None:
         outputs = [predictor.predict(batch.inputs)[0] for batch in data.batches(batch_size)]
         return np.concatenate(outputs)
-    order = np.argsort((mask != 0).sum(axis=1), kind="stable")
+    mask = data.inputs["attention_mask"]
     outputs = []
     for start in range(0, len(order), TEXT_BATCH):
         rows = order[start : start + TEXT_BATCH]

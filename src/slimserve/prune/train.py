@@ -9,12 +9,12 @@ import re
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from slimserve.context import Context
+from slimserve.data import TEXT_BATCH, length_order
 from slimserve.errors import DataError, RecipeError
 from slimserve.finetune import (
     FinetuneConfig,
@@ -237,14 +237,11 @@ def _taylor_gradients(model: TorchModel, ctx: Context) -> None:
     labels = None if sample.labels is None else torch.from_numpy(sample.labels).long()
     teacher = teacher_module(ctx) if labels is None else None
     assert labels is not None or teacher is not None
-    mask = sample.inputs.get("attention_mask")
-    text = mask is not None and mask.ndim == 2
-    order = (
-        torch.from_numpy(np.argsort((mask != 0).sum(axis=1), kind="stable"))
-        if mask is not None and text
-        else torch.arange(len(sample))
-    )
-    size = TAYLOR_TEXT_BATCH if text else len(order)  # one batch: BatchNorm sees them all
+    text_order = length_order(sample.inputs)
+    if text_order is None:  # one batch: BatchNorm sees every sample
+        order, size = torch.arange(len(sample)), len(sample)
+    else:
+        order, size = torch.from_numpy(text_order), TEXT_BATCH
     module.zero_grad()
     for start in range(0, len(order), size):
         rows = order[start : start + size]
@@ -261,9 +258,6 @@ def _taylor_gradients(model: TorchModel, ctx: Context) -> None:
                 out, target if isinstance(target, torch.Tensor) else target[0]
             )
         (loss * len(rows) / len(order)).backward()  # type: ignore[no-untyped-call]
-
-
-TAYLOR_TEXT_BATCH = 32
 
 
 def _record(
