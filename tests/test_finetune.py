@@ -97,3 +97,18 @@ def test_distillation_on_text_with_length_grouping(tiny_bert: Path) -> None:
     assert len(log.details["losses"]) == 12  # 2 epochs x 6 batches
     assert np.isfinite(log.details["losses"]).all()
     assert 0.5 < log.details["metric_after"] <= 1.0
+
+
+def test_group_by_length_on_a_model_without_text_is_refused(digits_torch, digits_train) -> None:  # type: ignore[no-untyped-def]
+    config = ss.PruneConfig.model_validate(
+        {
+            "granularity": "unstructured",
+            "schedule": {
+                "polynomial_decay": {"final_sparsity": 0.5, "end_step": 4, "frequency": 2}
+            },
+            "finetune": {"epochs": 1, "group_by_length": True},
+        }
+    )
+    ctx = ss.Context(data={"train": digits_train}, reference=digits_torch)
+    with pytest.raises(ss.RecipeError, match="takes no attention_mask.*Drop group_by_length"):
+        config.apply(copy.deepcopy(digits_torch), ctx)

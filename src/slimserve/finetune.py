@@ -90,6 +90,12 @@ def run_finetune(
             "finetune.distill_layers matches layers to the original, but distill is 0 "
             "(labels only). Set distill above 0 or drop distill_layers."
         )
+    if finetune.group_by_length and "attention_mask" not in model.input_names:
+        raise RecipeError(
+            "finetune.group_by_length batches sentences by length, but this model takes no "
+            f"attention_mask (its inputs: {list(model.input_names)}), so its samples have no "
+            "length. Drop group_by_length: it is for text models."
+        )
     torch.manual_seed(ctx.seed)
     torch.set_num_threads(ctx.threads)
     finetune = _resolve_distill_loss(finetune, model)
