@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +64,20 @@ def test_a_torch_only_artifact_serves_its_program(tmp_path: Path) -> None:
     result = ss.run_recipe(digits_recipe({"candidates": ["torch"]}, steps=[]), tmp_path)
     artifact = result.artifact
     assert artifact.manifest.runtime == "torch"
+    # auto: bfloat16 where the CPU has native bf16, float32 elsewhere; recorded either way.
+    assert artifact.manifest.precision == ("bfloat16" if cpu_bf16_flags() else "float32")
     x, _ = load_split("test")
     predictor = ss.load_predictor(artifact.path)
     assert isinstance(predictor, TorchPredictor)
     torch_model = ss.load("example:digits")
     with torch.no_grad():
         expected = torch_model.module(torch.from_numpy(x)).numpy()  # type: ignore[union-attr]
-    np.testing.assert_allclose(predictor.predict({"input": x})[0], expected, atol=1e-5)
+    # The program matches the precision it records: float32 exactly, bf16 to its ~3 digits.
+    tolerance = 1e-5 if artifact.manifest.precision == "float32" else 0.03 * np.abs(expected).max()
+    np.testing.assert_allclose(predictor.predict({"input": x})[0], expected, atol=tolerance)
 
     logits = infer_once(artifact.path, "digits-rt", x[:16])
-    np.testing.assert_allclose(logits, expected[:16], atol=1e-5)
+    np.testing.assert_allclose(logits, expected[:16], atol=tolerance)
 
     (artifact.path / PROGRAM_FILE).write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
@@ -132,3 +137,32 @@ def test_the_manifest_of_an_old_artifact_defaults_to_onnx(tmp_path: Path) -> Non
     result = ss.run_recipe(digits_recipe({}, steps=[]), tmp_path)
     raw = json.loads((result.artifact.path / "manifest.json").read_text())
     assert raw["runtime"] == "onnx" and PROGRAM_FILE not in raw["files"]
+
+
+def test_the_manifest_records_precision_and_cpu_and_loading_elsewhere_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slimserve.errors import CpuFeatureWarning
+
+    # Chosen on a CPU with native bf16 (the probe overridden; torch and ORT stay real).
+    monkeypatch.setenv("SLIMSERVE_CPU_FEATURES", "avx2,avx512_vnni,avx512_bf16")
+    result = ss.run_recipe(digits_recipe({"candidates": ["torch"]}, steps=[]), tmp_path)
+    manifest = result.artifact.manifest
+    assert manifest.precision == "bfloat16"
+    assert manifest.cpu_features == ["avx2", "avx512_bf16", "avx512_vnni"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ss.load_predictor(result.artifact.path)  # the same kind of CPU: no warning
+    # Served where bf16 is emulated: loading warns, naming the feature and the cost.
+    monkeypatch.setenv("SLIMSERVE_CPU_FEATURES", "avx2")
+    with pytest.warns(CpuFeatureWarning, match="AVX512-BF16 or AMX-BF16: PyTorch emulates"):
+        predictor = ss.load_predictor(result.artifact.path)
+    assert isinstance(predictor, TorchPredictor)  # never another precision behind its back
+
+    # An int8 model timed with VNNI warns on an AVX2-only CPU.
+    monkeypatch.setenv("SLIMSERVE_CPU_FEATURES", "avx2,avx512_vnni")
+    quantized = ss.run_recipe(digits_recipe({}), tmp_path / "q").artifact
+    assert quantized.manifest.precision == "int8"
+    monkeypatch.setenv("SLIMSERVE_CPU_FEATURES", "avx2")
+    with pytest.warns(CpuFeatureWarning, match="AVX512-VNNI"):
+        ss.load_predictor(quantized.path)

@@ -1,15 +1,24 @@
 """Artifacts: a folder with model.onnx, manifest.json and a report.
 
-Saving writes a temporary sibling folder and renames it into place, so an interrupted
-run leaves the previous artifact intact. Loading verifies every file's sha256.
+Saving writes a temporary sibling folder and swaps it into place in one atomic
+``renameat2(RENAME_EXCHANGE)`` where the OS has it (two renames elsewhere, with the
+previous artifact restored by the next load or save if a kill lands between them), so the
+previous artifact is visible or recoverable at every instant. Loading verifies every
+file's sha256, refuses an artifact whose manifest leaves out a file the runtime reads,
+and, when ``SLIMSERVE_SIGNING_KEY`` is set, checks the manifest's HMAC signature.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import hashlib
+import hmac
 import json
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +32,9 @@ from slimserve.models.onnx import OnnxModel
 MANIFEST_SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"  # HMAC-SHA256 of manifest.json, when a key is set
+SIGNING_KEY_ENV = "SLIMSERVE_SIGNING_KEY"
+PROGRAM_FILE = "model.pt2"  # the torch program (torch_program.py), when runtime is torch
 
 
 class _Record(BaseModel):
@@ -70,6 +82,10 @@ class Manifest(_Record):
     text: dict[str, Any] | None = None
     # What serves the artifact: model.onnx in ONNX Runtime, or the torch program model.pt2.
     runtime: Literal["onnx", "torch"] = "onnx"
+    # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
+    # features (slimserve.cpu) of the machine it was verified and timed on.
+    precision: str | None = None
+    cpu_features: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,7 @@ def save_artifact(
     """Write the artifact atomically: build a temporary sibling, then swap it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover(target, clean=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     contents = {MODEL_FILE: model.to_bytes(), **(files or {})}
     try:
@@ -108,12 +125,34 @@ def save_artifact(
             _write(file_path, data)
             records[name] = FileRecord(sha256=sha256_bytes(data), bytes=len(data))
         final = manifest.model_copy(update={"files": records})
-        _write(tmp / MANIFEST_FILE, final.model_dump_json(indent=2).encode())
+        manifest_bytes = final.model_dump_json(indent=2).encode()
+        _write(tmp / MANIFEST_FILE, manifest_bytes)
+        key = signing_key()
+        if key is not None:
+            _write(tmp / SIGNATURE_FILE, sign(manifest_bytes, key).encode())
+        _fsync_dir(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact(target, final, model)
+
+
+def signing_key() -> bytes | None:
+    """The key in ``SLIMSERVE_SIGNING_KEY``, or None when it is not set."""
+    value = os.environ.get(SIGNING_KEY_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise ArtifactError(
+            f"{SIGNING_KEY_ENV} is set but empty, which would sign with no secret. "
+            "Give it a secret value, or unset it to work without signatures."
+        )
+    return value.encode()
+
+
+def sign(manifest_bytes: bytes, key: bytes) -> str:
+    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -123,36 +162,98 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the OS
+    or the file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def _swap_into_place(tmp: Path, target: Path) -> None:
+    recover(target)
     if not target.exists():
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
         return
     if not (target / MANIFEST_FILE).is_file():
         raise ArtifactError(
             f"'{target}' exists and is not a slimserve artifact; refusing to replace it. "
             "Choose another output folder."
         )
+    if _exchange(tmp, target):  # one step: target is the old or the new, never missing
+        _fsync_dir(target.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, old)
+    os.replace(target, old)  # a kill here leaves only .old-*: recover() restores it
     try:
         os.replace(tmp, target)
     except BaseException:
         os.replace(old, target)
         raise
+    _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(target: Path, clean: bool = False) -> None:
+    """Undo a save killed between its two renames (no target, a lone ``.NAME.old-*``
+    beside it): the old artifact goes back in place. ``clean`` (a save, which owns the
+    folder's siblings) also removes what killed saves left behind."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not target.exists() and olds and (olds[-1] / MANIFEST_FILE).is_file():
+        os.replace(olds[-1], target)
+        olds = olds[:-1]
+    if clean and target.exists():
+        for stale in [*olds, *parent.glob(f".{target.name}.tmp-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     """Read an artifact; refuse unknown schema versions and files whose hash changed."""
     folder = Path(path)
+    recover(folder)
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.is_file():
         raise ArtifactError(
             f"'{folder}' is not a slimserve artifact (no {MANIFEST_FILE}). "
             "Give the folder that 'slimserve optimize' wrote."
         )
+    manifest_bytes = manifest_path.read_bytes()
+    if verify:
+        verify_signature(folder, manifest_bytes)
     try:
-        raw = json.loads(manifest_path.read_text())
+        raw = json.loads(manifest_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(
             f"{manifest_path} is not valid JSON ({exc}); the artifact is damaged."
@@ -169,8 +270,11 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     except ValidationError as exc:
         raise ArtifactError(f"{manifest_path} is malformed: {exc.errors()[0]['msg']}.") from exc
     if verify:
-        verify_files(folder, manifest)
+        verify_listed(folder, manifest)
+        verify_files(folder, manifest, skip=(MODEL_FILE,))
     model_bytes = (folder / MODEL_FILE).read_bytes()
+    if verify and sha256_bytes(model_bytes) != manifest.files[MODEL_FILE].sha256:
+        raise _tampered(folder / MODEL_FILE)  # hashed as read: no swap after the check
     import onnx
 
     try:
@@ -180,9 +284,67 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     return Artifact(folder, manifest, OnnxModel(proto))
 
 
-def verify_files(folder: Path, manifest: Manifest) -> None:
+def verify_signature(folder: Path, manifest_bytes: bytes) -> None:
+    """With ``SLIMSERVE_SIGNING_KEY`` set, the manifest must carry a matching HMAC."""
+    key = signing_key()
+    if key is None:
+        return
+    signature_path = folder / SIGNATURE_FILE
+    if not signature_path.is_file():
+        raise ArtifactError(
+            f"'{folder}' has no {SIGNATURE_FILE}, and {SIGNING_KEY_ENV} is set: refusing an "
+            "unsigned artifact. Re-save it with the key set, or unset the key."
+        )
+    supplied = signature_path.read_bytes().strip().decode("ascii", "replace")
+    if not hmac.compare_digest(supplied, sign(manifest_bytes, key)):
+        raise ArtifactError(
+            f"'{folder}/{MANIFEST_FILE}' does not match its signature: it was changed after "
+            f"signing, or signed with another key. Refusing it; check {SIGNING_KEY_ENV}."
+        )
+
+
+def runtime_files(folder: Path, manifest: Manifest) -> list[str]:
+    """Every file the runtime reads when it serves the artifact: the ONNX model, the
+    torch program when it serves that, every file of the tokenizer's folder."""
+    names = [MODEL_FILE]
+    if manifest.runtime == "torch":
+        names.append(PROGRAM_FILE)
+    if manifest.text and manifest.text.get("tokenizer"):
+        tokenizer = folder / str(manifest.text["tokenizer"])
+        if not tokenizer.resolve().is_relative_to(folder.resolve()):
+            raise ArtifactError(f"{folder}/{MANIFEST_FILE} names a tokenizer outside the artifact.")
+        if tokenizer.is_dir():
+            names += sorted(
+                p.relative_to(folder).as_posix() for p in tokenizer.rglob("*") if p.is_file()
+            )
+        else:
+            names.append(tokenizer.relative_to(folder).as_posix())
+    return names
+
+
+def verify_listed(folder: Path, manifest: Manifest) -> None:
+    """Refuse a file the runtime would read that the manifest does not list (and hash)."""
+    unlisted = [n for n in runtime_files(folder, manifest) if n not in manifest.files]
+    if unlisted:
+        raise ArtifactError(
+            f"{folder}/{MANIFEST_FILE} does not list {unlisted}, which the runtime would "
+            "read unchecked. Refusing the artifact: re-save it with 'slimserve optimize' "
+            "(every runtime file is hashed)."
+        )
+
+
+def _tampered(file_path: Path) -> ArtifactError:
+    return ArtifactError(
+        f"'{file_path}' was modified after the artifact was saved (sha256 mismatch). "
+        "Refusing to load a tampered file: restore it or re-run 'slimserve optimize'."
+    )
+
+
+def verify_files(folder: Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:
     """Every file the manifest lists exists with the recorded size and sha256."""
     for name, record in manifest.files.items():
+        if name in skip:
+            continue
         file_path = folder / name
         if not file_path.resolve().is_relative_to(folder.resolve()):
             raise ArtifactError(f"{folder}/{MANIFEST_FILE} lists '{name}', outside the artifact.")
@@ -191,7 +353,4 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
                 f"'{file_path}' is missing from the artifact. Restore it or re-run optimize."
             )
         if file_path.stat().st_size != record.bytes or sha256_file(file_path) != record.sha256:
-            raise ArtifactError(
-                f"'{file_path}' was modified after the artifact was saved (sha256 mismatch). "
-                "Refusing to load a tampered file: restore it or re-run 'slimserve optimize'."
-            )
+            raise _tampered(file_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -449,6 +450,32 @@ def serve(
         None, "--token", envvar="SLIMSERVE_TOKEN", help="Require 'Authorization: Bearer TOKEN'."
     ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="Largest request body (MB)."),
+    max_header_kb: float = typer.Option(
+        16, "--max-header-kb", help="Largest request head (KB): 431 above."
+    ),
+    header_timeout: float = typer.Option(
+        10, "--header-timeout", help="Seconds to send a request head: 408 after."
+    ),
+    body_timeout: float = typer.Option(
+        60, "--body-timeout", help="Seconds to send a request body: 408 after."
+    ),
+    max_queue: int = typer.Option(
+        256, "--max-queue", min=1, help="Requests queued per model: 503 + Retry-After above."
+    ),
+    request_timeout: float = typer.Option(
+        30,
+        "--request-timeout",
+        help="Seconds a request may wait in the queue: 504 after (0: no limit).",
+    ),
+    max_request_rows: int | None = typer.Option(
+        None, "--max-request-rows", min=1, help="Rows in one request (default: --max-batch-size)."
+    ),
+    max_text_chars: int = typer.Option(
+        1_000_000, "--max-text-chars", min=1, help="Characters in one text request: 413 above."
+    ),
+    allow_nonfinite: bool = typer.Option(
+        False, "--allow-nonfinite", help="Accept NaN/infinity in float inputs (400 otherwise)."
+    ),
     log_format: str = typer.Option("text", "--log-format", help="Server log lines: text or json."),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log every inference request (costs throughput)."
@@ -460,23 +487,44 @@ def serve(
     ),
 ) -> None:
     """Serve over the Open Inference Protocol V2 (HTTP + gRPC) with dynamic batching."""
+    from pydantic import ValidationError
+
     from slimserve.serve import logs
     from slimserve.serve.app import ServeConfig
     from slimserve.serve.server import build_server
 
     if log_format not in ("text", "json"):
         raise SlimserveError(f"--log-format is text or json, not '{log_format}'.")
-    config = ServeConfig(
-        host=host,
-        port=port,
-        grpc_port=None if http_only else grpc_port,
-        max_batch_size=max_batch_size,
-        max_delay_ms=max_delay_ms,
-        threads=threads,
-        token=token,
-        max_body_bytes=int(max_body_mb * 2**20),
-        access_log=access_log,
-    )
+    if token is None and os.environ.get("SLIMSERVE_TOKEN", "unset").strip() == "":
+        # Click reads an empty variable as unset: that would turn auth off silently.
+        raise SlimserveError(
+            "SLIMSERVE_TOKEN is set but empty, which would serve without auth: give it a "
+            "token, or unset it to serve without one."
+        )
+    try:
+        config = ServeConfig(
+            host=host,
+            port=port,
+            grpc_port=None if http_only else grpc_port,
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+            threads=threads,
+            token=token,
+            max_body_bytes=int(max_body_mb * 2**20),
+            access_log=access_log,
+            max_header_bytes=int(max_header_kb * 2**10),
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            max_queue=max_queue,
+            request_timeout_s=request_timeout or None,
+            max_request_rows=max_request_rows,
+            max_text_chars=max_text_chars,
+            reject_nonfinite=not allow_nonfinite,
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise SlimserveError(f"serve: {where}: {problem['msg']}.") from None
     logs.configure("json" if log_format == "json" else "text")
     if ray:
         from slimserve.serve.ray_serve import run_ray
@@ -529,6 +577,13 @@ def loadtest(
         False, "--allow-remote", help="Allow a non-loopback target you operate."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    rate: float | None = typer.Option(
+        None,
+        "--rate",
+        min=0.1,
+        help="Open loop: send this many requests/s whatever the answers (else closed loop, "
+        "--concurrency clients back to back).",
+    ),
 ) -> None:
     """Load-test a V2 server: throughput, p50/p95/p99 and errors (bounded)."""
     import json
@@ -540,6 +595,7 @@ def loadtest(
         "format": body_format,
         "token": token,
         "allow_remote": allow_remote,
+        "rate": rate,
     }
     summary = load_test(url, model, concurrency, requests, duration, options).summary()
     if as_json:

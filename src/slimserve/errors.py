@@ -39,6 +39,10 @@ class MissingExtraError(SlimserveError):
         self.extra = extra
 
 
+class CpuFeatureWarning(UserWarning):
+    """An artifact was chosen on a CPU with a feature this one lacks (bf16, VNNI)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()

@@ -109,9 +109,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve import __version__
     from slimserve.artifact import Manifest, SourceRecord, StepRecord, save_artifact
     from slimserve.bench import model_bytes
+    from slimserve.cpu import cpu_features
     from slimserve.models import OnnxModel
     from slimserve.models import load as load_model
     from slimserve.models.onnx import describe_io
+    from slimserve.models.onnx import precision as onnx_precision
     from slimserve.report import build_report
 
     out = Path(out_dir)
@@ -189,6 +191,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         notes=notes,
         packages=_packages(),
         runtime=runtime,
+        precision=(
+            served.name.removeprefix("torch program ")
+            if runtime == "torch"
+            else onnx_precision(current.proto)
+        ),
+        cpu_features=sorted(cpu_features()),
     )
     files: dict[str, bytes] = {}
     hf_folder = getattr(model, "hf_folder", None)
@@ -198,7 +206,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         manifest = manifest.model_copy(update={"text": text_record(hf_folder, recipe.model.task)})
         files = tokenizer_files(hf_folder)
     if program is not None:
-        from slimserve.torch_program import PROGRAM_FILE
+        from slimserve.artifact import PROGRAM_FILE
 
         files[PROGRAM_FILE] = program[1]
     files.update(build_report(manifest))

@@ -14,32 +14,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimserve.cpu import FEATURES
+from slimserve.cpu import cpu_features as probe_features
 from slimserve.data import Dataset
 from slimserve.errors import SlimserveError
 
-ISA_FLAGS = {
-    "avx2": "AVX2",
-    "avx512f": "AVX-512",
-    "avx512_vnni": "AVX512-VNNI (int8 dot products)",
-    "avx512_bf16": "AVX512-BF16",
-    "amx_tile": "AMX tiles",
-    "amx_int8": "AMX-INT8",
-    "amx_bf16": "AMX-BF16",
-}
+ISA_FLAGS = FEATURES
 
 
 def cpu_features() -> dict[str, bool]:
     """Which of the instruction sets that matter for int8/bf16 kernels the CPU has."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {name: name in flags for name in ISA_FLAGS}
+    present = probe_features()
+    return {name: name in present for name in ISA_FLAGS}
 
 
 def runtime_support() -> dict[str, str]:

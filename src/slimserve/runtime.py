@@ -133,11 +133,17 @@ def load(source: Model | str | Path, threads: int = 2, spinning: bool = True) ->
 def served_model(artifact: Artifact) -> Model:
     """The model an artifact is served with: ``manifest.runtime`` picks the file."""
     if artifact.manifest.runtime == "torch":
+        from slimserve.artifact import PROGRAM_FILE
+        from slimserve.errors import ArtifactError, ModelLoadError
         from slimserve.models import TorchModel
-        from slimserve.torch_program import PROGRAM_FILE, load_program
+        from slimserve.torch_program import load_program
 
         names = artifact.manifest.io
-        module = load_program((artifact.path / PROGRAM_FILE).read_bytes())
+        program = artifact.path / PROGRAM_FILE
+        try:
+            module = load_program(program.read_bytes(), str(program))
+        except ModelLoadError as exc:
+            raise ArtifactError(str(exc)) from None
         return TorchModel(
             module,
             None,
@@ -148,5 +154,15 @@ def served_model(artifact: Artifact) -> Model:
 
 
 def for_artifact(artifact: Artifact, threads: int = 2, spinning: bool = True) -> Predictor:
-    """The predictor an artifact is served with (ONNX Runtime or its torch program)."""
+    """The predictor an artifact is served with (ONNX Runtime or its torch program), in
+    the precision its manifest records: never another one picked here. Warns when this
+    CPU lacks what made that precision fast where it was chosen."""
+    import warnings
+
+    from slimserve.cpu import missing_feature_warning
+    from slimserve.errors import CpuFeatureWarning
+
+    warning = missing_feature_warning(artifact.manifest.precision, artifact.manifest.cpu_features)
+    if warning is not None:
+        warnings.warn(f"{artifact.path}: {warning}", CpuFeatureWarning, stacklevel=2)
     return load(served_model(artifact), threads, spinning)

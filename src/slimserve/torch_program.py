@@ -9,18 +9,16 @@ and serve whichever is faster within the recipe's goal (``manifest.runtime``).
 from __future__ import annotations
 
 import copy
-import functools
 import io
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slimserve.artifact import PROGRAM_FILE
 from slimserve.errors import ExportError, first_line
 from slimserve.models.torch import TorchModel
 
-PROGRAM_FILE = "model.pt2"
 TorchDtype = Literal["auto", "float32", "bfloat16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -48,19 +46,12 @@ class RuntimeChoice(BaseModel):
         return self
 
 
-@functools.cache
 def cpu_bf16_flags() -> tuple[str, ...]:
-    """The CPU's native bf16 features (AVX512-BF16, AMX-BF16), from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ()
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return tuple(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    """The CPU's native bf16 features (AVX512-BF16, AMX-BF16), from the one probe."""
+    from slimserve.cpu import FAST_KERNELS, cpu_features
+
+    features = cpu_features()
+    return tuple(f for f in FAST_KERNELS["bfloat16"] if f in features)
 
 
 def resolve_dtype(requested: TorchDtype) -> tuple[torch.dtype, str | None]:
@@ -123,7 +114,9 @@ def export_program(model: TorchModel, dtype: torch.dtype) -> tuple[TorchModel, b
     return runnable, buffer.getvalue()
 
 
-def load_program(data: bytes) -> torch.nn.Module:
-    """The runnable module of a saved ``.pt2`` program."""
-    program = torch.export.load(io.BytesIO(data))
-    return program.module()
+def load_program(data: bytes, where: str = PROGRAM_FILE) -> torch.nn.Module:
+    """The runnable module of a saved ``.pt2`` program, read without unpickling or running
+    anything it carries (``models.program.read_program``)."""
+    from slimserve.models.program import read_program
+
+    return read_program(data, where).module()

@@ -43,8 +43,11 @@ def test_every_row_keeps_its_precision_whatever_the_others_size() -> None:
     reference = run(model, x)
     per_token = row_errors(reference, run(ss.quantize_onnx(model, TOKEN), x))
     per_tensor = row_errors(reference, run(ss.quantize_onnx(model, TENSOR), x))
+    # The property, on every CPU kind: each row within the bound, and the worst row no
+    # worse than with one scale per tensor. (How much worse per-tensor is depends on the
+    # ISA: AVX2's saturating int16 pairs made it > 0.3 here, VNNI 0.06.)
     assert per_token.max() < 0.03, per_token
-    assert per_tensor.max() > 0.3, per_tensor
+    assert per_token.max() < per_tensor.max(), (per_token, per_tensor)
 
 
 @pytest.mark.parametrize("activation", [nn.ReLU(), nn.GELU()], ids=["relu", "gelu"])

@@ -88,3 +88,31 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, seconds: float = 60) 
             raise AssertionError(f"server exited with {process.returncode}: {stderr[-2000:]}")
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.2)
+
+
+TEXTS = [
+    "Short.",
+    "A sentence of middling length about serving models.",
+    "A much longer sentence that goes on and on about quantization, pruning, export "
+    "and every other thing this toolkit does before a model is served.",
+]
+
+
+@pytest.fixture(scope="session")
+def text_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT exported and fused, with its tokenizer: raw text in, embeddings out."""
+    out = tmp_path_factory.mktemp("text")
+    texts = out / "texts.txt"
+    texts.write_text("\n".join(TEXTS * 4))
+    recipe = ss.parse_recipe(
+        {
+            "name": "tiny-text",
+            "model": {"hf": str(tiny_bert)},
+            "data": {"eval": {"text": str(texts)}},
+            "steps": [{"export": {}}, {"fuse": {}}],
+            "goal": {"metric": "cosine_mean"},
+            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
+        }
+    )
+    ss.run_recipe(recipe, out)
+    return out / "tiny-text"

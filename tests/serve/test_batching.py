@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import slimserve as ss
-from slimserve.serve.batching import LENGTH_SPREAD, Batcher, length_groups
+from slimserve.serve.batching import LENGTH_SPREAD, Batcher, BatchLimits, length_groups
 from slimserve.serve.metrics import Metrics
 from slimserve.serve.repository import _served
 
@@ -55,7 +55,7 @@ def _batcher(
     served = _served("m", "1", model, threads=1, spinning=False)
     metrics = Metrics.create()
     executor = ThreadPoolExecutor(max_workers=1)
-    return Batcher(served, max_batch_size, max_delay_ms, executor, metrics), metrics
+    return Batcher(served, BatchLimits(max_batch_size, max_delay_ms), executor, metrics), metrics
 
 
 def _runs_and_rows(metrics: Metrics) -> list[float]:

@@ -18,33 +18,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 
 import slimserve as ss  # noqa: E402
 from slimserve.models.hf import load_tokenizer, tokenize  # noqa: E402
-from tests.serve.conftest import start  # noqa: E402
-
-TEXTS = [
-    "Short.",
-    "A sentence of middling length about serving models.",
-    "A much longer sentence that goes on and on about quantization, pruning, export "
-    "and every other thing this toolkit does before a model is served.",
-]
-
-
-@pytest.fixture(scope="module")
-def text_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("text")
-    texts = out / "texts.txt"
-    texts.write_text("\n".join(TEXTS * 4))
-    recipe = ss.parse_recipe(
-        {
-            "name": "tiny-text",
-            "model": {"hf": str(tiny_bert)},
-            "data": {"eval": {"text": str(texts)}},
-            "steps": [{"export": {}}, {"fuse": {}}],
-            "goal": {"metric": "cosine_mean"},
-            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
-        }
-    )
-    ss.run_recipe(recipe, out)
-    return out / "tiny-text"
+from tests.serve.conftest import TEXTS, start  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -193,16 +193,23 @@ def tokenizer_files(folder: Path) -> dict[str, bytes]:
 
 def max_sequence_length(folder: Path) -> int:
     """The longest input the model was trained for: sentence-transformers' setting when
-    present, else the tokenizer's limit (at most 512)."""
+    present, else the tokenizer's limit (at most 512), never more positions than the
+    model has (``max_position_embeddings``: a longer input fails in the model)."""
     import json
 
+    positions = 512
+    model_config = folder / "config.json"
+    if model_config.is_file():
+        value = json.loads(model_config.read_text()).get("max_position_embeddings")
+        if isinstance(value, int) and value > 0:
+            positions = value
     config = folder / "sentence_bert_config.json"
     if config.is_file():
         value = json.loads(config.read_text()).get("max_seq_length")
         if isinstance(value, int) and value > 0:
-            return value
+            return min(value, positions)
     limit = getattr(load_tokenizer(folder), "model_max_length", 512)
-    return int(min(limit, 512))
+    return int(min(limit, 512, positions))
 
 
 def text_record(folder: Path, task: str) -> dict[str, Any]:

@@ -87,3 +87,78 @@ def scratch_cwd() -> Iterator[Path]:
             yield Path(scratch)
         finally:
             os.chdir(previous)
+
+
+_PASS_THROUGH = ("Cast", "Identity", "DequantizeLinear", "Reshape", "Unsqueeze", "Squeeze")
+
+
+def index_bounds(proto: onnx.ModelProto) -> dict[str, int]:
+    """{integer graph input: rows of the table it indexes} for inputs that feed a Gather
+    (or a fused EmbedLayerNormalization) over a stored table, e.g. token ids into the
+    word embeddings. An id outside the table fails the whole run in ONNX Runtime, so a
+    server checks ids against these bounds before the model runs."""
+    graph = proto.graph
+    tables = {i.name: int(i.dims[0]) for i in graph.initializer if len(i.dims) >= 1}
+    producers = {out: node for node in graph.node for out in node.output}
+    int_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type in int_types}
+
+    def source(name: str, data: bool) -> str | None:
+        """The graph input (``data=False``) or table (``data=True``) behind ``name``."""
+        for _ in range(8):
+            if (name in inputs and not data) or (name in tables and data):
+                return name
+            node = producers.get(name)
+            if node is None or node.op_type not in _PASS_THROUGH or not node.input:
+                return None
+            name = node.input[0]
+        return None
+
+    pairs: list[tuple[str, str]] = []
+    for node in graph.node:
+        if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) >= 2:
+            axis = next((a.i for a in node.attribute if a.name in ("axis", "gather_axis")), 0)
+            if axis == 0:
+                pairs.append((node.input[1], node.input[0]))
+        elif node.op_type == "EmbedLayerNormalization":
+            named = list(node.input)
+            pairs += [(named[0], named[2])] + ([(named[1], named[4])] if len(named) > 4 else [])
+    bounds: dict[str, int] = {}
+    for index, data in pairs:
+        name, table = source(index, data=False), source(data, data=True)
+        if name is not None and table is not None and name and table:
+            bounds[name] = min(bounds.get(name, tables[table]), tables[table])
+    return bounds
+
+
+_INT8_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+}
+
+
+def precision(proto: onnx.ModelProto) -> str:
+    """The lowest precision the model computes in: int4 (MatMulNBits with 4 bits), int8
+    (quantized operators), float16 (half initializers), else float32."""
+    ops = {node.op_type for node in proto.graph.node}
+    if "MatMulNBits" in ops:
+        bits = {
+            a.i
+            for n in proto.graph.node
+            if n.op_type == "MatMulNBits"
+            for a in n.attribute
+            if a.name == "bits"
+        }
+        return "int4" if 4 in bits or not bits else "int8"
+    if ops & _INT8_OPS:
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer):
+        return "float16"
+    return "float32"

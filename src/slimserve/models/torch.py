@@ -182,8 +182,12 @@ def load_torchscript(path: Path) -> TorchModel:
 
 def load_exported_program(path: Path) -> TorchModel:
     """Load a ``torch.export`` program (``.pt2``) with its example inputs."""
+    from slimserve.models.program import read_program
+
     try:
-        program = torch.export.load(str(path))
+        program = read_program(path.read_bytes(), str(path))
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(
             f"'{path}' is not a readable torch.export program ({exc}). "

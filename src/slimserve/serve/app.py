@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slimserve.errors import first_line, require
 from slimserve.serve.protocol import (
@@ -50,8 +50,49 @@ class ServeConfig(BaseModel):
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads.")
     token: str | None = Field(None, description="Bearer token required on every request.")
     max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest request body.")
-    max_request_rows: int = Field(1024, ge=1, description="Largest batch in one request.")
+    max_request_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Largest batch in one request (None: max_batch_size, as Triton refuses "
+        "a request over the model's max_batch_size).",
+    )
     access_log: bool = Field(False, description="Log every inference request (one line each).")
+    max_header_bytes: int = Field(
+        16 * 2**10, ge=1024, description="Largest request head (line + headers): 431 above."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time to send a request's head once it began: 408 after."
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Time to send a request's body once its head arrived: 408 after."
+    )
+    max_queue: int = Field(
+        256, ge=1, description="Requests queued or running per model: 503 + Retry-After above."
+    )
+    request_timeout_s: float | None = Field(
+        30.0, gt=0, description="Longest a request waits in the queue before 504 (None: none)."
+    )
+    max_text_chars: int = Field(
+        1_000_000, ge=1, description="Characters in one text request, all strings: 413 above."
+    )
+    reject_nonfinite: bool = Field(
+        True, description="Answer 400 to float inputs holding NaN or infinity."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                "the token is empty (SLIMSERVE_TOKEN= set to nothing?), which would turn "
+                "auth off silently: give a token, or unset it to serve without one"
+            )
+        return value
+
+    @property
+    def request_rows(self) -> int:
+        """The largest batch one request may carry."""
+        return self.max_request_rows or self.max_batch_size
 
     @property
     def ort_spinning(self) -> bool:
@@ -79,6 +120,7 @@ class ServerState:
     # an answer: when all do, no request can join a batch (see no_more_company).
     http_connections: Any = None
     http_waiting: int = 0
+    tokenizer_pool: Any = None  # one thread: text requests are tokenized off the loop
 
     def __post_init__(self) -> None:
         # A request without a version gets the highest: found once, not per request.
@@ -144,17 +186,30 @@ class ServerState:
             )
 
     async def infer(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Checked inputs through the model's batcher (raw text tokenized first)."""
+        """Checked inputs through the model's batcher (raw text tokenized first, in the
+        tokenizer's thread)."""
+        import asyncio
+
+        if self.is_text(model, inputs):
+            loop = asyncio.get_running_loop()
+            inputs = await loop.run_in_executor(self.tokenizer_pool, self.tokenized, model, inputs)
         outputs: dict[str, np.ndarray] = await self.batchers[(model.name, model.version)].infer(
             self.checked(model, inputs)
         )
         return outputs
 
+    @staticmethod
+    def is_text(model: Any, inputs: dict[str, np.ndarray]) -> bool:
+        return model.text is not None and TEXT_INPUT in inputs
+
+    def tokenized(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A text request's token arrays (run off the event loop: tokenizing 1 MB of text
+        takes long enough to stall every other request)."""
+        return tokenize_request(model, inputs, self.config)
+
     def checked(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``inputs`` as the model takes them (raw text tokenized), or a ProtocolError."""
-        if model.text is not None and TEXT_INPUT in inputs:
-            inputs = tokenize_request(model, inputs, self.config.max_request_rows)
-        return check_inputs(model, inputs, self.config.max_request_rows)
+        """``inputs`` as the model takes them, or a ProtocolError."""
+        return check_inputs(model, inputs, self.config)
 
 
 def tensor_metadata(spec: dict[str, Any]) -> dict[str, Any]:
@@ -173,11 +228,14 @@ def input_metadata(model: Any) -> list[dict[str, Any]]:
     return [tensor_metadata(s) for s in model.inputs]
 
 
-def tokenize_request(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -> dict[str, Any]:
+def tokenize_request(
+    model: Any, inputs: dict[str, np.ndarray], config: ServeConfig
+) -> dict[str, Any]:
     """A text model's 'text' input (BYTES, one string per row) as token arrays, padded to
     the longest string of the request."""
     from slimserve.models.hf import tokenize
 
+    max_rows = config.request_rows
     if len(inputs) != 1:
         raise ProtocolError(
             f"Send either '{TEXT_INPUT}' alone or the token inputs {list(model.input_checks)}."
@@ -194,12 +252,43 @@ def tokenize_request(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -
         )
     if len(strings) > max_rows:
         raise ProtocolError(f"Batch of {len(strings)} rows is over the {max_rows}-row limit.")
+    size = sum(len(s) for s in strings)
+    if size > config.max_text_chars:  # bytes bound characters from above
+        chars = sum(
+            len(s.decode("utf-8", "replace")) if isinstance(s, bytes) else len(s) for s in strings
+        )
+        if chars > config.max_text_chars:
+            raise TooLarge(
+                f"The request holds {chars} characters of text, over the "
+                f"{config.max_text_chars}-character limit (--max-text-chars). Send fewer or "
+                "shorter texts per request."
+            )
     try:
         texts = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in strings]
     except UnicodeDecodeError:
         raise ProtocolError(f"Input '{TEXT_INPUT}' holds bytes that are not UTF-8.") from None
     encoded = tokenize(model.text.tokenizer, texts, model.text.max_length)
+    if size > LARGE_TEXT:
+        trim_memory()
     return {k: v for k, v in encoded.items() if k in model.input_checks}
+
+
+class TooLarge(ProtocolError):
+    """A request over a size limit: answered 413."""
+
+
+LARGE_TEXT = 1 << 20  # bytes of text after which freed memory is handed back to the OS
+
+
+def trim_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it in its arenas otherwise, and a
+    burst of long texts would leave the server's RSS gigabytes high for good)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = None) -> Any:
@@ -212,20 +301,22 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     from starlette.exceptions import HTTPException
 
     from slimserve import __version__
-    from slimserve.serve.batching import Batcher
+    from slimserve.serve.batching import Batcher, BatchLimits
     from slimserve.serve.metrics import Metrics
 
     config = config or ServeConfig()
     metrics = Metrics.create()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-ort")
+    limits = BatchLimits(
+        config.max_batch_size, config.max_delay_ms, config.max_queue, config.request_timeout_s
+    )
     batchers = {
-        (name, version): Batcher(
-            model, config.max_batch_size, config.max_delay_ms, executor, metrics
-        )
+        (name, version): Batcher(model, limits, executor, metrics)
         for name, versions in models.items()
         for version, model in versions.items()
     }
     state = ServerState(models, batchers, metrics, config)
+    state.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-tok")
     for batcher in batchers.values():
         batcher.no_more_company = state.no_more_company
 
@@ -473,14 +564,9 @@ def reply_infer(
         if header_length is not None and not header_length.isdigit():
             raise ProtocolError("Inference-Header-Content-Length must be an integer.")
         parsed = parse_request(body, int(header_length) if header_length is not None else None)
-        inputs = server.checked(model, parsed.inputs)
     except ProtocolError as exc:
         server.observe(model.name, 400, time.perf_counter() - started, "http")
         reply((400, orjson.dumps({"error": str(exc)}), [JSON_TYPE]))
-        return
-    except Exception as exc:  # e.g. the tokenizer failed: answer, log, keep serving
-        server.observe(model.name, 500, time.perf_counter() - started, "http")
-        reply(_answer_outputs(model, None, None, exc))
         return
 
     def done(outputs: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
@@ -488,7 +574,31 @@ def reply_infer(
         server.observe(model.name, answer[0], time.perf_counter() - started, "http")
         reply(answer)
 
-    server.batchers[(model.name, model.version)].submit(inputs, done)
+    def submit(inputs: dict[str, np.ndarray]) -> None:
+        try:
+            checked = server.checked(model, inputs)
+        except Exception as exc:
+            done(None, exc)
+            return
+        server.batchers[(model.name, model.version)].submit(checked, done)
+
+    if not server.is_text(model, parsed.inputs):
+        submit(parsed.inputs)
+        return
+    import asyncio
+
+    tokenizing = asyncio.get_running_loop().run_in_executor(
+        server.tokenizer_pool, server.tokenized, model, parsed.inputs
+    )
+
+    def tokenized(future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        error = future.exception()
+        if error is not None:
+            done(None, error)
+        else:
+            submit(future.result())
+
+    tokenizing.add_done_callback(tokenized)
 
 
 def _answer_outputs(
@@ -496,10 +606,10 @@ def _answer_outputs(
 ) -> Answer:
     import orjson
 
-    if error is not None:  # the model failed: answer, log, keep serving
-        log.error("model run failed", exc_info=error, extra={"model": model.name})
-        message = f"Model '{model.name}' failed: {first_line(error)}"
-        return 500, orjson.dumps({"error": message}), [JSON_TYPE]
+    if error is not None:
+        status, message = error_status(model, error)
+        headers = [JSON_TYPE, RETRY_AFTER] if status == 503 else [JSON_TYPE]
+        return status, orjson.dumps({"error": message}), headers
     assert outputs is not None
     try:
         if parsed.outputs is not None:
@@ -524,10 +634,42 @@ def _answer_outputs(
 
 
 JSON_TYPE = (b"content-type", b"application/json")
+RETRY_AFTER = (b"retry-after", b"1")
+_LOGGED_FAILURES: set[tuple[str, str, str]] = set()
 
 
-def check_inputs(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -> dict[str, np.ndarray]:
-    """Names, datatypes and shapes against the model's metadata; errors name the input."""
+def error_status(model: Any, error: BaseException) -> tuple[int, str]:
+    """(HTTP status, message) for a request that failed: 400/413 for a bad request, 503
+    for a full queue, 504 past its deadline, 500 when the model failed. A model failure's
+    traceback is logged once per distinct failure, not once per request."""
+    from slimserve.serve.batching import DeadlineExceeded, QueueFull
+
+    if isinstance(error, TooLarge):
+        return 413, str(error)
+    if isinstance(error, ProtocolError):
+        return 400, str(error)
+    if isinstance(error, QueueFull):
+        return 503, str(error)
+    if isinstance(error, DeadlineExceeded):
+        return 504, str(error)
+    key = (model.name, type(error).__name__, first_line(error)[:200])
+    if key not in _LOGGED_FAILURES:
+        if len(_LOGGED_FAILURES) < 1000:  # bounded: distinct failures, not requests
+            _LOGGED_FAILURES.add(key)
+        log.error(
+            "model run failed (logged once; later requests failing alike are only counted)",
+            exc_info=error,
+            extra={"model": model.name},
+        )
+    return 500, f"Model '{model.name}' failed: {first_line(error)}"
+
+
+def check_inputs(
+    model: Any, inputs: dict[str, np.ndarray], config: ServeConfig
+) -> dict[str, np.ndarray]:
+    """Names, datatypes, shapes and values against the model's metadata (ids inside the
+    table they index, floats finite); errors name the input."""
+    max_rows = config.request_rows
     expected = model.input_checks
     if inputs.keys() != expected.keys():
         missing = [n for n in expected if n not in inputs]
@@ -559,4 +701,18 @@ def check_inputs(model: Any, inputs: dict[str, np.ndarray], max_rows: int) -> di
         raise ProtocolError(f"Batch of {max(rows)} rows is over the {max_rows}-row limit.")
     if rows and min(rows) == 0:
         raise ProtocolError("An empty batch (0 rows) has nothing to infer.")
+    for name, bound in model.index_bounds.items():
+        ids = inputs.get(name)
+        if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= bound):
+            raise ProtocolError(
+                f"Input '{name}' holds ids outside [0, {bound}): the table it indexes has "
+                f"{bound} rows (min {int(ids.min())}, max {int(ids.max())})."
+            )
+    if config.reject_nonfinite:
+        for name, array in inputs.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise ProtocolError(
+                    f"Input '{name}' holds NaN or infinity; the model's outputs would be "
+                    "meaningless. Send finite values."
+                )
     return {k: np.ascontiguousarray(v) for k, v in inputs.items()}

@@ -6,12 +6,18 @@ requests whose non-batch shapes differ run in separate groups, except for text m
 whose requests are grouped by length and zero-padded to the longest of their group.
 ORT runs in a worker thread, so the event loop keeps accepting (and collecting the next
 batch) meanwhile.
+
+One bad request never fails the others: when a merged run fails, its requests run again
+one by one and only the one that fails gets the error. The queue is bounded
+(``max_queue``: the next request is refused at once, ``QueueFull``) and a request that
+waited past ``timeout_s`` is answered ``DeadlineExceeded`` instead of being run late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +31,31 @@ log = logging.getLogger("slimserve.serve")
 Done = Callable[[dict[str, np.ndarray] | None, BaseException | None], None]
 
 
+class QueueFull(Exception):
+    """The model's queue is at its limit: answered 503 with Retry-After (gRPC UNAVAILABLE)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request waited past its deadline before its batch ran: answered 504."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How a batcher merges and bounds its queue (from ServeConfig)."""
+
+    max_batch_size: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 256  # requests waiting or running; more are refused
+    timeout_s: float | None = None  # longest wait in the queue before the model runs
+
+
 @dataclass
 class _Item:
     inputs: dict[str, np.ndarray]
     done: Done
     rows: int
     padded: bool = False  # a text model: sequences of any length merge, zero-padded
+    deadline: float = float("inf")  # time.monotonic() after which it is not run
 
     @property
     def length(self) -> int:
@@ -84,18 +109,17 @@ class Batcher:
     """Queues one model's requests and runs them merged."""
 
     def __init__(
-        self,
-        model: Any,
-        max_batch_size: int,
-        max_delay_ms: float,
-        executor: ThreadPoolExecutor,
-        metrics: Any,
+        self, model: Any, limits: BatchLimits, executor: ThreadPoolExecutor, metrics: Any
     ) -> None:
         self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_delay = max_delay_ms / 1000
+        self.max_batch_size = limits.max_batch_size
+        self.max_delay = limits.max_delay_ms / 1000
+        self.max_queue = limits.max_queue
+        self.timeout = limits.timeout_s
         self.executor = executor
-        self.enabled = max_batch_size > 1 and model.batched
+        self.enabled = limits.max_batch_size > 1 and model.batched
+        self.in_flight = 0  # requests queued or running (what max_queue bounds)
+        self.metrics = metrics
         self.padded = model.text is not None
         # check_inputs fixes every axis the model fixes: when only the batch axis (and a
         # text model's sequence axis) may vary, all requests merge without comparing shapes.
@@ -140,6 +164,19 @@ class Batcher:
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
+        if self.in_flight >= self.max_queue:
+            self.metrics.rejected.labels(self.model.name, "queue_full").inc()
+            _call(
+                done,
+                None,
+                QueueFull(
+                    f"Model '{self.model.name}' has {self.in_flight} requests queued, its "
+                    f"limit (--max-queue {self.max_queue}); retry shortly."
+                ),
+            )
+            return
+        self.in_flight += 1
+        done = self._counted(done)
         rows = _rows(inputs)
         if not self.enabled:
             self.batch_size.observe(rows)
@@ -148,7 +185,8 @@ class Batcher:
             return
         if self.task is None:
             self.task = loop.create_task(self._loop(loop))
-        self.pending.append(_Item(inputs, done, rows, self.padded))
+        deadline = time.monotonic() + self.timeout if self.timeout is not None else float("inf")
+        self.pending.append(_Item(inputs, done, rows, self.padded, deadline))
         self.pending_rows += rows
         if (
             len(self.pending) == 1
@@ -156,6 +194,34 @@ class Batcher:
             or self.no_more_company()
         ):
             self._wake()  # the idle loop's first request, a full batch, or no one left
+
+    def _counted(self, done: Done) -> Done:
+        def answered(outputs: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+            self.in_flight -= 1
+            done(outputs, error)
+
+        return answered
+
+    def _expire(self, items: list[_Item]) -> list[_Item]:
+        """The items still inside their deadline; the others are answered now."""
+        if self.timeout is None:
+            return items
+        now = time.monotonic()
+        live = []
+        for item in items:
+            if item.deadline >= now:
+                live.append(item)
+                continue
+            self.metrics.rejected.labels(self.model.name, "deadline").inc()
+            _call(
+                item.done,
+                None,
+                DeadlineExceeded(
+                    f"The request waited over {self.timeout:g} s (--request-timeout) in "
+                    f"model '{self.model.name}'s queue; the server is overloaded."
+                ),
+            )
+        return live
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -197,7 +263,9 @@ class Batcher:
                 rows += item.rows
             self.pending_rows -= rows
             concurrent = len(items) > 1
-            await self._dispatch(loop, items)
+            items = self._expire(items)
+            if items:
+                await self._dispatch(loop, items)
 
     async def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
         by_signature: dict[tuple[Any, ...], list[_Item]] = {}
@@ -219,9 +287,19 @@ class Batcher:
             self.batch_size.observe(_rows(merged))
             try:
                 outputs = await loop.run_in_executor(self.executor, self._run, merged)
-            except Exception as exc:  # every waiting request gets the error, none hangs
+            except Exception as exc:
+                if len(group) == 1:
+                    _call(group[0].done, None, exc)
+                    continue
+                # One request may have poisoned the merged run: run each alone, so only
+                # the one that fails gets the error (a bug in the model fails them all).
                 for item in group:
-                    _call(item.done, None, exc)
+                    try:
+                        alone = await loop.run_in_executor(self.executor, self._run, item.inputs)
+                    except Exception as item_error:
+                        _call(item.done, None, item_error)
+                    else:
+                        _call(item.done, alone, None)
                 continue
             start = 0
             for item in group:

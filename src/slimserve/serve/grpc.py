@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from slimserve.errors import first_line, require
+from slimserve.errors import require
 from slimserve.serve.protocol import (
     V2_TO_NUMPY,
     ProtocolError,
+    check_shape,
     decode_bytes_elements,
     v2_datatype,
 )
@@ -27,6 +28,12 @@ from slimserve.serve.protocol import (
 def _decode(request: Any) -> dict[str, np.ndarray]:
     inputs = {}
     raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        # Triton's rule: raw_input_contents is empty or has one entry per input, in order.
+        raise ProtocolError(
+            f"The request has {len(raw)} raw_input_contents for {len(request.inputs)} "
+            "inputs: send one per input, or none."
+        )
     for index, tensor in enumerate(request.inputs):
         if tensor.datatype == "BYTES":
             inputs[tensor.name] = _bytes_input(tensor, raw[index] if index < len(raw) else None)
@@ -36,10 +43,8 @@ def _decode(request: Any) -> dict[str, np.ndarray]:
                 f"Input '{tensor.name}': datatype {tensor.datatype!r} is not supported."
             )
         dtype = np.dtype(V2_TO_NUMPY[tensor.datatype])
-        shape = [int(d) for d in tensor.shape]
-        if any(d < 0 for d in shape):
-            raise ProtocolError(f"Input '{tensor.name}': negative dimension in {shape}.")
-        count = int(np.prod(shape)) if shape else 1
+        shape = check_shape(tensor.name, [int(d) for d in tensor.shape])
+        count = math.prod(shape)
         if index < len(raw):
             data = raw[index]
             if len(data) != count * dtype.itemsize:
@@ -74,9 +79,7 @@ def _decode(request: Any) -> dict[str, np.ndarray]:
 def _bytes_input(tensor: Any, raw: bytes | None) -> np.ndarray:
     """A BYTES input: raw (length-prefixed elements, as tritonclient sends) or
     ``bytes_contents``."""
-    shape = [int(d) for d in tensor.shape]
-    if any(d < 0 for d in shape):
-        raise ProtocolError(f"Input '{tensor.name}': negative dimension in {shape}.")
+    shape = check_shape(tensor.name, [int(d) for d in tensor.shape])
     items = (
         decode_bytes_elements(raw, tensor.name)
         if raw is not None
@@ -92,6 +95,15 @@ def _bytes_input(tensor: Any, raw: bytes | None) -> np.ndarray:
     return array.reshape(shape)
 
 
+_GRPC_STATUS = {
+    400: lambda grpc: grpc.StatusCode.INVALID_ARGUMENT,
+    413: lambda grpc: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: lambda grpc: grpc.StatusCode.UNAVAILABLE,
+    504: lambda grpc: grpc.StatusCode.DEADLINE_EXCEEDED,
+    500: lambda grpc: grpc.StatusCode.INTERNAL,
+}
+
+
 def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
     """A ``grpc.aio`` server (not started) for the models in ``state`` (a ServerState),
     and the port it bound. Start it from a running event loop."""
@@ -99,7 +111,7 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from slimserve import __version__
-    from slimserve.serve.app import input_metadata, tensor_metadata
+    from slimserve.serve.app import error_status, input_metadata, tensor_metadata
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -149,14 +161,9 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
                     raise ProtocolError(
                         f"Unknown output(s) {unknown}; the model gives {list(outputs)}."
                     )
-            except ProtocolError as exc:
-                code = 400
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except Exception as exc:  # the model failed: answer, keep serving
-                code = 500
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"Model '{model.name}' failed: {first_line(exc)}"
-                )
+            except Exception as exc:  # a bad request, a limit, or the model failed
+                code, message = error_status(model, exc)
+                await context.abort(_GRPC_STATUS[code](grpc), message)
             finally:
                 state.observe(model.name, code, time.perf_counter() - started, "grpc")
             response = service_pb2.ModelInferResponse(

@@ -7,6 +7,10 @@ This subclass keeps everything uvicorn does for connections (parsing with httpto
 keep-alive, flow control, graceful shutdown) and every other route, and takes a
 ``POST .../infer`` straight to ``answer_infer``, writing the answer in one send.
 
+It also enforces what uvicorn's httptools protocol does not: a bound on the request
+head (431), time limits on sending the head and the body (408), and a shutdown that
+answers what clients already sent on keep-alive connections before closing them.
+
 It leans on uvicorn's protocol internals, so it is used only with the uvicorn versions
 it was tested with (``supported``); any other version serves through plain ASGI.
 """
@@ -18,6 +22,10 @@ import asyncio
 from slimserve.serve.app import HEADER_LENGTH, ServerState, infer_target, refusal, reply_infer
 
 TESTED_UVICORN = ((0, 54), (0, 55))  # [from, to): versions whose internals it was run on
+# After shutdown begins, how long an idle keep-alive connection stays open for a request
+# its client already sent (on loopback one arrives within microseconds).
+SHUTDOWN_GRACE_S = 0.5
+LINGER_S = 2.0  # how long a refused request's leftover bytes are read and dropped
 
 
 def supported() -> bool:
@@ -62,6 +70,101 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
         infer_size = 0
         infer_header_length: bytes | None = None
         answering: _Answering
+        # The head being read: bytes so far (None once complete) and the read deadline.
+        head_bytes: int | None = 0
+        read_timer: asyncio.TimerHandle | None = None
+        draining = False  # shutdown began: answer what arrives, then close
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm(config.header_timeout_s, "head")  # a connection that sends nothing
+
+        def data_received(self, data: bytes) -> None:
+            if self.head_bytes is not None:
+                if self.read_timer is None:  # the first byte of a request: the clock starts
+                    self._arm(config.header_timeout_s, "head")
+                allowance = config.max_header_bytes - self.head_bytes
+                if len(data) > allowance:
+                    # Feed no more than the limit: httptools keeps every header in memory.
+                    super().data_received(data[:allowance])
+                    if self.head_bytes is not None and not self.transport.is_closing():
+                        self._fail_read(
+                            431,
+                            f"The request head is over the {config.max_header_bytes}-byte "
+                            "limit (--max-header-kb).",
+                        )
+                        return
+                    data = data[allowance:]
+                else:
+                    self.head_bytes += len(data)
+            super().data_received(data)
+
+        def _arm(self, seconds: float, part: str) -> None:
+            self._disarm()
+            self.read_timer = self.loop.call_later(seconds, self._read_timed_out, part)
+
+        def _disarm(self) -> None:
+            if self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
+
+        def _read_timed_out(self, part: str) -> None:
+            self.read_timer = None
+            limit = config.header_timeout_s if part == "head" else config.body_timeout_s
+            flag = "--header-timeout" if part == "head" else "--body-timeout"
+            self._fail_read(
+                408, f"The request's {part} did not arrive within {limit:g} s ({flag})."
+            )
+
+        def _fail_read(self, status: int, message: str) -> None:
+            """Answer a request that could not be read whole, and close the connection."""
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            if (
+                self.cycle is not None
+                and not self.cycle.response_complete
+                and not isinstance(self.cycle, _Answering)
+            ):
+                self.cycle.keep_alive = False  # an ASGI request is answering: let it end
+                self.transport.close()
+                return
+            body = orjson.dumps({"error": message})
+            self.transport.write(
+                b"".join(
+                    [
+                        STATUS_LINE[status],
+                        b"content-type: application/json\r\n",
+                        b"content-length: %d\r\n" % len(body),
+                        b"connection: close\r\n\r\n",
+                        body,
+                    ]
+                )
+            )
+            # Closing with unread bytes in the socket would send a reset, which can
+            # destroy the answer before the client reads it: half-close, read and drop
+            # what still comes, and close shortly.
+            self.discarding = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+        def shutdown(self) -> None:
+            # uvicorn closes an idle connection at once, losing a request the client has
+            # already sent; instead every answer from now on closes its connection, and
+            # an idle one is closed only after a grace for what is on its way.
+            self.draining = True
+            if self.cycle is None or self.cycle.response_complete:
+                self.loop.call_later(SHUTDOWN_GRACE_S, self._close_if_idle)
+            else:
+                self.cycle.keep_alive = False
+
+        def _close_if_idle(self) -> None:
+            if self.transport.is_closing():
+                return
+            if (self.cycle is None or self.cycle.response_complete) and self.head_bytes == 0:
+                self.transport.close()
+            # else: a request arrived meanwhile; its answer closes the connection
 
         def on_message_begin(self) -> None:
             # uvicorn builds the ASGI scope here; only the requests it serves need one.
@@ -70,6 +173,8 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.headers = []
 
         def on_headers_complete(self) -> None:
+            self.head_bytes = None
+            self._arm(config.body_timeout_s, "body")
             self.infer_target = None
             self.infer_refused = False
             target = None
@@ -88,8 +193,12 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
                 self.url, self.headers = url, headers
                 self.scope["headers"] = headers
                 super().on_headers_complete()
+                if self.draining and self.cycle is not None:
+                    self.cycle.keep_alive = False
                 return
-            self.answering = _Answering(keep_alive=self.parser.should_keep_alive())
+            self.answering = _Answering(
+                keep_alive=self.parser.should_keep_alive() and not self.draining
+            )
             self.cycle = self.answering  # type: ignore[assignment]  # uvicorn reads 4 fields
             fields = dict(self.headers)
             refused = refusal(config, fields)  # the checks _Front makes for other routes
@@ -102,6 +211,7 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.infer_size = 0
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
             answering = getattr(self, "answering", None)
             if answering is not None:  # gone: no longer a client that waits
                 _settle(answering)
@@ -129,6 +239,8 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
                 self.infer_body.append(body)
 
         def on_message_complete(self) -> None:
+            self._disarm()
+            self.head_bytes = 0  # the next bytes begin the next request
             target = self.infer_target
             if self.infer_refused:
                 self.infer_refused = False

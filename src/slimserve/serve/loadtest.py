@@ -31,9 +31,12 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     first_error: str | None = None
+    ok_latencies_ms: list[float] = field(default_factory=list)  # answered 200
+    codes: dict[str, int] = field(default_factory=dict)  # HTTP status (or error) -> count
 
-    def summary(self) -> dict[str, float | int | str | None]:
+    def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        ok = np.array(self.ok_latencies_ms) if self.ok_latencies_ms else np.zeros(1)
         return {
             "requests": self.requests,
             "errors": self.errors,
@@ -43,7 +46,22 @@ class LoadResult:
             "p95_ms": float(np.percentile(lat, 95)),
             "p99_ms": float(np.percentile(lat, 99)),
             "first_error": self.first_error,
+            "ok": len(self.ok_latencies_ms),
+            "ok_per_s": len(self.ok_latencies_ms) / self.seconds if self.seconds else 0.0,
+            "ok_p99_ms": float(np.percentile(ok, 99)),
+            "codes": dict(sorted(self.codes.items())),
         }
+
+    def record(self, started: float, status: str, detail: str | None) -> None:
+        elapsed = (time.perf_counter() - started) * 1e3
+        self.latencies_ms.append(elapsed)
+        self.requests += 1
+        self.codes[status] = self.codes.get(status, 0) + 1
+        if detail is None:
+            self.ok_latencies_ms.append(elapsed)
+        else:
+            self.errors += 1
+            self.first_error = self.first_error or detail
 
 
 def check_target(url: str, allow_remote: bool) -> str:
@@ -181,48 +199,92 @@ def _expire(waiter: asyncio.Future[Any]) -> None:
 RESPONSE_TIMEOUT_S = 30.0
 
 
+async def _send(
+    base: str, request: bytes, connection: _Connection | None
+) -> tuple[str, str | None, _Connection | None]:
+    """One request: (status or error name, error detail or None, the connection to reuse)."""
+    parsed = urlparse(base)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    loop = asyncio.get_running_loop()
+    try:
+        if connection is None:
+            _, connection = await loop.create_connection(
+                _Connection,
+                parsed.hostname or "127.0.0.1",
+                port,
+                ssl=parsed.scheme == "https" or None,
+            )
+        waiter = connection.send(request)
+        timer = loop.call_later(RESPONSE_TIMEOUT_S, _expire, waiter)
+        try:
+            status, payload, close = await waiter
+        finally:
+            timer.cancel()
+        detail = None
+        if status != 200:
+            detail = f"HTTP {status}: {payload[:200].decode(errors='replace')}"
+        if close:
+            _close(connection)
+            connection = None
+        return str(status), detail, connection
+    except (OSError, ValueError, TimeoutError) as exc:
+        if connection is not None:
+            _close(connection)
+        return type(exc).__name__, f"{type(exc).__name__}: {exc}", None
+
+
 async def _client(
     base: str, request: bytes, result: LoadResult, remaining: list[int], deadline: float
 ) -> None:
     """One keep-alive connection sending ``request`` until the budget is spent."""
-    parsed = urlparse(base)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    loop = asyncio.get_running_loop()
     connection: _Connection | None = None
     while remaining[0] > 0 and time.perf_counter() < deadline:
         remaining[0] -= 1
         t0 = time.perf_counter()
-        detail = None
-        try:
-            if connection is None:
-                _, connection = await loop.create_connection(
-                    _Connection,
-                    parsed.hostname or "127.0.0.1",
-                    port,
-                    ssl=parsed.scheme == "https" or None,
-                )
-            waiter = connection.send(request)
-            timer = loop.call_later(RESPONSE_TIMEOUT_S, _expire, waiter)
-            try:
-                status, payload, close = await waiter
-            finally:
-                timer.cancel()
-            if status != 200:
-                detail = f"HTTP {status}: {payload[:200].decode(errors='replace')}"
-            if close:
-                _close(connection)
-                connection = None
-        except (OSError, ValueError, TimeoutError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-            if connection is not None:
-                _close(connection)
-            connection = None
-        result.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-        result.requests += 1
-        if detail is not None:
-            result.errors += 1
-            result.first_error = result.first_error or detail
+        status, detail, connection = await _send(base, request, connection)
+        result.record(t0, status, detail)
     if connection is not None:
+        _close(connection)
+
+
+MAX_OPEN_REQUESTS = 2048  # an open-loop run's bound on requests in flight at once
+
+
+async def _open_loop(
+    base: str, request: bytes, result: LoadResult, options: dict[str, Any], deadline: float
+) -> None:
+    """Requests at a fixed ``rate`` per second whatever the answers (open loop), each on
+    an idle keep-alive connection or a new one. Latency counts from the scheduled send
+    time, so a client held back by a slow server is not hidden (coordinated omission)."""
+    loop = asyncio.get_running_loop()
+    idle: list[_Connection] = []
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(scheduled: float) -> None:
+        status, detail, connection = await _send(base, request, idle.pop() if idle else None)
+        result.record(scheduled, status, detail)
+        if connection is not None:
+            idle.append(connection)
+
+    started = time.perf_counter()
+    for k in range(options["requests"]):
+        scheduled = started + k / options["rate"]
+        if scheduled >= deadline:
+            break
+        wait = scheduled - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if len(running) >= MAX_OPEN_REQUESTS:
+            result.record(
+                scheduled, "client-limit", "more requests in flight than the client allows"
+            )
+            continue
+        task = loop.create_task(one(scheduled))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    if running:
+        await asyncio.gather(*running)
+    for connection in idle:
         _close(connection)
 
 
@@ -247,12 +309,15 @@ async def _run(base: str, model: str, options: dict[str, Any]) -> LoadResult:
     remaining = [options["requests"]]
     started = time.perf_counter()
     deadline = started + options["duration"]
-    await asyncio.gather(
-        *(
-            _client(base, request, result, remaining, deadline)
-            for _ in range(options["concurrency"])
+    if options.get("rate"):
+        await _open_loop(base, request, result, options, deadline)
+    else:
+        await asyncio.gather(
+            *(
+                _client(base, request, result, remaining, deadline)
+                for _ in range(options["concurrency"])
+            )
         )
-    )
     result.seconds = time.perf_counter() - started
     return result
 
@@ -266,8 +331,16 @@ def load_test(
     options: dict[str, Any] | None = None,
 ) -> LoadResult:
     """``options``: ``batch`` (rows per request, 1), ``format`` ("binary" or "json"),
-    ``token``, ``allow_remote``."""
-    opts = {"batch": 1, "format": "binary", "token": None, "allow_remote": False, **(options or {})}
+    ``token``, ``allow_remote``, ``rate`` (requests/s, open loop: sent on schedule
+    whatever the answers; ``concurrency`` is then unused)."""
+    opts = {
+        "batch": 1,
+        "format": "binary",
+        "token": None,
+        "allow_remote": False,
+        "rate": None,
+        **(options or {}),
+    }
     if opts["format"] not in ("binary", "json"):
         raise SlimserveError(f"The request format is binary or json, not '{opts['format']}'.")
     base = check_target(url, bool(opts["allow_remote"]))

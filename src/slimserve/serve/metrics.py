@@ -14,6 +14,7 @@ class Metrics:
     latency: Any = None
     batch_size: Any = None
     queue_depth: Any = None
+    rejected: Any = None
     _ready: bool = field(default=False)
 
     @classmethod
@@ -47,6 +48,12 @@ class Metrics:
                 "slimserve_queue_depth",
                 "Requests waiting to be batched",
                 ["model"],
+                registry=registry,
+            ),
+            rejected=Counter(
+                "slimserve_rejected",
+                "Requests refused by a limit before the model ran (queue_full, deadline)",
+                ["model", "reason"],
                 registry=registry,
             ),
         )

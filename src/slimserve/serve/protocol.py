@@ -38,6 +38,26 @@ class ProtocolError(Exception):
     """A bad request: the message goes back to the client as {"error": ...} with 400."""
 
 
+MAX_RANK = 16
+MAX_DIM = 2**31 - 1  # what ONNX Runtime and numpy index with; larger is no real tensor
+
+
+def check_shape(name: str, shape: Any) -> list[int]:
+    """A request's shape as ints, or a ProtocolError: every dimension a non-negative int
+    below 2**31, at most 16 of them (so no shape overflows numpy or ORT)."""
+    if not isinstance(shape, list | tuple) or not all(
+        type(d) is int and 0 <= d <= MAX_DIM  # bool is not a dimension
+        for d in shape
+    ):
+        raise ProtocolError(
+            f"Input '{name}': 'shape' must be a list of integers in [0, {MAX_DIM}], got "
+            f"{str(shape)[:100]}."
+        )
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"Input '{name}' has {len(shape)} dimensions, over {MAX_RANK}.")
+    return list(shape)
+
+
 def v2_datatype(dtype: str) -> str:
     """V2 datatype of a numpy dtype name ('float32' -> 'FP32')."""
     if dtype not in NUMPY_TO_V2:
@@ -119,11 +139,9 @@ def _input_tensor(
     datatype = spec.get("datatype")
     if not isinstance(name, str):
         raise ProtocolError(f"inputs[{index}] needs a 'name'.")
-    if not isinstance(shape, list) or not all(
-        type(d) is int and d >= 0  # bool is not a dimension
-        for d in shape
-    ):
-        raise ProtocolError(f"Input '{name}': 'shape' must be a list of non-negative integers.")
+    if not isinstance(shape, list):
+        raise ProtocolError(f"Input '{name}': 'shape' must be a list of integers.")
+    shape = check_shape(name, shape)
     if datatype == "BYTES":
         return _bytes_tensor(name, shape, spec, binary)
     dtype = _DTYPES.get(datatype) if isinstance(datatype, str) else None

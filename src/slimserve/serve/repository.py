@@ -5,7 +5,7 @@ names up in what was loaded, so a name can never reach outside the repository.""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class ServedModel:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     text: TextInput | None = None
+    # {input: rows of the table it indexes}: ids outside are a 400 before the model runs.
+    index_bounds: dict[str, int] = field(default_factory=dict)
 
     @functools.cached_property
     def input_checks(self) -> dict[str, tuple[Any, tuple[int | None, ...]]]:
@@ -55,7 +57,7 @@ class ServedModel:
 def _served(
     name: str, version: str, model: Any, threads: int, spinning: bool, artifact: Any = None
 ) -> ServedModel:
-    from slimserve.models.onnx import describe_io
+    from slimserve.models.onnx import describe_io, index_bounds
     from slimserve.runtime import OrtPredictor, for_artifact
 
     io = describe_io(model.proto)
@@ -71,7 +73,9 @@ def _served(
         if artifact
         else OrtPredictor(model, threads, spinning)
     )
-    return ServedModel(name, version, predictor, io["inputs"], io["outputs"], text)
+    return ServedModel(
+        name, version, predictor, io["inputs"], io["outputs"], text, index_bounds(model.proto)
+    )
 
 
 def load_repository(
@@ -94,7 +98,14 @@ def load_repository(
         return {name: {"1": served(name, "1", artifact.model, artifact=artifact)}}
     models: dict[str, dict[str, ServedModel]] = {}
     if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        from slimserve.artifact import recover
+
+        for old in root.glob(".*.old-*"):  # a save killed between its renames
+            recover(root / old.name[1:].rsplit(".old-", 1)[0])
+        # Dot-folders are a save's temporary or old copies (artifact.py), never models.
+        for folder in sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
             if (folder / MANIFEST_FILE).is_file():
                 artifact = load_artifact(folder)
                 models[folder.name] = {
