@@ -29,6 +29,8 @@ bench: install
 	$(BIN)/python benchmarks/prune_digits.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/quantize.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/serve.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/overload.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/noise.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-static --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-heads --update BENCHMARKS.md

@@ -119,7 +119,10 @@ def main() -> None:
     dense_onnx = ss.ExportConfig().apply(base, ss.Context())
     channel_onnx = ss.ExportConfig().apply(channel, ss.Context())
     timings = bench_interleaved(
-        {"dense": ss.load_predictor(dense_onnx), "channel": ss.load_predictor(channel_onnx)},
+        {
+            "dense": ss.load_predictor(dense_onnx, spinning=False),
+            "channel": ss.load_predictor(channel_onnx, spinning=False),
+        },
         test,
         (1, 32),
         warmup=20,

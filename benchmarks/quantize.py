@@ -99,7 +99,7 @@ def table(model: ss.TorchModel, data: dict[str, ss.Dataset], repeats: int) -> st
     test = data["eval"]
     made = candidates(model, data)
     timings = bench_interleaved(
-        {n: ss.load_predictor(m) for n, (m, _) in made.items()},
+        {n: ss.load_predictor(m, spinning=False) for n, (m, _) in made.items()},
         test,
         (1, 32),
         warmup=20,

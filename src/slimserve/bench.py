@@ -2,14 +2,15 @@
 
 Interleaving (A, B, A, B, ...) exposes every model to the same machine noise, so the
 ratios between them hold even on a busy machine; medians and tails, never one run.
+The rounds, the contention check and the paired ratios are ``slimserve.timing``'s.
 """
 
 from __future__ import annotations
 
 import gzip
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from slimserve.data import Dataset
     from slimserve.models import Model
     from slimserve.runtime import Predictor
+    from slimserve.timing import Ratio
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,33 @@ class Timing:
     p95_ms: float
     p99_ms: float
     items_per_s: float
+    spread: float = 0.0  # (p75 - p25) / p50 of the per-round medians
+    contention: float = 0.0  # the largest share of the CPU other processes took in a pass
+    contended: bool = False  # a pass stayed contended after its retries: not a result
+    rounds_ms: tuple[float, ...] = ()  # each round's median, for paired ratios
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: (v if isinstance(v, bool) else list(v) if isinstance(v, tuple) else float(v))
+            for k, v in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Timing:
+        """A Timing as stored in a manifest or bench JSON (older ones lack the rounds)."""
+        fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        fields["rounds_ms"] = tuple(fields.get("rounds_ms", ()))
+        return cls(**fields)
+
+    def speedup_over(self, baseline: Timing) -> Ratio:
+        """Paired per-round throughput ratio against ``baseline`` (same run)."""
+        from slimserve.timing import Timed, speedup
+
+        def timed(t: Timing) -> Timed:
+            rounds = tuple(r / 1e3 for r in t.rounds_ms) or (t.p50_ms / 1e3,)
+            return Timed((), rounds, (t.contention,))
+
+        return speedup(timed(self), timed(baseline))
 
 
 def model_bytes(model: Model) -> bytes:
@@ -68,25 +94,20 @@ def bench_interleaved(
     warmup: int = 10,
     repeats: int = 50,
 ) -> dict[str, dict[int, Timing]]:
-    """Time every predictor at every batch size, one call each in turn per round."""
+    """Time every predictor at every batch size in interleaved rounds (``timing``):
+    about ``repeats`` calls each, in up to 10 rounds, every pass checked for contention."""
+    from slimserve.timing import run_rounds
+
     names = list(predictors)
     samples: dict[int, dict[str, np.ndarray]] = {b: sample_batch(data, b) for b in batch_sizes}
     result: dict[str, dict[int, Timing]] = {n: {} for n in names}
+    rounds = max(3, min(repeats, 10))
     for batch_size in batch_sizes:
         feeds = {n: _named(samples[batch_size], predictors[n].input_names) for n in names}
+        calls = {n: _call(predictors[n], feeds[n]) for n in names}
+        timed = run_rounds(calls, rounds, max(1, repeats // rounds), warmup)
         for name in names:
-            for _ in range(warmup):
-                predictors[name].predict(feeds[name])
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for round_index in range(repeats):
-            # Rotate who goes first so no model always runs right after another's cache use.
-            order = names[round_index % len(names) :] + names[: round_index % len(names)]
-            for name in order:
-                start = time.perf_counter()
-                predictors[name].predict(feeds[name])
-                times[name].append(time.perf_counter() - start)
-        for name in names:
-            ms = np.array(times[name]) * 1e3
+            ms = np.array(timed[name].calls_s) * 1e3
             p50 = float(np.percentile(ms, 50))
             result[name][batch_size] = Timing(
                 batch_size,
@@ -94,8 +115,16 @@ def bench_interleaved(
                 float(np.percentile(ms, 95)),
                 float(np.percentile(ms, 99)),
                 batch_size / (p50 / 1e3),
+                timed[name].spread,
+                max(timed[name].contention),
+                timed[name].contended,
+                tuple(r * 1e3 for r in timed[name].round_s),
             )
     return result
+
+
+def _call(predictor: Predictor, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: predictor.predict(feed)
 
 
 def _named(batch: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -166,13 +195,14 @@ def bench_models(
 ) -> list[BenchEntry]:
     """Every model's size, memory and timings, measured interleaved in one run."""
     from slimserve.runtime import load
+    from slimserve.timing import TIMED_SPINNING
 
     predictors, memory = {}, {}
     first = next(iter(models.values()))
     data = data if data is not None else synthetic_data(first)
     for name, model in models.items():
         before = rss_bytes()
-        predictors[name] = load(model, threads)
+        predictors[name] = load(model, threads, spinning=TIMED_SPINNING)
         predictors[name].predict(_named(sample_batch(data, 1), predictors[name].input_names))
         memory[name] = max(0, rss_bytes() - before)
     timings = bench_interleaved(predictors, data, batch_sizes, warmup, repeats)
@@ -201,11 +231,30 @@ def bench_json(entries: list[BenchEntry], threads: int, repeats: int) -> dict[st
                 "timings": {
                     str(b): {
                         **t.as_dict(),
-                        "speedup": t.items_per_s / base.timings[b].items_per_s,
+                        **_ratio_fields(t.speedup_over(base.timings[b])),
                     }
                     for b, t in e.timings.items()
                 },
             }
             for e in entries
         ],
+    }
+
+
+def ratio_cell(timing: dict[str, Any]) -> str:
+    """A bench JSON timing's speed-up as a table shows it: the ratio, or what it is not."""
+    if timing.get("contended"):
+        return "contended"
+    if not timing.get("speedup_measurable", True):
+        return "no measurable difference"
+    return f"{timing['speedup']:.2f}x"
+
+
+def _ratio_fields(ratio: Ratio) -> dict[str, float | bool | str]:
+    return {
+        "speedup": ratio.median,
+        "speedup_low": ratio.low,
+        "speedup_high": ratio.high,
+        "speedup_measurable": ratio.measurable and not ratio.contended,
+        "speedup_text": ratio.describe(),
     }

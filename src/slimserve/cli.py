@@ -285,7 +285,7 @@ def bench(
     """Latency (p50/p95/p99), throughput, memory and size; models timed interleaved."""
     import json
 
-    from slimserve.bench import bench_json, bench_models
+    from slimserve.bench import bench_json, bench_models, ratio_cell
     from slimserve.data import load_data, parse_data_spec
     from slimserve.report import human_bytes
 
@@ -338,7 +338,7 @@ def bench(
                 f"{t['p95_ms']:.3f}",
                 f"{t['p99_ms']:.3f}",
                 f"{t['items_per_s']:,.0f}",
-                f"{t['speedup']:.2f}x",
+                "baseline" if row is report["models"][0] else ratio_cell(t),  # type: ignore[index]
             )
     console.print(table)
 
@@ -367,6 +367,9 @@ def report(
         console.print(f"Report: {folder / 'report.html'}", highlight=False)
 
 
+UNDECIDED_EXIT = 3  # check: the measurement was too noisy to pass or fail a bound
+
+
 @app.command()
 @_user_errors
 def check(
@@ -381,7 +384,8 @@ def check(
     ),
     repeats: int = typer.Option(100, "--repeats", min=3, help="Timed runs per model."),
 ) -> None:
-    """CI gate: re-measure against the manifest's baseline; exit 1 when a bound fails."""
+    """CI gate: re-measure against the manifest's baseline; exit 1 when a bound fails, 3
+    when the timing is too noisy to decide a speed-up bound."""
     from slimserve.check import Bounds, check_artifact
 
     bounds = Bounds(max_drop, min_speedup, max_size_ratio, batch_size, repeats)
@@ -390,12 +394,23 @@ def check(
     for column in ("measure", "baseline", "artifact"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     table.add_row(result.metric, f"{result.baseline:.4f}", f"{result.candidate:.4f}")
-    table.add_row(f"batch-{result.batch_size} speed-up", "1.00x", f"{result.speedup:.2f}x")
+    low, high = result.speedup_range
+    table.add_row(
+        f"batch-{result.batch_size} speed-up",
+        "1.00x",
+        f"{result.speedup:.2f}x ({low:.2f}-{high:.2f}x)"
+        + (" contended" if result.contended else ""),
+    )
     table.add_row("size ratio", "1.00", f"{result.size_ratio:.2f}")
     console.print(table)
-    if not result.passed:
+    if result.failures:
         err_console.print(escape(f"check failed: {'; '.join(result.failures)}"), highlight=False)
         raise typer.Exit(1)
+    if result.undecided:
+        err_console.print(
+            escape(f"check undecided: {'; '.join(result.undecided)}"), highlight=False
+        )
+        raise typer.Exit(UNDECIDED_EXIT)
     console.print("check passed")
 
 
@@ -459,8 +474,11 @@ def serve(
     body_timeout: float = typer.Option(
         60, "--body-timeout", help="Seconds to send a request body: 408 after."
     ),
-    max_queue: int = typer.Option(
-        256, "--max-queue", min=1, help="Requests queued per model: 503 + Retry-After above."
+    max_queue: int | None = typer.Option(
+        None,
+        "--max-queue",
+        min=1,
+        help="Requests queued per model: 503 + Retry-After above (default: 2 x --max-batch-size).",
     ),
     request_timeout: float = typer.Option(
         30,

@@ -322,12 +322,15 @@ def _quality(
 def _bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> None:
     from slimserve.bench import bench_interleaved, model_size
     from slimserve.runtime import load
+    from slimserve.timing import TIMED_SPINNING
 
     for stage in stages:
         stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
     if data is None:
         return
-    predictors = {s.name: load(s.model, recipe.bench.threads) for s in stages}
+    predictors = {
+        s.name: load(s.model, recipe.bench.threads, spinning=TIMED_SPINNING) for s in stages
+    }
     timings = bench_interleaved(
         predictors, data, recipe.bench.batch_sizes, recipe.bench.warmup, recipe.bench.repeats
     )

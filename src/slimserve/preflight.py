@@ -22,6 +22,9 @@ from slimserve.errors import SlimserveError
 ISA_FLAGS = FEATURES
 
 
+BF16_PROBE = "torch program bf16"
+
+
 def cpu_features() -> dict[str, bool]:
     """Which of the instruction sets that matter for int8/bf16 kernels the CPU has."""
     present = probe_features()
@@ -50,6 +53,7 @@ class Probe:
     b1_ms: float = 0.0
     b32_items_per_s: float = 0.0
     seconds: float = 0.0
+    b32_timing: Any = None  # bench.Timing at batch 32, for paired ratios
 
 
 @dataclass
@@ -94,6 +98,18 @@ def _probe_models(onnx_fp32: Any, torch_model: Any, data: Dataset) -> list[Probe
         except SlimserveError:
             continue
         probes.append(Probe(name, model, seconds=time.perf_counter() - started))
+    if torch_model is not None and torch_model.example_inputs is not None:
+        import torch
+
+        from slimserve.torch_program import export_program
+
+        started = time.perf_counter()
+        try:
+            program, _ = export_program(torch_model, torch.bfloat16)
+        except SlimserveError:
+            program = None
+        if program is not None:  # bf16 is recommended only when timed faster here
+            probes.append(Probe(BF16_PROBE, program, seconds=time.perf_counter() - started))
     if torch_model is not None:
         from slimserve.context import Context, StepLog
         from slimserve.models.export import ExportConfig
@@ -118,7 +134,8 @@ def preflight(model: Any, data: Dataset | None = None, repeats: int = 30) -> Pre
     from slimserve.evaluate import cosine, predict_all
     from slimserve.models import OnnxModel, TorchModel
     from slimserve.models.export import ExportConfig
-    from slimserve.runtime import OrtPredictor, Predictor
+    from slimserve.runtime import OrtPredictor, Predictor, TorchPredictor
+    from slimserve.timing import TIMED_SPINNING
 
     torch_model = model if isinstance(model, TorchModel) else None
     onnx_fp32 = model if isinstance(model, OnnxModel) else ExportConfig().apply(model, Context())
@@ -127,7 +144,12 @@ def preflight(model: Any, data: Dataset | None = None, repeats: int = 30) -> Pre
     )
     result = Preflight(cpu_features(), runtime_support())
     result.probes = _probe_models(onnx_fp32, torch_model, data)
-    predictors: dict[str, Predictor] = {p.name: OrtPredictor(p.model) for p in result.probes}
+    predictors: dict[str, Predictor] = {
+        p.name: TorchPredictor(p.model)
+        if p.name == BF16_PROBE
+        else OrtPredictor(p.model, spinning=TIMED_SPINNING)
+        for p in result.probes
+    }
     sample = data.take(min(len(data), 256))
     reference = predict_all(predictors["fp32 (ORT)"], sample)
     timings = bench_interleaved(predictors, sample, (1, 32), warmup=5, repeats=repeats)
@@ -136,6 +158,7 @@ def preflight(model: Any, data: Dataset | None = None, repeats: int = 30) -> Pre
         probe.cosine = float(cosine(reference, predict_all(predictors[probe.name], sample)).mean())
         probe.b1_ms = timings[probe.name][1].p50_ms
         probe.b32_items_per_s = timings[probe.name][32].items_per_s
+        probe.b32_timing = timings[probe.name][32]
     result.warnings = _warnings(result)
     return result
 
@@ -154,17 +177,35 @@ def _warnings(result: Preflight) -> list[str]:
             "No AVX512-VNNI/AMX-INT8: int8 kernels have no fast dot product here; "
             "expect small int8 speed-ups and consider quantize.reduce_range: true."
         )
-    if result.features.get("avx512_bf16") or result.features.get("amx_bf16"):
+    bf16 = by.get(BF16_PROBE)
+    if bf16 is not None:  # a claim about bf16 only from its timing on this machine
+        ratio = bf16.b32_timing.speedup_over(fp32.b32_timing)
+        has = (
+            "has"
+            if result.features.get("avx512_bf16") or result.features.get("amx_bf16")
+            else "lacks"
+        )
+        verdict = (
+            "faster: worth a torch program (runtimes: {candidates: [onnx, torch]})"
+            if ratio.measurable and ratio.median > 1 and not ratio.contended
+            else "not faster: keep ONNX Runtime"
+        )
         notes.append(
-            "This CPU has AVX512-BF16/AMX-BF16: bf16 PyTorch can be fast here "
-            "(fp16 in ONNX Runtime is not, on CPUs)."
+            f"This CPU {has} AVX512-BF16/AMX-BF16; a bf16 PyTorch program ran at "
+            f"{ratio.describe()} the speed of ORT fp32 at batch 32: {verdict}."
+        )
+    elif result.features.get("avx512_bf16") or result.features.get("amx_bf16"):
+        notes.append(
+            "This CPU has AVX512-BF16/AMX-BF16, but bf16 was not timed (an ONNX model has "
+            "no PyTorch program): give the PyTorch model to measure it."
         )
     unstructured = by.get("unstructured 50% (ORT fp32)")
     if unstructured:
+        ratio = unstructured.b32_timing.speedup_over(fp32.b32_timing)
         notes.append(
             "Unstructured sparsity does not speed up dense kernels: 50% zeros ran at "
-            f"{unstructured.b32_items_per_s / fp32.b32_items_per_s:.2f}x fp32 speed. It only "
-            "shrinks the compressed file; use channel/head pruning for speed."
+            f"{ratio.describe()} fp32 speed. It only shrinks the compressed file; use "
+            "channel/head pruning for speed."
         )
     u8, s8 = by.get("dynamic int8, uint8 weights"), by.get("dynamic int8")
     if u8 and s8 and u8.b32_items_per_s < 0.9 * s8.b32_items_per_s:

@@ -75,13 +75,26 @@ def stage_table(
                 row.append(f"{timing['p50_ms']:.3f}")
             else:
                 speedup = (
-                    f" ({timing['items_per_s'] / base_timing['items_per_s']:.2f}x)"
+                    f" ({stage_ratio(timing, base_timing)})"
                     if base_timing and stage is not base
                     else ""
                 )
                 row.append(f"{timing['items_per_s']:,.0f}{speedup}")
         rows.append(row)
     return headers, rows
+
+
+def stage_ratio(timing: dict[str, Any], base: dict[str, Any]) -> str:
+    """A stage's throughput vs the baseline's, paired round by round (bench.Timing); a
+    difference inside the rounds' spread is said to be none, a contended one flagged."""
+    from slimserve.bench import Timing
+
+    ratio = Timing.from_dict(timing).speedup_over(Timing.from_dict(base))
+    if ratio.contended:
+        return "contended"
+    if not ratio.measurable:
+        return "no measurable difference"
+    return f"{ratio.median:.2f}x"
 
 
 def _with_ratio(value: int, base: int, fmt: Any) -> str:

@@ -53,6 +53,7 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     model: Any = None
     runtimes: dict[str, Any] | None = None  # a recipe's runtimes section (torch program)
+    timings: dict[int, Any] | None = None  # bench.Timing by batch size, from one run
 
     def objective(self, kind: Objective) -> float:
         if kind == "size":
@@ -146,6 +147,7 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     from slimserve.pipeline import plan_steps, recipe_data, run_recipe, with_example_inputs
     from slimserve.recipe import parse_recipe
     from slimserve.runtime import load as load_predictor
+    from slimserve.timing import TIMED_SPINNING
 
     started = time.perf_counter()
     base_recipe = parse_recipe({"name": "tune", "model": spec.model, "data": spec.data})
@@ -210,14 +212,13 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
         )
     accepted = [c for c in candidates if c.status == "accepted"]
     if accepted:
-        predictors = {c.name: load_predictor(c.model) for c in accepted}
+        predictors = {c.name: load_predictor(c.model, spinning=TIMED_SPINNING) for c in accepted}
         timings = bench_interleaved(predictors, evaluation, (1, 32), warmup=10, repeats=50)
         for c in accepted:
             c.latency_ms = timings[c.name][1].p50_ms
             c.items_per_s = timings[c.name][32].items_per_s
-    best = min(
-        accepted, key=lambda c: (c.objective(spec.objective), -(c.metric or 0)), default=None
-    )
+            c.timings = timings[c.name]
+    best = pick_best(accepted, spec.objective)
     explanation = [] if best else _explain(candidates, metric, baseline, spec)
     out.mkdir(parents=True, exist_ok=True)
     _pareto_plot(candidates, metric, spec.objective, out / "tune-pareto.png")
@@ -241,19 +242,29 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
 
 
 TIE = 0.05
-"""Objective values within 5% of the best are a tie: timing noise on a shared machine."""
+"""Without paired timings, objective values within 5% of the best are a tie."""
 
 
 def pick_best(accepted: list[Candidate], objective: Objective) -> Candidate | None:
-    """The best on the objective; among near-ties (within TIE), the better on the other
-    cost (size for speed objectives, latency for size), then the higher quality."""
+    """The best on the objective; candidates with no measurable difference from it (paired
+    per-round ratios of one interleaved run, ``timing``) tie, and the smaller, then the
+    simpler (fewer techniques), then the higher quality wins among them."""
     if not accepted:
         return None
-    best_value = min(c.objective(objective) for c in accepted)
-    margin = abs(best_value) * TIE
-    tied = [c for c in accepted if c.objective(objective) <= best_value + margin]
-    secondary: Objective = "latency" if objective == "size" else "size"
-    return min(tied, key=lambda c: (c.objective(secondary), -(c.metric or 0)))
+    best = min(accepted, key=lambda c: (c.objective(objective), -(c.metric or 0)))
+    if objective == "size":
+        tied = [c for c in accepted if c.size_bytes == best.size_bytes]
+        return min(tied, key=lambda c: (c.latency_ms or 0, c.techniques, -(c.metric or 0)))
+    batch = 1 if objective == "latency" else 32
+    tied = [c for c in accepted if c is best or _no_difference(c, best, objective, batch)]
+    return min(tied, key=lambda c: (c.size_bytes or 0, c.techniques, -(c.metric or 0)))
+
+
+def _no_difference(a: Candidate, b: Candidate, objective: Objective, batch: int) -> bool:
+    if a.timings and b.timings and batch in a.timings and batch in b.timings:
+        ratio = a.timings[batch].speedup_over(b.timings[batch])
+        return bool(ratio.contended or not ratio.measurable)
+    return abs(a.objective(objective) - b.objective(objective)) <= abs(b.objective(objective)) * TIE
 
 
 def _build(model: Any, steps: list[dict[str, Any]], ctx: Context, plan_steps: Any) -> Any:

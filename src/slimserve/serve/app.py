@@ -66,8 +66,11 @@ class ServeConfig(BaseModel):
     body_timeout_s: float = Field(
         60.0, gt=0, description="Time to send a request's body once its head arrived: 408 after."
     )
-    max_queue: int = Field(
-        256, ge=1, description="Requests queued or running per model: 503 + Retry-After above."
+    max_queue: int | None = Field(
+        None,
+        ge=1,
+        description="Requests queued or running per model: 503 + Retry-After above "
+        "(None: 2 x max_batch_size, two batches).",
     )
     request_timeout_s: float | None = Field(
         30.0, gt=0, description="Longest a request waits in the queue before 504 (None: none)."
@@ -88,6 +91,11 @@ class ServeConfig(BaseModel):
                 "auth off silently: give a token, or unset it to serve without one"
             )
         return value
+
+    @property
+    def queue_limit(self) -> int:
+        """Requests a model may have queued or running."""
+        return self.max_queue or 2 * self.max_batch_size
 
     @property
     def request_rows(self) -> int:
@@ -308,7 +316,7 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     metrics = Metrics.create()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-ort")
     limits = BatchLimits(
-        config.max_batch_size, config.max_delay_ms, config.max_queue, config.request_timeout_s
+        config.max_batch_size, config.max_delay_ms, config.queue_limit, config.request_timeout_s
     )
     batchers = {
         (name, version): Batcher(model, limits, executor, metrics)
@@ -599,6 +607,11 @@ def reply_infer(
             submit(future.result())
 
     tokenizing.add_done_callback(tokenized)
+
+
+def answer_error(model: Any, error: BaseException) -> Answer:
+    """The answer to a request that failed with ``error`` (status from error_status)."""
+    return _answer_outputs(model, None, None, error)
 
 
 def _answer_outputs(

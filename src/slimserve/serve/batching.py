@@ -119,7 +119,9 @@ class Batcher:
         self.executor = executor
         self.enabled = limits.max_batch_size > 1 and model.batched
         self.in_flight = 0  # requests queued or running (what max_queue bounds)
-        self.metrics = metrics
+        # Labelled children looked up once (labels() takes a lock): refusals must be cheap.
+        self.refused_full = metrics.rejected.labels(model.name, "queue_full")
+        self.refused_late = metrics.rejected.labels(model.name, "deadline")
         self.padded = model.text is not None
         # check_inputs fixes every axis the model fixes: when only the batch axis (and a
         # text model's sequence axis) may vary, all requests merge without comparing shapes.
@@ -164,16 +166,8 @@ class Batcher:
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
-        if self.in_flight >= self.max_queue:
-            self.metrics.rejected.labels(self.model.name, "queue_full").inc()
-            _call(
-                done,
-                None,
-                QueueFull(
-                    f"Model '{self.model.name}' has {self.in_flight} requests queued, its "
-                    f"limit (--max-queue {self.max_queue}); retry shortly."
-                ),
-            )
+        if self.full():
+            _call(done, None, self.refusal())
             return
         self.in_flight += 1
         done = self._counted(done)
@@ -195,6 +189,18 @@ class Batcher:
         ):
             self._wake()  # the idle loop's first request, a full batch, or no one left
 
+    def full(self) -> bool:
+        """True when a new request would be over ``max_queue``."""
+        return self.in_flight >= self.max_queue
+
+    def refusal(self) -> QueueFull:
+        """The error a request refused for a full queue gets (and count it)."""
+        self.refused_full.inc()
+        return QueueFull(
+            f"Model '{self.model.name}' has {self.in_flight} requests queued, its limit "
+            f"(--max-queue {self.max_queue}); retry shortly."
+        )
+
     def _counted(self, done: Done) -> Done:
         def answered(outputs: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
             self.in_flight -= 1
@@ -212,7 +218,7 @@ class Batcher:
             if item.deadline >= now:
                 live.append(item)
                 continue
-            self.metrics.rejected.labels(self.model.name, "deadline").inc()
+            self.refused_late.inc()
             _call(
                 item.done,
                 None,

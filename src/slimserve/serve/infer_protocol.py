@@ -19,7 +19,14 @@ from __future__ import annotations
 
 import asyncio
 
-from slimserve.serve.app import HEADER_LENGTH, ServerState, infer_target, refusal, reply_infer
+from slimserve.serve.app import (
+    HEADER_LENGTH,
+    ServerState,
+    answer_error,
+    infer_target,
+    refusal,
+    reply_infer,
+)
 
 TESTED_UVICORN = ((0, 54), (0, 55))  # [from, to): versions whose internals it was run on
 # After shutdown begins, how long an idle keep-alive connection stays open for a request
@@ -54,6 +61,21 @@ class _Answering:
         self.waiting = False  # counted in ServerState.http_waiting
 
 
+def shed_answer(
+    state: ServerState, target: tuple[str, str | None]
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+    """The 503 answer for a request to a model whose queue is full, else None."""
+    try:
+        model = state.find(*target)
+    except LookupError:
+        return None
+    batcher = state.batchers[(model.name, model.version)]
+    if not batcher.full():
+        return None
+    state.observe(model.name, 503, 0.0, "http")
+    return answer_error(model, batcher.refusal())
+
+
 def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
     """The protocol class for ``uvicorn.Config(http=...)``, bound to the server's state."""
     import orjson
@@ -66,6 +88,7 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
         # when it was answered from its head (401, 413) and its body is to be skipped.
         infer_target: tuple[str, str | None] | None = None
         infer_refused = False
+        infer_shed: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
         infer_body: list[bytes]
         infer_size = 0
         infer_header_length: bytes | None = None
@@ -209,6 +232,9 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self.infer_header_length = fields.get(HEADER_LENGTH)
             self.infer_body = []
             self.infer_size = 0
+            # A full queue refuses from the head: no body parsed, the connection kept
+            # (under overload the refusals must cost less than the requests served).
+            self.infer_shed = shed_answer(state, target)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -225,7 +251,7 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             self._write(self.answering, status, orjson.dumps({"error": message}), [])
 
         def on_body(self, body: bytes) -> None:
-            if self.infer_refused:
+            if self.infer_refused or self.infer_shed is not None:
                 return
             if self.infer_target is None:
                 super().on_body(body)
@@ -249,6 +275,10 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
                 super().on_message_complete()
                 return
             self.infer_target = None
+            if self.infer_shed is not None:
+                answer, self.infer_shed = self.infer_shed, None
+                self._write(self.answering, *answer)
+                return
             body = self.infer_body[0] if len(self.infer_body) == 1 else b"".join(self.infer_body)
             self.infer_body = []
             answering = self.answering
