@@ -74,3 +74,65 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") <= 2 and "does not exist" in done.stderr
+
+
+def test_help_names_the_extras_with_their_brackets() -> None:
+    result = runner.invoke(app, ["optimize", "--help"], env={"COLUMNS": "200"})
+    assert "(extra [mlflow])" in result.output
+
+
+def test_report_keeps_every_file_of_the_artifact(tmp_path: Path) -> None:
+    """A torch-program artifact: re-rendering its report keeps model.pt2 (and a text
+    artifact's tokenizer), so the re-saved artifact still loads and serves."""
+    recipe = ss.parse_recipe(
+        {
+            "name": "digits-rt",
+            "model": {"example": "digits"},
+            "data": {"eval": {"example": "digits", "split": "test"}},
+            "steps": [],
+            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
+            "runtimes": {"candidates": ["torch"]},
+        }
+    )
+    artifact = ss.run_recipe(recipe, tmp_path).artifact
+    before = set(artifact.manifest.files)
+    assert "model.pt2" in before
+    result = runner.invoke(app, ["report", str(artifact.path)])
+    assert result.exit_code == 0, result.output
+    reloaded = ss.load_artifact(artifact.path)
+    assert before <= set(reloaded.manifest.files)
+    assert (artifact.path / "model.pt2").is_file()
+    ss.load_predictor(artifact.path)  # the program it serves is still there and verifies
+
+
+def test_check_measures_the_torch_program_an_artifact_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slimserve.runtime as runtime
+    from slimserve.check import Bounds, check_artifact
+    from slimserve.runtime import TorchPredictor
+
+    recipe = ss.parse_recipe(
+        {
+            "name": "digits-rt",
+            "model": {"example": "digits"},
+            "data": {"eval": {"example": "digits", "split": "test"}},
+            "steps": [],
+            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
+            "runtimes": {"candidates": ["torch"], "torch_dtype": "float32"},
+        }
+    )
+    artifact = ss.run_recipe(recipe, tmp_path).artifact
+    served: list[object] = []
+    real = runtime.load
+
+    def recording(source, threads=2, spinning=True):  # type: ignore[no-untyped-def]
+        predictor = real(source, threads, spinning)
+        served.append(predictor)
+        return predictor
+
+    monkeypatch.setattr(runtime, "load", recording)  # records; the real runtime runs
+    result = check_artifact(artifact.path, Bounds(repeats=3))
+    # The program (no example inputs: loaded from model.pt2) was measured, not model.onnx.
+    assert any(isinstance(p, TorchPredictor) and p.model.example_inputs is None for p in served)
+    assert result.candidate == pytest.approx(result.baseline, abs=1e-6)  # fp32 program

@@ -21,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help is plain text: as rich markup, "(extra [mlflow])" lost its "[mlflow]".
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -349,7 +351,7 @@ def report(
     path: Path = typer.Argument(..., help="An artifact folder, or a run folder of artifacts."),
 ) -> None:
     """Write report.md and a self-contained report.html (plots embedded) again."""
-    from slimserve.artifact import MANIFEST_FILE, load_artifact, save_artifact
+    from slimserve.artifact import MANIFEST_FILE, MODEL_FILE, load_artifact, save_artifact
     from slimserve.report import build_report
 
     folders = (
@@ -363,7 +365,15 @@ def report(
         )
     for folder in folders:
         artifact = load_artifact(folder)
-        save_artifact(folder, artifact.model, artifact.manifest, build_report(artifact.manifest))
+        # Every file the artifact has (tokenizer, torch program, ...) is saved again with
+        # the new report: save_artifact writes exactly the files it is given.
+        kept = {
+            name: (folder / name).read_bytes()
+            for name in artifact.manifest.files
+            if name != MODEL_FILE
+        }
+        report_files = build_report(artifact.manifest)
+        save_artifact(folder, artifact.model, artifact.manifest, {**kept, **report_files})
         console.print(f"Report: {folder / 'report.html'}", highlight=False)
 
 

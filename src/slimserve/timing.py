@@ -4,8 +4,9 @@ contention, ratios from paired rounds.
 A shared 2-core machine makes single timings worthless: another process can take half
 the CPU for a second and make one model look twice as slow. So:
 
-- in each *round* the candidates take turns call by call (rotating who goes first), so
-  drift hits all of them alike and each round pairs them;
+- in each *round* the candidates take turns in 5 ms chunks of calls (rotating who goes
+  first) until each has made its pass, so drift hits all of them alike and each round
+  pairs them;
 - around every round, the share of the machine's CPU that *other* processes took is
   read from /proc/stat (machine busy time minus this process's own, over the round's
   wall time): a round above ``CONTENDED`` is run again, up to ``RETRIES`` times, and if
@@ -27,7 +28,8 @@ import numpy as np
 CONTENDED = 0.25  # other processes' share of the machine's CPU that flags a pass
 RETRIES = 2  # extra tries of a contended pass before it is kept, flagged
 MIN_PASS_S = 0.05  # a pass lasts at least this long: /proc/stat counts in 10 ms ticks
-MIN_EFFECT = 0.03  # a ratio within 3 % of 1 is never called a difference on this machine
+CHUNK_S = 0.005  # the calls a candidate makes before the next one's turn in a round
+MIN_EFFECT = 0.05  # a ratio within 5 % of 1 is never called a difference on a shared machine
 # Sessions timed side by side do not spin: an ONNX Runtime pool that spins after its run
 # takes the CPU from the next session's run (two sessions of one model measured 0.6x-1.8x
 # each other per round with spinning, 0.99x-1.01x without). A batching server does not
@@ -97,33 +99,37 @@ class Timed:
 def run_rounds(
     calls: dict[str, Callable[[], object]], rounds: int, calls_per_pass: int, warmup: int
 ) -> dict[str, Timed]:
-    """Time every callable in ``rounds`` rounds. A round is one pass in which the
-    callables take turns call by call (rotating who goes first), ``calls_per_pass``
-    calls each or more, so the round lasts ``MIN_PASS_S`` for the CPU meter; a round
-    that other processes contended is run again, up to ``RETRIES`` times. The warm-up
-    lasts until times settle (at most 4x ``warmup`` calls)."""
+    """Time every callable in ``rounds`` rounds. In a round the callables take turns in
+    chunks of ``CHUNK_S`` (rotating who goes first) until each has made its pass:
+    ``calls_per_pass`` calls or more, so that the round lasts ``MIN_PASS_S`` per callable
+    for the CPU meter. A round that other processes contended is run again, up to
+    ``RETRIES`` times. Chunks, not single calls, take turns: a runtime whose threads spin
+    after a call (PyTorch's OpenMP) would slow the next one's call; chunks short enough
+    still pair the callables closely. The warm-up lasts until times settle."""
     names = list(calls)
-    one_call = 0.0
+    per_pass, chunk = {}, {}
     for name in names:
         _warm_up(calls[name], warmup)
         started = time.perf_counter()
         calls[name]()
-        one_call += max(time.perf_counter() - started, 1e-6)
-    per_pass = max(calls_per_pass, min(10_000, int(MIN_PASS_S / one_call) + 1))
+        one = max(time.perf_counter() - started, 1e-6)
+        per_pass[name] = max(calls_per_pass, min(10_000, int(MIN_PASS_S / one) + 1))
+        chunk[name] = max(1, min(per_pass[name], int(CHUNK_S / one)))
     meter = CpuMeter()
     samples: dict[str, list[float]] = {n: [] for n in names}
     medians: dict[str, list[float]] = {n: [] for n in names}
     shares: dict[str, list[float]] = {n: [] for n in names}
     for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
         for _attempt in range(RETRIES + 1):
             times: dict[str, list[float]] = {n: [] for n in names}
             meter.start()
-            for call_index in range(per_pass):
-                shift = (index + call_index) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    started = time.perf_counter()
-                    calls[name]()
-                    times[name].append(time.perf_counter() - started)
+            while any(len(times[n]) < per_pass[n] for n in names):
+                for name in order:
+                    for _ in range(min(chunk[name], per_pass[name] - len(times[name]))):
+                        started = time.perf_counter()
+                        calls[name]()
+                        times[name].append(time.perf_counter() - started)
             share = meter.share()
             if share <= CONTENDED:
                 break
