@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python benchmarks/quantize.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/serve.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/overload.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/text_memory.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/noise.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-static --update BENCHMARKS.md

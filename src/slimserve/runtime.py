@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -63,7 +63,20 @@ class OrtPredictor:
         feeds: dict[str, np.ndarray] = {
             k: np.ascontiguousarray(v, dtype=self._input_types[k]) for k, v in inputs.items()
         }
+        if sum(v.size for v in feeds.values()) > LARGE_RUN_ELEMENTS:
+            # ORT's arena keeps the peak of its largest run for good: after a run this
+            # large, hand what it grew back (one long-text burst would pin it otherwise).
+            outputs = list(self.session.run(None, feeds, self._shrink_arena()))
+            trim_memory()
+            return outputs
         return list(self.session.run(None, feeds))
+
+    def _shrink_arena(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
 
 
 def _folds_dequantize(model: OnnxModel) -> bool:
@@ -71,6 +84,20 @@ def _folds_dequantize(model: OnnxModel) -> bool:
 
     return any(p.key == FOLD_DEQUANTIZE and p.value == "1" for p in model.proto.metadata_props)
 
+
+def trim_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it in its arenas otherwise, and a
+    burst of long texts would leave a server's RSS high for good)."""
+    import contextlib
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+LARGE_RUN_ELEMENTS = 1 << 13  # input elements after which a run shrinks ORT's arena
 
 _ORT_TYPES: dict[str, type] = {
     "tensor(float)": np.float32,

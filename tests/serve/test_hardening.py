@@ -391,8 +391,7 @@ def test_health_answers_while_long_texts_are_tokenized(text_artifact: Path) -> N
         stop(server, thread)
     # The request took long (tokenizing, then the model), yet no probe waited for it.
     assert took > 0.3 and len(probes) > 3
-    print(f"text request {took:.2f} s, slowest probe {max(probes) * 1000:.1f} ms")
-    assert max(probes) < max(0.1, took / 3), (max(probes), took)
+    assert max(probes) < 0.1, (max(probes), took)  # the bound: < 100 ms
 
 
 # --- shutdown -------------------------------------------------------------------------

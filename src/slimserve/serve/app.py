@@ -277,6 +277,8 @@ def tokenize_request(
         raise ProtocolError(f"Input '{TEXT_INPUT}' holds bytes that are not UTF-8.") from None
     encoded = tokenize(model.text.tokenizer, texts, model.text.max_length)
     if size > LARGE_TEXT:
+        from slimserve.runtime import trim_memory
+
         trim_memory()
     return {k: v for k, v in encoded.items() if k in model.input_checks}
 
@@ -286,17 +288,6 @@ class TooLarge(ProtocolError):
 
 
 LARGE_TEXT = 1 << 20  # bytes of text after which freed memory is handed back to the OS
-
-
-def trim_memory() -> None:
-    """Give freed heap back to the OS (glibc keeps it in its arenas otherwise, and a
-    burst of long texts would leave the server's RSS gigabytes high for good)."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = None) -> Any:
