@@ -288,10 +288,12 @@ def render_markdown(manifest: Manifest, plots: dict[str, bytes] | None = None) -
         "",
         "## Stages",
         "",
-        "Every stage measured in the same run on the same data; timings interleaved, "
-        f"medians of {manifest.recipe.get('bench', {}).get('repeats', '?')} runs with "
-        f"{manifest.recipe.get('bench', {}).get('threads', '?')} threads; ratios against "
-        "the baseline.",
+        "Every stage measured in the same run on the same data; timings in interleaved "
+        f"rounds (about {manifest.recipe.get('bench', {}).get('repeats', '?')} runs each, "
+        f"{manifest.recipe.get('bench', {}).get('threads', '?')} threads), medians; a ratio "
+        "against the baseline is the median of per-round ratios, 'no measurable difference' "
+        "when the rounds disagree on its direction, 'contended' when other processes took "
+        "the CPU.",
         "",
         markdown_table(headers, rows),
         "",
