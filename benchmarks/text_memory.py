@@ -133,7 +133,8 @@ def main() -> None:
     if args.update:
         body = (
             "Command: `python benchmarks/text_memory.py --update BENCHMARKS.md` (run by `make "
-            f"bench`). CPU flags: {', '.join(sorted(cpu_features()))}. A 2-layer BERT text artifact served by `slimserve serve`; 40 requests "
+            f"bench`). CPU flags: {', '.join(sorted(cpu_features()))}. "
+            "A 2-layer BERT text artifact served by `slimserve serve`; 40 requests "
             "of 64 texts of ~15,000 characters (~1 M characters each), 8 at a time. The "
             "server hands memory back after large requests: `malloc_trim` after tokenizing "
             "over 1 MB of text, and after a model run of over 8,192 input elements, whose "
