@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import re
 import subprocess
 import sys
 import time
@@ -33,31 +32,13 @@ OUT = BENCH / "text-memory"
 
 
 def build() -> Path:
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     from slimserve.examples.minilm import english_sentences
+    from slimserve.examples.tiny_bert import build_tiny_bert
 
     artifact = OUT / "tiny-text"
     if (artifact / "manifest.json").is_file():
         return artifact
-    folder = OUT / "bert"
-    folder.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for s in english_sentences(600) for w in re.findall(r"[a-z]+", s.lower())})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *list("!\"'(),-.:;?_"), *words]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = build_tiny_bert(OUT / "bert")
     texts = OUT / "texts.txt"
     texts.write_text("\n".join(english_sentences(32)))
     recipe = {

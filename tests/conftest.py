@@ -15,7 +15,9 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 runs on torch here, n
 torch.set_num_threads(2)
 
 import slimserve as ss  # noqa: E402
+from slimserve.artifact import Manifest, SourceRecord  # noqa: E402
 from slimserve.examples.digits import load_split  # noqa: E402
+from slimserve.models.onnx import describe_io  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,26 +56,19 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT built from a config (random weights, no download) with a word-piece
     tokenizer over real English words, saved as Hugging Face saves models."""
     pytest.importorskip("transformers")
-    import re
+    from slimserve.examples.tiny_bert import build_tiny_bert
 
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
-    from slimserve.examples.minilm import english_sentences
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    words = sorted({w for s in english_sentences(600) for w in re.findall(r"[a-z]+", s.lower())})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *list("!\"'(),-.:;?_"), *words]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
+def manifest_for(model: ss.OnnxModel, runtime: str = "onnx") -> Manifest:
+    """A minimal manifest for the digits model saved as an artifact by hand."""
+    return Manifest(
+        name="digits",
+        created="2026-01-01T00:00:00+00:00",
+        slimserve_version=ss.__version__,
+        source=SourceRecord(spec={"example": "digits"}),
+        recipe={},
+        io=describe_io(model.proto),
+        runtime=runtime,  # type: ignore[arg-type]
     )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder

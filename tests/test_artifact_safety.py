@@ -23,25 +23,11 @@ from slimserve.artifact import (
     MODEL_FILE,
     PROGRAM_FILE,
     SIGNATURE_FILE,
-    Manifest,
-    SourceRecord,
     sha256_bytes,
 )
 from slimserve.errors import ArtifactError, ModelLoadError
-from slimserve.models.onnx import describe_io
 from slimserve.torch_program import export_program
-
-
-def manifest_for(model: ss.OnnxModel, runtime: str = "onnx") -> Manifest:
-    return Manifest(
-        name="digits",
-        created="2026-01-01T00:00:00+00:00",
-        slimserve_version=ss.__version__,
-        source=SourceRecord(spec={"example": "digits"}),
-        recipe={},
-        io=describe_io(model.proto),
-        runtime=runtime,  # type: ignore[arg-type]
-    )
+from tests.conftest import manifest_for
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +245,7 @@ KILLED_SAVE = """
 import os, sys
 import slimserve as ss
 from slimserve import artifact
-from tests.test_artifact_safety import manifest_for
+from tests.conftest import manifest_for
 from slimserve.models.onnx import load_onnx
 from pathlib import Path
 model = load_onnx(Path(sys.argv[1]))

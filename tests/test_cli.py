@@ -81,9 +81,8 @@ def test_help_names_the_extras_with_their_brackets() -> None:
     assert "(extra [mlflow])" in result.output
 
 
-def test_report_keeps_every_file_of_the_artifact(tmp_path: Path) -> None:
-    """A torch-program artifact: re-rendering its report keeps model.pt2 (and a text
-    artifact's tokenizer), so the re-saved artifact still loads and serves."""
+def torch_program_artifact(out: Path, torch_dtype: str) -> ss.Artifact:
+    """The digits model served as its torch program (no other step)."""
     recipe = ss.parse_recipe(
         {
             "name": "digits-rt",
@@ -91,10 +90,16 @@ def test_report_keeps_every_file_of_the_artifact(tmp_path: Path) -> None:
             "data": {"eval": {"example": "digits", "split": "test"}},
             "steps": [],
             "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
-            "runtimes": {"candidates": ["torch"]},
+            "runtimes": {"candidates": ["torch"], "torch_dtype": torch_dtype},
         }
     )
-    artifact = ss.run_recipe(recipe, tmp_path).artifact
+    return ss.run_recipe(recipe, out).artifact
+
+
+def test_report_keeps_every_file_of_the_artifact(tmp_path: Path) -> None:
+    """A torch-program artifact: re-rendering its report keeps model.pt2 (and a text
+    artifact's tokenizer), so the re-saved artifact still loads and serves."""
+    artifact = torch_program_artifact(tmp_path, "auto")
     before = set(artifact.manifest.files)
     assert "model.pt2" in before
     result = runner.invoke(app, ["report", str(artifact.path)])
@@ -112,17 +117,7 @@ def test_check_measures_the_torch_program_an_artifact_serves(
     from slimserve.check import Bounds, check_artifact
     from slimserve.runtime import TorchPredictor
 
-    recipe = ss.parse_recipe(
-        {
-            "name": "digits-rt",
-            "model": {"example": "digits"},
-            "data": {"eval": {"example": "digits", "split": "test"}},
-            "steps": [],
-            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
-            "runtimes": {"candidates": ["torch"], "torch_dtype": "float32"},
-        }
-    )
-    artifact = ss.run_recipe(recipe, tmp_path).artifact
+    artifact = torch_program_artifact(tmp_path, "float32")
     served: list[object] = []
     real = runtime.load
 

@@ -14,24 +14,15 @@ import pytest
 pytest.importorskip("fastapi")
 
 import slimserve as ss
-from slimserve.artifact import Manifest, SourceRecord
-from slimserve.models.onnx import describe_io
 from slimserve.serve.app import ServeConfig
 from slimserve.serve.server import bound_port, build_server
+from tests.conftest import manifest_for
 
 
 @pytest.fixture(scope="session")
 def served_artifact(tmp_path_factory: pytest.TempPathFactory, digits_onnx: ss.OnnxModel) -> Path:
     folder = tmp_path_factory.mktemp("repo") / "digits"
-    manifest = Manifest(
-        name="digits",
-        created="2026-01-01T00:00:00+00:00",
-        slimserve_version=ss.__version__,
-        source=SourceRecord(spec={"example": "digits"}),
-        recipe={},
-        io=describe_io(digits_onnx.proto),
-    )
-    ss.save_artifact(folder, digits_onnx, manifest)
+    ss.save_artifact(folder, digits_onnx, manifest_for(digits_onnx))
     return folder
 
 
