@@ -20,7 +20,7 @@ from _record import update
 
 import slimserve as ss
 from slimserve.cli import print_stages
-from slimserve.report import markdown_table, stage_table
+from slimserve.measure.report import markdown_table, stage_table
 
 
 def main() -> None:

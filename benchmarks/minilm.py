@@ -21,7 +21,7 @@ from _record import update
 
 import slimserve as ss
 from slimserve.examples.minilm_anchors import HEADERS, compare
-from slimserve.report import markdown_table
+from slimserve.measure.report import markdown_table
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ from _record import update
 
 import slimserve as ss
 from serve import ARTIFACT, BIN
-from slimserve.bench import bench_interleaved
-from slimserve.check import Bounds, check_artifact
-from slimserve.cpu import cpu_features
+from slimserve.core.cpu import cpu_features
+from slimserve.core.specs import DataSpec
 from slimserve.data import load_data
-from slimserve.recipe import DataSpec
-from slimserve.report import markdown_table
+from slimserve.measure.bench import bench_interleaved
+from slimserve.measure.check import Bounds, check_artifact
+from slimserve.measure.report import markdown_table
 
 EXPLAINED = (
     "Each run loads fresh sessions (the check's PyTorch baseline and ONNX Runtime "

@@ -30,8 +30,8 @@ from _record import update
 
 import slimserve as ss
 from serve import ARTIFACT, BIN, WIDE_MLP, free_port, median, wait_ready, wide_mlp
-from slimserve.cpu import cpu_features
-from slimserve.report import markdown_table
+from slimserve.core.cpu import cpu_features
+from slimserve.measure.report import markdown_table
 
 EXPLAINED = (
     "Where the model's run is most of a request's cost (the wide MLP), the default queue "

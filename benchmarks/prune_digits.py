@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _record import update
 
 import slimserve as ss
-from slimserve.bench import bench_interleaved, model_size
-from slimserve.context import StepLog
+from slimserve.core.context import StepLog
+from slimserve.core.specs import DataSpec
 from slimserve.data import load_data
-from slimserve.evaluate import evaluate
-from slimserve.recipe import DataSpec
-from slimserve.report import human_bytes, markdown_table
+from slimserve.measure.bench import bench_interleaved
+from slimserve.measure.evaluate import evaluate
+from slimserve.measure.report import human_bytes, markdown_table
+from slimserve.measure.summary import model_size
 
 STEPS_PER_EPOCH = 22  # 1,347 training images in batches of 64
 

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _record import update
 
 import slimserve as ss
-from slimserve.bench import bench_interleaved
+from slimserve.core.specs import DataSpec
 from slimserve.data import load_data
-from slimserve.recipe import DataSpec
-from slimserve.report import markdown_table
+from slimserve.measure.bench import bench_interleaved
+from slimserve.measure.report import markdown_table
 
 ARTIFACT = Path("runs/demo/digits-cnn")
 BENCH = Path("runs/bench")

@@ -25,8 +25,8 @@ from _record import update
 
 import slimserve as ss
 from serve import BENCH, BIN, free_port, wait_ready
-from slimserve.cpu import cpu_features
-from slimserve.report import markdown_table
+from slimserve.core.cpu import cpu_features
+from slimserve.measure.report import markdown_table
 
 OUT = BENCH / "text-memory"
 

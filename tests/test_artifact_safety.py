@@ -25,8 +25,8 @@ from slimserve.artifact import (
     SIGNATURE_FILE,
     sha256_bytes,
 )
-from slimserve.errors import ArtifactError, ModelLoadError
-from slimserve.torch_program import export_program
+from slimserve.core.errors import ArtifactError, ModelLoadError
+from slimserve.techniques.torch_program import export_program
 from tests.conftest import manifest_for
 
 

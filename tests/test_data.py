@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import slimserve as ss
-from slimserve.recipe import DataSpec
+from slimserve.core.specs import DataSpec
 
 
 def test_example_split_and_samples() -> None:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 import slimserve as ss
-from slimserve.pipeline import plan_steps
+from slimserve.recipe import plan_steps
 
 EXAMPLES = sorted(Path(str(files("slimserve.examples"))).glob("*.yaml"))
 MINIMAL = {"name": "t", "model": {"example": "digits"}}

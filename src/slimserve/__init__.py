@@ -7,11 +7,12 @@ result = ss.run_recipe(recipe, "runs/")
 
 import typing as _typing
 
+from slimserve.core.version import __version__
+
 if _typing.TYPE_CHECKING:
     from slimserve.artifact import Artifact, Manifest, load_artifact, save_artifact
-    from slimserve.context import Context
-    from slimserve.data import Dataset, load_data
-    from slimserve.errors import (
+    from slimserve.core.context import Context
+    from slimserve.core.errors import (
         ArtifactError,
         DataError,
         ExportError,
@@ -20,78 +21,88 @@ if _typing.TYPE_CHECKING:
         RecipeError,
         SlimserveError,
     )
-    from slimserve.finetune import FinetuneConfig
-    from slimserve.models import OnnxModel, TorchModel, load
-    from slimserve.models.export import ExportConfig, check_parity, export_onnx
+    from slimserve.data import Dataset, load_data
+    from slimserve.loading import load
+    from slimserve.measure.summary import summarize
+    from slimserve.models import OnnxModel, TorchModel
     from slimserve.pipeline import RunResult, run_recipe
-    from slimserve.prune.api import (
+    from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
+    from slimserve.runtime import Predictor
+    from slimserve.runtime import load as load_predictor
+    from slimserve.techniques.export import ExportConfig, check_parity, export_onnx
+    from slimserve.techniques.finetune import FinetuneConfig
+    from slimserve.techniques.prune.api import (
         get_pruner,
         prune_low_magnitude,
         strip_pruning,
         update_pruning_step,
     )
-    from slimserve.prune.masks import Pruner
-    from slimserve.prune.schedules import ConstantSparsity, PolynomialDecay
-    from slimserve.prune.train import PruneConfig
-    from slimserve.quantize.ort import CalibrationConfig, QuantizeConfig, quantize, quantize_onnx
-    from slimserve.quantize.qat import QATConfig
-    from slimserve.quantize.torch_dynamic import quantize_dynamic_torch
-    from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
-    from slimserve.runtime import Predictor
-    from slimserve.runtime import load as load_predictor
-    from slimserve.summary import summarize
+    from slimserve.techniques.prune.masks import Pruner
+    from slimserve.techniques.prune.schedules import ConstantSparsity, PolynomialDecay
+    from slimserve.techniques.prune.train import PruneConfig
+    from slimserve.techniques.quantize.ort import (
+        CalibrationConfig,
+        QuantizeConfig,
+        quantize,
+        quantize_onnx,
+    )
+    from slimserve.techniques.quantize.qat import QATConfig
+    from slimserve.techniques.quantize.torch_dynamic import quantize_dynamic_torch
 
 _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "Artifact": ("slimserve.artifact", "Artifact"),
     "Manifest": ("slimserve.artifact", "Manifest"),
     "load_artifact": ("slimserve.artifact", "load_artifact"),
     "save_artifact": ("slimserve.artifact", "save_artifact"),
-    "Context": ("slimserve.context", "Context"),
+    "Context": ("slimserve.core.context", "Context"),
     "Dataset": ("slimserve.data", "Dataset"),
     "load_data": ("slimserve.data", "load_data"),
-    "ArtifactError": ("slimserve.errors", "ArtifactError"),
-    "DataError": ("slimserve.errors", "DataError"),
-    "ExportError": ("slimserve.errors", "ExportError"),
-    "MissingExtraError": ("slimserve.errors", "MissingExtraError"),
-    "ModelLoadError": ("slimserve.errors", "ModelLoadError"),
-    "RecipeError": ("slimserve.errors", "RecipeError"),
-    "SlimserveError": ("slimserve.errors", "SlimserveError"),
-    "FinetuneConfig": ("slimserve.finetune", "FinetuneConfig"),
+    "ArtifactError": ("slimserve.core.errors", "ArtifactError"),
+    "DataError": ("slimserve.core.errors", "DataError"),
+    "ExportError": ("slimserve.core.errors", "ExportError"),
+    "MissingExtraError": ("slimserve.core.errors", "MissingExtraError"),
+    "ModelLoadError": ("slimserve.core.errors", "ModelLoadError"),
+    "RecipeError": ("slimserve.core.errors", "RecipeError"),
+    "SlimserveError": ("slimserve.core.errors", "SlimserveError"),
+    "FinetuneConfig": ("slimserve.techniques.finetune", "FinetuneConfig"),
     "OnnxModel": ("slimserve.models", "OnnxModel"),
     "TorchModel": ("slimserve.models", "TorchModel"),
-    "load": ("slimserve.models", "load"),
-    "ExportConfig": ("slimserve.models.export", "ExportConfig"),
-    "check_parity": ("slimserve.models.export", "check_parity"),
-    "export_onnx": ("slimserve.models.export", "export_onnx"),
+    "load": ("slimserve.loading", "load"),
+    "ExportConfig": ("slimserve.techniques.export", "ExportConfig"),
+    "check_parity": ("slimserve.techniques.export", "check_parity"),
+    "export_onnx": ("slimserve.techniques.export", "export_onnx"),
     "RunResult": ("slimserve.pipeline", "RunResult"),
     "run_recipe": ("slimserve.pipeline", "run_recipe"),
-    "get_pruner": ("slimserve.prune.api", "get_pruner"),
-    "prune_low_magnitude": ("slimserve.prune.api", "prune_low_magnitude"),
-    "strip_pruning": ("slimserve.prune.api", "strip_pruning"),
-    "update_pruning_step": ("slimserve.prune.api", "update_pruning_step"),
-    "Pruner": ("slimserve.prune.masks", "Pruner"),
-    "ConstantSparsity": ("slimserve.prune.schedules", "ConstantSparsity"),
-    "PolynomialDecay": ("slimserve.prune.schedules", "PolynomialDecay"),
-    "PruneConfig": ("slimserve.prune.train", "PruneConfig"),
-    "CalibrationConfig": ("slimserve.quantize.ort", "CalibrationConfig"),
-    "QuantizeConfig": ("slimserve.quantize.ort", "QuantizeConfig"),
-    "quantize": ("slimserve.quantize.ort", "quantize"),
-    "quantize_onnx": ("slimserve.quantize.ort", "quantize_onnx"),
-    "QATConfig": ("slimserve.quantize.qat", "QATConfig"),
-    "quantize_dynamic_torch": ("slimserve.quantize.torch_dynamic", "quantize_dynamic_torch"),
+    "get_pruner": ("slimserve.techniques.prune.api", "get_pruner"),
+    "prune_low_magnitude": ("slimserve.techniques.prune.api", "prune_low_magnitude"),
+    "strip_pruning": ("slimserve.techniques.prune.api", "strip_pruning"),
+    "update_pruning_step": ("slimserve.techniques.prune.api", "update_pruning_step"),
+    "Pruner": ("slimserve.techniques.prune.masks", "Pruner"),
+    "ConstantSparsity": ("slimserve.techniques.prune.schedules", "ConstantSparsity"),
+    "PolynomialDecay": ("slimserve.techniques.prune.schedules", "PolynomialDecay"),
+    "PruneConfig": ("slimserve.techniques.prune.train", "PruneConfig"),
+    "CalibrationConfig": ("slimserve.techniques.quantize.ort", "CalibrationConfig"),
+    "QuantizeConfig": ("slimserve.techniques.quantize.ort", "QuantizeConfig"),
+    "quantize": ("slimserve.techniques.quantize.ort", "quantize"),
+    "quantize_onnx": ("slimserve.techniques.quantize.ort", "quantize_onnx"),
+    "QATConfig": ("slimserve.techniques.quantize.qat", "QATConfig"),
+    "quantize_dynamic_torch": (
+        "slimserve.techniques.quantize.torch_dynamic",
+        "quantize_dynamic_torch",
+    ),
     "STEPS": ("slimserve.recipe", "STEPS"),
     "Recipe": ("slimserve.recipe", "Recipe"),
     "load_recipe": ("slimserve.recipe", "load_recipe"),
     "parse_recipe": ("slimserve.recipe", "parse_recipe"),
     "Predictor": ("slimserve.runtime", "Predictor"),
     "load_predictor": ("slimserve.runtime", "load"),
-    "summarize": ("slimserve.summary", "summarize"),
+    "summarize": ("slimserve.measure.summary", "summarize"),
 }
 
 
 # ``quantize`` is also the name of a subpackage, which Python sets on this module once
-# imported, so it cannot be lazy; slimserve.quantize.ort imports no torch at its top.
-from slimserve.quantize.ort import quantize  # noqa: E402
+# imported, so it cannot be lazy; slimserve.techniques.quantize.ort imports no torch at its top.
+from slimserve.techniques.quantize.ort import quantize  # noqa: E402
 
 del _LAZY["quantize"]
 
@@ -109,7 +120,6 @@ def __getattr__(name: str) -> _typing.Any:
     return value
 
 
-__version__ = "0.1.0"
 
 __all__ = [
     "STEPS",

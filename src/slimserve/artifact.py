@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slimserve.errors import ArtifactError
+from slimserve.core.errors import ArtifactError
 from slimserve.models.onnx import OnnxModel
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -83,7 +83,7 @@ class Manifest(_Record):
     # What serves the artifact: model.onnx in ONNX Runtime, or the torch program model.pt2.
     runtime: Literal["onnx", "torch"] = "onnx"
     # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
-    # features (slimserve.cpu) of the machine it was verified and timed on.
+    # features (slimserve.core.cpu) of the machine it was verified and timed on.
     precision: str | None = None
     cpu_features: list[str] = Field(default_factory=list)
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimserve.errors import DataError
+from slimserve.core.errors import DataError
 
 if TYPE_CHECKING:
-    from slimserve.recipe import DataSpec
+    from slimserve.core.specs import DataSpec
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _npz(path: Path, inputs: list[str] | None, labels: str | None) -> Dataset:
 
 
 def _python(spec: str, split: str | None) -> Dataset:
-    from slimserve.models.torch import resolve_callable
+    from slimserve.core.callables import resolve_callable
 
     try:
         fn = resolve_callable(spec)
@@ -175,7 +175,7 @@ def parse_data_spec(text: str) -> DataSpec:
     """A data spec from the command line: ``example:digits[:split]``,
     ``example:english[:split]``, ``npz:PATH`` (or a path ending in .npz), ``text:FILE``,
     ``python:pkg.module:function[:split]``."""
-    from slimserve.recipe import DataSpec
+    from slimserve.core.specs import DataSpec
 
     kind, _, rest = text.partition(":")
     if text.endswith(".npz") and kind != "npz":

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from slimserve.context import Context, StepLog
-from slimserve.errors import DataError, RecipeError
+from slimserve.core.context import Context, StepLog
+from slimserve.core.errors import DataError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,56 +23,6 @@ if TYPE_CHECKING:
     from slimserve.data import Dataset
     from slimserve.models import Model
     from slimserve.recipe import Recipe
-
-ORDER_ADVICE = (
-    "The right order is prune -> fine-tune -> quantize: pruning and fine-tuning in float "
-    "let training recover what pruning costs, and quantization then calibrates the final "
-    "weights. Move this step before the quantization/export step."
-)
-
-
-TRAINS_IN_TORCH = ("prune", "qat")
-
-
-def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
-    """Check each step accepts what the previous produces; insert ``export`` where needed."""
-    from slimserve.models.export import ExportConfig
-
-    if source_format == "keras":
-        for index, step in enumerate(steps):
-            if step.name in TRAINS_IN_TORCH:
-                raise RecipeError(
-                    f"steps[{index}] '{step.name}' trains the model with PyTorch's training "
-                    "loop, which a Keras model in a recipe cannot take. Prune a Keras model "
-                    "in Python with slimserve.keras (prune_low_magnitude, model.fit with "
-                    "UpdatePruningStep, strip_pruning; see docs/keras.md), save it with "
-                    "model.save('model.keras') and give that file here: the recipe then "
-                    "exports, quantizes and measures it."
-                )
-        source_format = "torch"
-    fmt = source_format
-    planned: list[Any] = []
-    for index, step in enumerate(steps):
-        if fmt not in step.accepts:
-            if fmt == "torch" and "onnx" in step.accepts:
-                planned.append(ExportConfig())
-                fmt = "onnx"
-            else:
-                turned = next((s.name for s in reversed(planned) if s.produces == fmt), None)
-                because = (
-                    f"step '{turned}' before it already made an ONNX model"
-                    if turned
-                    else "the source model is ONNX"
-                )
-                raise RecipeError(
-                    f"steps[{index}] '{step.name}' needs a {'/'.join(step.accepts)} model, "
-                    f"but {because}. {ORDER_ADVICE if turned else ''}".rstrip()
-                )
-        planned.append(step)
-        fmt = step.produces
-    if fmt == "torch":
-        planned.append(ExportConfig())
-    return tuple(planned)
 
 
 @dataclass
@@ -106,15 +56,16 @@ class RunResult:
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> RunResult:
     """Run every step of ``recipe`` and save the artifact to ``out_dir/<recipe.name>``."""
-    from slimserve import __version__
     from slimserve.artifact import Manifest, SourceRecord, StepRecord, save_artifact
-    from slimserve.bench import model_bytes
-    from slimserve.cpu import cpu_features
+    from slimserve.core.cpu import cpu_features
+    from slimserve.core.version import __version__
+    from slimserve.loading import load as load_model
+    from slimserve.measure.report import build_report
+    from slimserve.measure.summary import model_bytes
     from slimserve.models import OnnxModel
-    from slimserve.models import load as load_model
     from slimserve.models.onnx import describe_io
     from slimserve.models.onnx import precision as onnx_precision
-    from slimserve.report import build_report
+    from slimserve.recipe import plan_steps
 
     out = Path(out_dir)
     steps = plan_steps(recipe.steps, recipe.model.format)
@@ -261,7 +212,7 @@ def _stage_name(step: Any, taken: list[str]) -> str:
 def recipe_data(recipe: Recipe) -> dict[str, Dataset]:
     """The recipe's data splits; text is tokenized with the recipe's model's tokenizer."""
     from slimserve.data import load_data
-    from slimserve.models import tokenizer_folder
+    from slimserve.loading import tokenizer_folder
 
     specs = {
         split: spec
@@ -294,8 +245,7 @@ def _eval_split(data: dict[str, Dataset], model: Model) -> Dataset | None:
 
 
 def _outputs(model: Model, data: Dataset, threads: int) -> np.ndarray:
-    from slimserve.evaluate import predict_all
-    from slimserve.runtime import load
+    from slimserve.runtime import load, predict_all
 
     return predict_all(load(model, threads), data)
 
@@ -305,7 +255,7 @@ def _quality(
 ) -> dict[str, float]:
     if data is None:
         return {}
-    from slimserve.evaluate import evaluate
+    from slimserve.measure.evaluate import evaluate
     from slimserve.runtime import load
 
     try:
@@ -320,9 +270,10 @@ def _quality(
 
 
 def _bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> None:
-    from slimserve.bench import bench_interleaved, model_size
+    from slimserve.measure.bench import bench_interleaved
+    from slimserve.measure.summary import model_size
+    from slimserve.measure.timing import TIMED_SPINNING
     from slimserve.runtime import load
-    from slimserve.timing import TIMED_SPINNING
 
     for stage in stages:
         stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
@@ -347,9 +298,9 @@ def _torch_program(
     notes: list[str],
 ) -> tuple[Stage, bytes] | None:
     """The last PyTorch stage as a ``torch.export`` program: a stage timed with the rest."""
-    from slimserve.errors import ExportError
+    from slimserve.core.errors import ExportError
     from slimserve.models import TorchModel
-    from slimserve.torch_program import export_program, resolve_dtype
+    from slimserve.techniques.torch_program import export_program, resolve_dtype
 
     source = next((s.model for s in reversed(stages) if isinstance(s.model, TorchModel)), None)
     if source is None:

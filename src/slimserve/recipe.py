@@ -14,22 +14,19 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_serializer,
-    field_validator,
-    model_validator,
 )
 
-from slimserve.errors import RecipeError
-from slimserve.fuse import FuseConfig
-from slimserve.models.export import ExportConfig
-from slimserve.prune.train import PruneConfig
-from slimserve.quantize.ort import QuantizeConfig
-from slimserve.quantize.qat import QATConfig
-from slimserve.torch_program import RuntimeChoice
+from slimserve.core.errors import RecipeError
+from slimserve.core.specs import DataSpec, Frozen, ModelSpec
+from slimserve.techniques.export import ExportConfig
+from slimserve.techniques.fuse import FuseConfig
+from slimserve.techniques.prune.train import PruneConfig
+from slimserve.techniques.quantize.ort import QuantizeConfig
+from slimserve.techniques.quantize.qat import QATConfig
+from slimserve.techniques.torch_program import RuntimeChoice
 
 STEPS: dict[str, type[BaseModel]] = {
     "prune": PruneConfig,
@@ -40,119 +37,59 @@ STEPS: dict[str, type[BaseModel]] = {
 }
 """Recipe key -> technique config. Adding a technique = one module + one entry here."""
 
+ORDER_ADVICE = (
+    "The right order is prune -> fine-tune -> quantize: pruning and fine-tuning in float "
+    "let training recover what pruning costs, and quantization then calibrates the final "
+    "weights. Move this step before the quantization/export step."
+)
+
+
+TRAINS_IN_TORCH = ("prune", "qat")
+
+
+def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
+    """Check each step accepts what the previous produces; insert ``export`` where needed."""
+    if source_format == "keras":
+        for index, step in enumerate(steps):
+            if step.name in TRAINS_IN_TORCH:
+                raise RecipeError(
+                    f"steps[{index}] '{step.name}' trains the model with PyTorch's training "
+                    "loop, which a Keras model in a recipe cannot take. Prune a Keras model "
+                    "in Python with slimserve.keras (prune_low_magnitude, model.fit with "
+                    "UpdatePruningStep, strip_pruning; see docs/keras.md), save it with "
+                    "model.save('model.keras') and give that file here: the recipe then "
+                    "exports, quantizes and measures it."
+                )
+        source_format = "torch"
+    fmt = source_format
+    planned: list[Any] = []
+    for index, step in enumerate(steps):
+        if fmt not in step.accepts:
+            if fmt == "torch" and "onnx" in step.accepts:
+                planned.append(ExportConfig())
+                fmt = "onnx"
+            else:
+                turned = next((s.name for s in reversed(planned) if s.produces == fmt), None)
+                because = (
+                    f"step '{turned}' before it already made an ONNX model"
+                    if turned
+                    else "the source model is ONNX"
+                )
+                raise RecipeError(
+                    f"steps[{index}] '{step.name}' needs a {'/'.join(step.accepts)} model, "
+                    f"but {because}. {ORDER_ADVICE if turned else ''}".rstrip()
+                )
+        planned.append(step)
+        fmt = step.produces
+    if fmt == "torch":
+        planned.append(ExportConfig())
+    return tuple(planned)
+
+
 RECIPE_SCHEMA_VERSION = 1
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
-    """Relative paths in a recipe are relative to the recipe file's folder."""
-    base = (info.context or {}).get("base") if info.context else None
-    if path is None or path.is_absolute() or base is None:
-        return path
-    return (Path(base) / path).resolve()
-
-
-class ModelSpec(_Frozen):
-    """Where the model comes from: exactly one of example, path, python, hf, keras."""
-
-    example: str | None = Field(
-        None, description="A bundled example model: 'digits' (CNN) or 'minilm' (text encoder)."
-    )
-    path: Path | None = Field(
-        None, description="An .onnx, TorchScript .pt, torch.export .pt2 or Keras .keras file."
-    )
-    hf: Path | None = Field(
-        None, description="A local Hugging Face model folder (save_pretrained); never a hub id."
-    )
-    keras: Path | None = Field(
-        None,
-        description="A Keras 3 .keras file (loaded with safe mode on, run on Keras' torch "
-        "backend; needs the [keras] extra).",
-    )
-    task: Literal["feature-extraction", "sequence-classification"] = Field(
-        "feature-extraction",
-        description="hf: embeddings (mean pooling + L2 norm) or classification logits.",
-    )
-    python: str | None = Field(
-        None, description="A 'pkg.module:function' factory returning (module, inputs)."
-    )
-    weights: Path | None = Field(
-        None, description="A .safetensors (or weights-only .pt) state dict for 'python'."
-    )
-
-    _resolve_paths = field_validator("path", "weights", "hf", "keras")(_resolve)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSpec:
-        sources = ("example", "path", "python", "hf", "keras")
-        given = [k for k in sources if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of example, path, python, hf, keras "
-                f"(got {', '.join(given) if given else 'none'})"
-            )
-        if self.weights is not None and self.python is None and self.example is None:
-            raise ValueError("'weights' goes with a 'python' factory model")
-        return self
-
-    @property
-    def format(self) -> str:
-        """The format the model loads as, known before loading it."""
-        if self.path is not None and self.path.suffix.lower() == ".onnx":
-            return "onnx"
-        if self.path is not None and self.path.is_dir():
-            return "onnx"  # an artifact folder serves its model.onnx
-        if self.keras is not None or (self.path is not None and self.path.suffix == ".keras"):
-            return "keras"  # loads as a torch model, but cannot take torch training steps
-        return "torch"
-
-
-class DataSpec(_Frozen):
-    """One data split: exactly one of example, npz, python, text."""
-
-    example: str | None = Field(
-        None,
-        description="A bundled example dataset: 'digits' (images), 'english' (sentences "
-        "from Python's docs; splits train, calibration, eval).",
-    )
-    npz: Path | None = Field(None, description="A .npz file with input arrays and labels.")
-    python: str | None = Field(
-        None, description="A 'pkg.module:function' returning (inputs, labels)."
-    )
-    text: Path | None = Field(
-        None, description="A UTF-8 text file, one example per line, for text models."
-    )
-    tokenizer: Path | None = Field(
-        None, description="text/english: tokenizer folder (default: the recipe's hf model)."
-    )
-    max_length: int = Field(128, ge=2, description="text/english: longest token sequence.")
-    split: str | None = Field(None, description="Split name passed to example/python sources.")
-    samples: int | None = Field(None, ge=1, description="Use only the first N samples.")
-    inputs: list[str] | None = Field(None, description="npz: arrays that are model inputs.")
-    labels: str | None = Field(None, description="npz: the array of labels (default 'labels').")
-
-    _resolve_paths = field_validator("npz", "text", "tokenizer")(_resolve)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataSpec:
-        given = [k for k in ("example", "npz", "python", "text") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of example, npz, python, text "
-                f"(got {', '.join(given) if given else 'none'})"
-            )
-        return self
-
-    @property
-    def is_text(self) -> bool:
-        """Text to tokenize (needs a tokenizer)."""
-        return self.text is not None or self.example == "english"
-
-
-class DataConfig(_Frozen):
+class DataConfig(Frozen):
     """The data splits a recipe uses; each is optional."""
 
     train: DataSpec | None = Field(None, description="Training data (fine-tuning, QAT).")
@@ -160,7 +97,7 @@ class DataConfig(_Frozen):
     eval: DataSpec | None = Field(None, description="Evaluation data for every stage.")
 
 
-class Goal(_Frozen):
+class Goal(Frozen):
     """The quality bound the final model is checked against."""
 
     metric: Literal["accuracy", "cosine_mean", "top1_agreement"] = Field(
@@ -169,7 +106,7 @@ class Goal(_Frozen):
     max_drop: float = Field(0.01, ge=0, le=1, description="Largest allowed drop vs baseline.")
 
 
-class BenchConfig(_Frozen):
+class BenchConfig(Frozen):
     """How every stage is timed (interleaved, medians)."""
 
     batch_sizes: tuple[int, ...] = Field((1, 32), description="Batch sizes to time.")
@@ -178,7 +115,7 @@ class BenchConfig(_Frozen):
     repeats: int = Field(50, ge=3, description="Timed runs per model and batch size.")
 
 
-class Recipe(_Frozen):
+class Recipe(Frozen):
     """A declared pipeline: model, data, steps in order, goal and bench settings."""
 
     schema_version: Literal[1] = Field(1, description="Recipe format version.")
@@ -254,8 +191,6 @@ def parse_recipe(raw: Any, base: Path | None = None, source: str = "recipe") -> 
             "PyTorch model."
         )
     recipe = recipe.model_copy(update={"steps": tuple(steps)})
-    from slimserve.pipeline import plan_steps
-
     plan_steps(recipe.steps, recipe.model.format)
     return recipe
 

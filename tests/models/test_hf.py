@@ -15,14 +15,14 @@ import torch
 pytest.importorskip("transformers")
 
 import slimserve as ss
-from slimserve.context import Context
+from slimserve.core.context import Context
+from slimserve.core.errors import DataError, MissingExtraError, ModelLoadError
+from slimserve.core.specs import DataSpec
 from slimserve.data import Dataset, load_data
-from slimserve.errors import DataError, MissingExtraError, ModelLoadError
-from slimserve.fuse import FuseConfig, op_counts
-from slimserve.models.export import ExportConfig
 from slimserve.models.hf import load_hf, load_tokenizer, tokenize
-from slimserve.recipe import DataSpec
 from slimserve.runtime import OrtPredictor
+from slimserve.techniques.export import ExportConfig
+from slimserve.techniques.fuse import FuseConfig, op_counts
 
 TEXTS = [
     "The server answers every request.",

@@ -14,7 +14,7 @@ from slimserve.models.keras import import_keras
 keras = import_keras()
 
 import slimserve as ss  # noqa: E402
-from slimserve.errors import ModelLoadError, RecipeError  # noqa: E402
+from slimserve.core.errors import ModelLoadError, RecipeError  # noqa: E402
 from slimserve.models.keras import load_keras  # noqa: E402
 
 

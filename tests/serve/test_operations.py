@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from slimserve.cli import app
-from slimserve.errors import SlimserveError
+from slimserve.core.errors import SlimserveError
 from slimserve.serve.loadtest import check_target, load_test
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from slimserve.errors import require
+from slimserve.core.errors import require
 
 
 def model_folder() -> Path:

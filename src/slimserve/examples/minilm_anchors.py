@@ -12,17 +12,18 @@ mean/min and top-5 neighbour agreement (each sentence's 5 nearest others).
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from itertools import cycle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from slimserve.evaluate import fidelity
+from slimserve.core.metrics import fidelity
+from slimserve.measure.timing import run_rounds
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 HEADERS = [
@@ -81,22 +82,23 @@ def predictor_runner(predictor: Any, size: int) -> tuple[Run, int]:
 
 def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
     """The four anchors, built as a user would (export, fuse, quantize for the ORT ones)."""
-    import slimserve as ss
-    from slimserve.context import Context
-    from slimserve.data import english_split
+    from slimserve.core.context import Context
+    from slimserve.core.specs import ModelSpec
+    from slimserve.data import Dataset, english_split
     from slimserve.examples.minilm import model_folder
-    from slimserve.fuse import FuseConfig
-    from slimserve.models.export import ExportConfig
+    from slimserve.loading import load
     from slimserve.models.hf import load_tokenizer, tokenize
-    from slimserve.quantize.ort import QuantizeConfig, quantize_onnx
-    from slimserve.recipe import ModelSpec
+    from slimserve.models.torch import TorchModel
     from slimserve.runtime import OrtPredictor
+    from slimserve.techniques.export import ExportConfig
+    from slimserve.techniques.fuse import FuseConfig
+    from slimserve.techniques.quantize.ort import QuantizeConfig, quantize_onnx
 
     tokenizer = load_tokenizer(model_folder())
-    hf_model = ss.load(ModelSpec(example="minilm"))
-    assert isinstance(hf_model, ss.TorchModel)
+    hf_model = load(ModelSpec(example="minilm"))
+    assert isinstance(hf_model, TorchModel)
     plain = ExportConfig().apply(hf_model, Context())
-    calibration = ss.Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
+    calibration = Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
     fused = FuseConfig().apply(plain, Context(data={"calibration": calibration}))
     int8 = quantize_onnx(fused, QuantizeConfig(mode="dynamic", per_channel=True))
     return {
@@ -115,10 +117,11 @@ def compare(
     artifact: Path, rounds: int = 3, threads: int = 2, log: Callable[[str], None] = print
 ) -> Comparison:
     """Time and score the anchors and ``artifact`` (served as its manifest says) together."""
-    import slimserve as ss
+    from slimserve.artifact import load_artifact
     from slimserve.data import english_split
     from slimserve.examples.minilm import model_folder
     from slimserve.models.hf import load_tokenizer, tokenize
+    from slimserve.runtime import load as load_predictor
 
     torch.set_num_threads(threads)
     sentences = english_split("eval")
@@ -146,46 +149,46 @@ def compare(
 
     log("Building the anchors (export, fuse, quantize)...")
     candidates = anchors(threads)
-    loaded = ss.load_artifact(artifact)
+    loaded = load_artifact(artifact)
     served_bytes = sum(
         r.bytes
         for name, r in loaded.manifest.files.items()
         if name == ("model.pt2" if loaded.manifest.runtime == "torch" else "model.onnx")
     )
-    candidates[ARTIFACT] = predictor_runner(ss.load_predictor(artifact, threads), served_bytes)
+    candidates[ARTIFACT] = predictor_runner(load_predictor(artifact, threads), served_bytes)
     candidates[GROUPED] = candidates[ARTIFACT]
     reference = np.concatenate([candidates["PyTorch fp32 eager"][0](b) for b in batches])
-    b32: dict[str, list[float]] = {name: [] for name in candidates}
-    b1: dict[str, list[float]] = {name: [] for name in candidates}
     outputs: dict[str, np.ndarray] = {}
-    for run, _ in candidates.values():  # warm-up
-        run(batches[0])
-        run(singles[0])
-    for round_ in range(rounds):
-        for name, (run, _) in candidates.items():  # interleaved: drift hits all alike
-            started = time.perf_counter()
-            out = [run(b) for b in (grouped if name == GROUPED else batches)]
-            b32[name].append(256 / (time.perf_counter() - started))
-            outputs[name] = np.concatenate(out)
-            if name == GROUPED:  # back to the reference's sentence order
-                outputs[name] = outputs[name][np.argsort(grouped_order)]
-            for feeds in singles:
-                started = time.perf_counter()
-                run(feeds)
-                b1[name].append((time.perf_counter() - started) * 1e3)
-        log(f"round {round_ + 1}/{rounds} done")
+    for name, (run, _) in candidates.items():
+        outputs[name] = np.concatenate([run(b) for b in (grouped if name == GROUPED else batches)])
+        if name == GROUPED:  # back to the reference's sentence order
+            outputs[name] = outputs[name][np.argsort(grouped_order)]
+    # One timing engine (measure.timing): a b32 call is a pass over all 256 sentences, a
+    # b1 call is one sentence (cycling through 48); candidates interleaved in rounds.
+    passes: dict[str, Callable[[], object]] = {
+        name: partial(_each, run, grouped if name == GROUPED else batches)
+        for name, (run, _) in candidates.items()
+    }
+    b32 = run_rounds(passes, rounds, calls_per_pass=1, warmup=1)
+    log("batch 32 timed")
+    b1 = run_rounds(
+        {name: partial(_next, run, cycle(singles)) for name, (run, _) in candidates.items()},
+        rounds,
+        calls_per_pass=len(singles),
+        warmup=10,
+    )
     rows = []
     fp32_size = candidates["PyTorch fp32 eager"][1]
     for name, (_, size) in candidates.items():
         stats = fidelity(reference, outputs[name], k=5, embeddings=True)
-        latencies = sorted(b1[name])
+        latencies_ms = np.array(b1[name].calls_s) * 1e3
         rows.append(
             [
                 name,
                 f"{size / 1e6:.1f} MB ({size / fp32_size:.0%})",
-                f"{statistics.median(latencies):.2f}",
-                f"{latencies[int(0.95 * (len(latencies) - 1))]:.2f}",
-                f"{statistics.median(b32[name]):.0f}",
+                f"{np.median(latencies_ms):.2f}",
+                f"{np.percentile(latencies_ms, 95):.2f}",
+                f"{256 / np.median(b32[name].round_s):.0f}",
                 f"{stats['cosine_mean']:.4f} / {stats['cosine_min']:.4f}",
                 f"{stats['top5_neighbours']:.3f}",
             ]
@@ -205,3 +208,12 @@ def compare(
         f"anchors' batches, {1 - real / grouped_padded:.0%} when grouped by length."
     )
     return Comparison(rows, verdict, padding)
+
+
+def _each(run: Run, batches: list[dict[str, np.ndarray]]) -> None:
+    for batch in batches:
+        run(batch)
+
+
+def _next(run: Run, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+    run(next(feeds))

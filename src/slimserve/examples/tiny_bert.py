@@ -12,7 +12,7 @@ def build_tiny_bert(folder: Path, max_positions: int = 128) -> Path:
     """Write the model and its tokenizer into ``folder`` and return it."""
     import torch
 
-    from slimserve.errors import require
+    from slimserve.core.errors import require
 
     require("transformers", "hf", "The tiny BERT example")
     from transformers import BertConfig, BertModel, BertTokenizer  # the fast one in v5

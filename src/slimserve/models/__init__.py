@@ -1,16 +1,15 @@
-"""Model loading: one entry point that turns a source into a TorchModel or OnnxModel."""
+"""The model states: ``TorchModel`` (an nn.Module + example inputs + I/O names) and
+``OnnxModel``. Each format's loader is a module here; ``slimserve.loading.load`` is the one
+entry point that picks among them (and reads artifact folders)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimserve.errors import ModelLoadError
-from slimserve.models.onnx import OnnxModel, load_onnx
+from slimserve.models.onnx import OnnxModel
 
 if TYPE_CHECKING:
     from slimserve.models.torch import TorchModel
-    from slimserve.recipe import ModelSpec
 
     Model = TorchModel | OnnxModel
 
@@ -26,106 +25,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-EXAMPLES = {"digits": "slimserve.examples.digits:build"}
-TEXT_EXAMPLES = {"minilm": "slimserve.examples.minilm:model_folder"}
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".ts")
-
-
-def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> Model:
-    """Load a model from a recipe spec, a path, ``"pkg.module:function"`` or ``example:NAME``.
-
-    Paths: ``.onnx``; TorchScript ``.pt``; ``torch.export`` ``.pt2``; Keras 3 ``.keras``;
-    an artifact folder.
-    """
-    from slimserve.recipe import ModelSpec
-
-    if isinstance(source, ModelSpec):
-        return _load_spec(source)
-    text = str(source)
-    if isinstance(source, str) and text.startswith("example:"):
-        return _load_spec(ModelSpec(example=text.removeprefix("example:")))
-    path = Path(text)
-    if isinstance(source, str) and not path.exists() and ":" in text:
-        from slimserve.models.torch import load_factory
-
-        return load_factory(text, Path(weights) if weights else None)
-    return _load_path(path)
-
-
-def tokenizer_folder(spec: ModelSpec) -> Path | None:
-    """Where a recipe's text data finds its tokenizer: the Hugging Face model's folder."""
-    if spec.hf is not None:
-        return spec.hf
-    if spec.example in TEXT_EXAMPLES:
-        from slimserve.models.torch import resolve_callable
-
-        folder: Path = resolve_callable(TEXT_EXAMPLES[spec.example])()
-        return folder
-    return None
-
-
-def _load_spec(spec: ModelSpec) -> Model:
-    if spec.keras is not None:
-        from slimserve.models.keras import load_keras
-
-        return load_keras(spec.keras)
-    if spec.hf is not None:
-        from slimserve.models.hf import load_hf
-
-        return load_hf(spec.hf, spec.task)
-    if spec.example is not None:
-        if spec.example in TEXT_EXAMPLES:
-            from slimserve.models.hf import load_hf
-            from slimserve.models.torch import resolve_callable
-
-            return load_hf(resolve_callable(TEXT_EXAMPLES[spec.example])(), spec.task)
-        if spec.example not in EXAMPLES:
-            available = ", ".join([*EXAMPLES, *TEXT_EXAMPLES])
-            raise ModelLoadError(f"Unknown example model '{spec.example}'. Available: {available}.")
-        from slimserve.models.torch import load_factory
-
-        return load_factory(EXAMPLES[spec.example], spec.weights)
-    if spec.python is not None:
-        from slimserve.models.torch import load_factory
-
-        return load_factory(spec.python, spec.weights)
-    if spec.path is None:  # the recipe model guarantees one source
-        raise ModelLoadError("A model spec needs one of: example, path, python.")
-    return _load_path(spec.path)
-
-
-def _load_path(path: Path) -> Model:
-    if path.is_dir():
-        if (path / "manifest.json").is_file():
-            from slimserve.artifact import load_artifact
-
-            return load_artifact(path).model
-        raise ModelLoadError(
-            f"'{path}' is a folder without manifest.json, so it is not a slimserve artifact. "
-            "Give a model file (.onnx, .pt, .pt2) or an artifact folder."
-        )
-    if not path.exists():
-        raise ModelLoadError(f"Model file '{path}' does not exist.")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return load_onnx(path)
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        from slimserve.models.torch import load_torchscript
-
-        return load_torchscript(path)
-    if suffix == ".pt2":
-        from slimserve.models.torch import load_exported_program
-
-        return load_exported_program(path)
-    if suffix in (".keras", ".h5", ".hdf5"):
-        from slimserve.models.keras import load_keras
-
-        return load_keras(path)
-    raise ModelLoadError(
-        f"Don't know how to load '{path}' (suffix '{suffix}'). Supported: .onnx, "
-        "TorchScript .pt, torch.export .pt2, Keras 3 .keras, an artifact folder, or a "
-        "'pkg.module:function' factory."
-    )
-
-
-__all__ = ["Model", "OnnxModel", "TorchModel", "load", "tokenizer_folder"]
+__all__ = ["Model", "OnnxModel", "TorchModel"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from slimserve.errors import ModelLoadError, first_line, require
+from slimserve.core.errors import ModelLoadError, first_line, require
 from slimserve.models.torch import TorchModel
 
 Task = Literal["feature-extraction", "sequence-classification"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimserve.errors import MissingExtraError, ModelLoadError, SlimserveError, first_line
+from slimserve.core.errors import MissingExtraError, ModelLoadError, SlimserveError, first_line
 from slimserve.models.torch import TorchModel, default_names
 
 KERAS_SUFFIX = ".keras"

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from slimserve.errors import ModelLoadError, first_line
+from slimserve.core.errors import ModelLoadError, first_line
 
 
 @dataclass

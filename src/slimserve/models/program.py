@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from slimserve.errors import ModelLoadError
+from slimserve.core.errors import ModelLoadError
 
 MODEL_NAME = "model"
 # Operator namespaces whose ops compute on tensors; none of them reads or runs files.

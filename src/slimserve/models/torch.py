@@ -6,7 +6,6 @@ or from safetensors, and pickled modules are refused with a fix.
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import zipfile
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ from typing import Any
 
 import torch
 
-from slimserve.errors import ModelLoadError, first_line
+from slimserve.core.callables import resolve_callable
+from slimserve.core.errors import ModelLoadError, first_line
 
 
 @dataclass
@@ -60,34 +60,6 @@ def _as_inputs(value: Any) -> tuple[torch.Tensor, ...]:
 def default_names(prefix: str, count: int) -> tuple[str, ...]:
     """'input' for one tensor, 'input_0', 'input_1', ... for several."""
     return (prefix,) if count == 1 else tuple(f"{prefix}_{i}" for i in range(count))
-
-
-def resolve_callable(spec: str) -> Any:
-    """Import ``"package.module:function"`` (never ``eval``)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelLoadError(
-            f"'{spec}' is not a 'package.module:function' reference. "
-            "Write it as e.g. 'mypkg.models:build'."
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"Cannot import module '{module_name}' named in '{spec}': {exc}. "
-            "Check the name and that it is importable (installed or on PYTHONPATH)."
-        ) from exc
-    target = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ModelLoadError(
-                f"Module '{module_name}' has no attribute '{attr}' (from '{spec}'). "
-                "Check the function name after the colon."
-            )
-        target = getattr(target, part)
-    if not callable(target):
-        raise ModelLoadError(f"'{spec}' names {type(target).__name__}, not a function.")
-    return target
 
 
 def load_factory(spec: str, weights: Path | None = None) -> TorchModel:

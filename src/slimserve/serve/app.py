@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slimserve.errors import first_line, require
+from slimserve.core.errors import first_line, require
 from slimserve.serve.protocol import (
     NUMPY_TO_V2,
     ProtocolError,
@@ -299,7 +299,7 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException
 
-    from slimserve import __version__
+    from slimserve.core.version import __version__
     from slimserve.serve.batching import Batcher, BatchLimits
     from slimserve.serve.metrics import Metrics
 

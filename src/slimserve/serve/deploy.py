@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from slimserve.errors import SlimserveError
+from slimserve.core.errors import SlimserveError
 
 TRITON_TYPES = {
     "float32": "TYPE_FP32",

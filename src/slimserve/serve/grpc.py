@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from slimserve.errors import require
+from slimserve.core.errors import require
 from slimserve.serve.protocol import (
     V2_TO_NUMPY,
     ProtocolError,
@@ -110,7 +110,7 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
     grpc: Any = require("grpc", "serve", "The gRPC endpoint")
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    from slimserve import __version__
+    from slimserve.core.version import __version__
     from slimserve.serve.app import error_status, input_metadata, tensor_metadata
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from slimserve.errors import SlimserveError, require
+from slimserve.core.errors import SlimserveError, require
 
 
 @dataclass

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from slimserve.errors import SlimserveError, require
+from slimserve.core.errors import SlimserveError, require
 from slimserve.serve.app import ServeConfig
 
 APP_NAME = "slimserve"

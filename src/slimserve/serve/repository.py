@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimserve.errors import ArtifactError
+from slimserve.core.errors import ArtifactError
 
 
 @dataclass

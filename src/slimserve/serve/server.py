@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from slimserve.errors import require
+from slimserve.core.errors import require
 from slimserve.serve.app import ServeConfig, create_app
 
 

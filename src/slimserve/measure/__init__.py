@@ -1,0 +1,1 @@
+"""Measuring: timing, quality, speed, the verdict, reports, tuning, checks."""

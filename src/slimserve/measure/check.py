@@ -1,0 +1,125 @@
+"""The CI gate: re-measure an artifact against the baseline its manifest names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimserve.core.errors import SlimserveError
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What an artifact must keep: quality drop, speed-up and size ratio vs baseline."""
+
+    max_drop: float | None = None
+    min_speedup: float | None = None
+    max_size_ratio: float | None = None
+    batch_size: int | None = None
+    repeats: int = 100
+
+
+@dataclass
+class CheckResult:
+    metric: str
+    baseline: float
+    candidate: float
+    speedup: float
+    size_ratio: float
+    batch_size: int
+    failures: list[str] = field(default_factory=list)
+    # Bounds the measurement cannot decide: the speed-up's spread across rounds straddles
+    # the bound, or other processes took the CPU (CLI exit code 3, neither pass nor fail).
+    undecided: list[str] = field(default_factory=list)
+    speedup_range: tuple[float, float] = (0.0, 0.0)
+    contended: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.undecided
+
+
+def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckResult:
+    """Load the artifact (hashes verified) and its source model, measure both on the
+    recipe's eval data in one interleaved run, and compare with ``bounds``."""
+    from slimserve.artifact import load_artifact
+    from slimserve.data import load_data
+    from slimserve.loading import load, tokenizer_folder
+    from slimserve.measure.bench import bench_interleaved
+    from slimserve.measure.evaluate import evaluate
+    from slimserve.measure.summary import model_size
+    from slimserve.measure.timing import TIMED_SPINNING
+    from slimserve.recipe import parse_recipe
+    from slimserve.runtime import for_artifact, predict_all
+    from slimserve.runtime import load as load_predictor
+
+    artifact = load_artifact(path)
+    recipe = parse_recipe(artifact.manifest.recipe, source=f"{path}/manifest.json")
+    spec = recipe.data.eval or recipe.data.calibration
+    if spec is None:
+        raise SlimserveError(
+            f"{path}: the recipe has no eval data, so there is nothing to re-measure on. "
+            "Add data.eval to the recipe and optimize again."
+        )
+    baseline = load(recipe.model)
+    data = load_data(spec, tokenizer_folder(recipe.model) if spec.is_text else None)
+    base_predictor = load_predictor(baseline, threads, spinning=TIMED_SPINNING)
+    # What is served, as it is served.
+    candidate_predictor = for_artifact(artifact, threads, spinning=TIMED_SPINNING)
+    data = data.renamed(candidate_predictor.input_names)
+    metric = recipe.goal.metric if data.labels is not None else "cosine_mean"
+    reference = predict_all(base_predictor, data) if metric != "accuracy" else None
+    base_score = 1.0 if reference is not None else evaluate(base_predictor, data)[metric]
+    score = evaluate(candidate_predictor, data, reference)[metric]
+    batch = bounds.batch_size or max(recipe.bench.batch_sizes)
+    timings = bench_interleaved(
+        {"baseline": base_predictor, "artifact": candidate_predictor},
+        data,
+        (batch,),
+        warmup=10,
+        repeats=bounds.repeats,
+    )
+    ratio = timings["artifact"][batch].speedup_over(timings["baseline"][batch])
+    size_ratio = model_size(artifact.model)[0] / model_size(baseline)[0]
+    result = CheckResult(metric, base_score, score, ratio.median, size_ratio, batch)
+    result.speedup_range = (ratio.low, ratio.high)
+    result.contended = ratio.contended
+    max_drop = bounds.max_drop if bounds.max_drop is not None else recipe.goal.max_drop
+    if base_score - score > max_drop:
+        result.failures.append(
+            f"{metric} dropped {base_score - score:.4f} ({base_score:.4f} -> {score:.4f}), "
+            f"more than the allowed {max_drop:.4f}"
+        )
+    if bounds.min_speedup is not None:
+        _check_speedup(result, ratio, bounds.min_speedup)
+    if bounds.max_size_ratio is not None and size_ratio > bounds.max_size_ratio:
+        result.failures.append(
+            f"the model is {size_ratio:.2f}x the baseline's size, above the allowed "
+            f"{bounds.max_size_ratio:.2f}x"
+        )
+    return result
+
+
+def _check_speedup(result: CheckResult, ratio: Any, bound: float) -> None:
+    """Pass when even the slow rounds clear the bound, fail when even the fast ones
+    miss it; in between (or contended) the run cannot decide."""
+    batch = result.batch_size
+    if ratio.contended:
+        result.undecided.append(
+            f"batch-{batch} speed-up: other processes took over a quarter of the CPU during "
+            "the timing, so it is too noisy to decide; run check again on a quiet machine"
+        )
+    elif ratio.low >= bound:
+        return
+    elif ratio.high < bound:
+        result.failures.append(
+            f"batch-{batch} throughput is {ratio.median:.2f}x the baseline's "
+            f"({ratio.low:.2f}x-{ratio.high:.2f}x across rounds), below the required {bound:.2f}x"
+        )
+    else:
+        result.undecided.append(
+            f"batch-{batch} speed-up is {ratio.median:.2f}x but ranges {ratio.low:.2f}x-"
+            f"{ratio.high:.2f}x across rounds, around the required {bound:.2f}x: too noisy to "
+            "decide; raise --repeats or run on a quieter machine"
+        )

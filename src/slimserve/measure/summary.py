@@ -1,0 +1,180 @@
+"""What a model is made of: I/O, a per-layer table, parameter count, size raw and gzip."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slimserve.models import Model, OnnxModel
+
+
+def model_bytes(model: Model) -> bytes:
+    """The model as stored: ONNX protobuf, or a torch state dict as safetensors."""
+    from slimserve.models import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        return model.to_bytes()
+    from safetensors.torch import save
+
+    # Shared tensors (tied weights; Keras lists each weight twice) are stored once.
+    state, seen = {}, set()
+    for name, value in model.module.state_dict().items():
+        key = (value.data_ptr(), value.dtype, tuple(value.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = value.detach().contiguous()
+    return bytes(save(state))
+
+
+def model_size(model: Model) -> tuple[int, int]:
+    """(raw bytes, gzip-compressed bytes): zeros from pruning show in the second."""
+    raw = model_bytes(model)
+    return len(raw), len(gzip.compress(raw, compresslevel=6, mtime=0))
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    op: str
+    params: int
+    dtype: str
+    sparsity: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    format: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    layers: list[Layer] = field(default_factory=list)
+    params: int = 0
+    size_bytes: int = 0
+    compressed_bytes: int = 0
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of exactly-zero weights over all layers."""
+        zeros = sum(layer.sparsity * layer.params for layer in self.layers)
+        return zeros / self.params if self.params else 0.0
+
+
+def summarize(model: Model) -> Summary:
+    """Describe a model: its I/O, layers with weights, and its size."""
+    raw, compressed = model_size(model)
+    if isinstance(model, OnnxModel):
+        from slimserve.models.onnx import describe_io
+
+        io = describe_io(model.proto)
+        layers = _onnx_layers(model)
+        inputs, outputs = io["inputs"], io["outputs"]
+    else:
+        layers = _torch_layers(model.module)
+        inputs = [{"name": n, "dtype": "float32", "shape": []} for n in model.input_names]
+        if model.example_inputs:
+            inputs = [
+                {"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                for n, t in zip(model.input_names, model.example_inputs, strict=False)
+            ]
+        outputs = [{"name": n, "dtype": "float32", "shape": []} for n in model.output_names]
+    params = sum(layer.params for layer in layers)
+    return Summary(model.format, inputs, outputs, layers, params, raw, compressed)
+
+
+_QDQ_OPS = {"DequantizeLinear", "QuantizeLinear"}
+_SHAPE_OPS = {"Reshape", "Expand", "Tile", "Slice", "Pad", "Resize", "Squeeze", "Unsqueeze"}
+
+
+def _onnx_layers(model: OnnxModel) -> list[Layer]:
+    from onnx import numpy_helper
+
+    graph = model.proto.graph
+    weights = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def owner(tensor: str) -> Any:
+        """The compute node a weight feeds, looking through DequantizeLinear (QDQ).
+
+        None for bookkeeping: quantization scales/zero points and shape constants.
+        """
+        nodes = consumers.get(tensor, [])
+        if not nodes:
+            return None
+        node = nodes[0]
+        if node.op_type in _QDQ_OPS:
+            if node.input[0] != tensor:
+                return None
+            return owner(node.output[0]) or node
+        if node.op_type in _SHAPE_OPS and list(node.input).index(tensor) > 0:
+            return None
+        return node
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name, init in weights.items():
+        array = numpy_helper.to_array(init)
+        if array.size <= 1:
+            continue  # scales and zero points are bookkeeping, not layers' weights
+        node = owner(name)
+        if node is None:
+            continue
+        key = node.name or node.output[0]
+        row = rows.setdefault(key, {"op": node.op_type, "params": 0, "zeros": 0, "dtypes": {}})
+        row["params"] += int(array.size)
+        row["zeros"] += int(np.count_nonzero(array == 0))
+        row["dtypes"][array.dtype.name] = row["dtypes"].get(array.dtype.name, 0) + array.size
+    return [
+        Layer(
+            name,
+            row["op"],
+            row["params"],
+            max(row["dtypes"], key=row["dtypes"].get),
+            row["zeros"] / row["params"] if row["params"] else 0.0,
+        )
+        for name, row in rows.items()
+    ]
+
+
+def _keras_layers(model: Any) -> list[Layer]:
+    """Keras layers by their Keras names (torch's view lists each weight twice)."""
+    layers = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.weights:  # a nested model
+            layers.extend(_keras_layers(layer))
+            continue
+        values = [w.value for w in layer.weights]
+        if not values:
+            continue
+        count = sum(int(v.numel()) for v in values)
+        zeros = sum(int((v == 0).sum()) for v in values)
+        dtype = str(values[0].dtype).removeprefix("torch.")
+        layers.append(Layer(layer.name, type(layer).__name__, count, dtype, zeros / count))
+    return layers
+
+
+def _torch_layers(module: Any) -> list[Layer]:
+    from slimserve.models.keras import is_keras
+
+    if is_keras(module):
+        return _keras_layers(module.keras_model)
+    layers = []
+    for name, sub in module.named_modules():
+        params = list(sub.parameters(recurse=False))
+        if not params:
+            continue
+        count = sum(p.numel() for p in params)
+        zeros = sum(int((p == 0).sum()) for p in params)
+        layers.append(
+            Layer(
+                name or type(module).__name__,
+                type(sub).__name__,
+                count,
+                str(params[0].dtype).removeprefix("torch."),
+                zeros / count if count else 0.0,
+            )
+        )
+    return layers

@@ -1,0 +1,67 @@
+"""MLflow tracking (extra ``[mlflow]``): a run's recipe, metrics, report and artifact,
+with the ONNX model registered. The default store is a SQLite file in the run folder,
+so no server is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slimserve.core.errors import require
+
+EXPERIMENT = "slimserve"
+
+
+def default_uri(out: Path) -> str:
+    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested recipe -> {'steps.0.quantize.mode': 'static', ...} (MLflow params are flat)."""
+    if isinstance(value, dict):
+        items: dict[str, str] = {}
+        for key, inner in value.items():
+            items.update(_flatten(inner, f"{prefix}{key}."))
+        return items
+    if isinstance(value, list):
+        items = {}
+        for index, inner in enumerate(value):
+            items.update(_flatten(inner, f"{prefix}{index}."))
+        return items
+    return {prefix.rstrip("."): str(value)[:500]}
+
+
+def _metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+
+
+def log_run(result: Any, out: Path, uri: str | None = None) -> str:
+    """Log an optimize run (a RunResult) to MLflow; returns the MLflow run id."""
+    mlflow: Any = require("mlflow", "mlflow", "MLflow tracking (--mlflow)")
+    uri = uri or default_uri(out)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(
+            EXPERIMENT, artifact_location=(out / "mlartifacts").resolve().as_uri()
+        )
+    mlflow.set_experiment(EXPERIMENT)
+    manifest = result.artifact.manifest
+    with mlflow.start_run(run_name=manifest.name) as run:
+        mlflow.log_params(_flatten(manifest.recipe))
+        for index, stage in enumerate(result.stages):
+            prefix = _metric_name(f"{index}.{stage.name}")
+            metrics = {f"{prefix}.{k}": v for k, v in stage.metrics.items()}
+            metrics[f"{prefix}.size_bytes"] = float(stage.size_bytes)
+            for batch, timing in stage.timings.items():
+                metrics[f"{prefix}.b{batch}.p50_ms"] = timing["p50_ms"]
+                metrics[f"{prefix}.b{batch}.items_per_s"] = timing["items_per_s"]
+            mlflow.log_metrics(metrics)
+        mlflow.log_metrics({f"final.{k}": v for k, v in manifest.final.items()})
+        mlflow.log_artifacts(str(result.artifact.path), artifact_path="artifact")
+        mlflow.onnx.log_model(
+            onnx_model=result.artifact.model.proto,
+            name="model",
+            registered_model_name=manifest.name,
+        )
+        run_id: str = run.info.run_id
+    return run_id

@@ -1,0 +1,122 @@
+"""The one place that dispatches on model format: ``load(x) -> Predictor``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from slimserve.runtime.onnx import LARGE_RUN_ELEMENTS, OrtPredictor, trim_memory
+from slimserve.runtime.torch import TorchPredictor
+
+if TYPE_CHECKING:
+    from slimserve.artifact import Artifact
+    from slimserve.data import Dataset
+    from slimserve.models import Model
+
+
+class Predictor(Protocol):
+    """Runs a batch of named numpy inputs and returns the outputs in order."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def load(source: Model | str | Path, threads: int = 2, spinning: bool = True) -> Predictor:
+    """A predictor for a model state, a model file or an artifact folder (which runs in
+    the runtime its manifest names: ONNX Runtime, or its torch program). ``spinning``:
+    see ``OrtPredictor``."""
+    from slimserve.artifact import MANIFEST_FILE, load_artifact
+    from slimserve.loading import load as load_model
+    from slimserve.models import OnnxModel
+
+    if isinstance(source, OnnxModel):  # first: an ONNX model never needs torch imported
+        return OrtPredictor(source, threads, spinning)
+    from slimserve.models import TorchModel
+
+    if not isinstance(source, TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
+        return for_artifact(load_artifact(source), threads, spinning)
+    model = source if isinstance(source, TorchModel) else load_model(source)
+    if isinstance(model, OnnxModel):
+        return OrtPredictor(model, threads, spinning)
+    return TorchPredictor(model, threads)
+
+
+def served_model(artifact: Artifact) -> Model:
+    """The model an artifact is served with: ``manifest.runtime`` picks the file."""
+    if artifact.manifest.runtime == "torch":
+        from slimserve.artifact import PROGRAM_FILE
+        from slimserve.core.errors import ArtifactError, ModelLoadError
+        from slimserve.models import TorchModel
+        from slimserve.runtime.torch import load_program
+
+        names = artifact.manifest.io
+        program = artifact.path / PROGRAM_FILE
+        try:
+            module = load_program(program.read_bytes(), str(program))
+        except ModelLoadError as exc:
+            raise ArtifactError(str(exc)) from None
+        return TorchModel(
+            module,
+            None,
+            tuple(i["name"] for i in names["inputs"]),
+            tuple(o["name"] for o in names["outputs"]),
+        )
+    return artifact.model
+
+
+def for_artifact(artifact: Artifact, threads: int = 2, spinning: bool = True) -> Predictor:
+    """The predictor an artifact is served with (ONNX Runtime or its torch program), in
+    the precision its manifest records: never another one picked here. Warns when this
+    CPU lacks what made that precision fast where it was chosen."""
+    import warnings
+
+    from slimserve.core.cpu import missing_feature_warning
+    from slimserve.core.errors import CpuFeatureWarning
+
+    warning = missing_feature_warning(artifact.manifest.precision, artifact.manifest.cpu_features)
+    if warning is not None:
+        warnings.warn(f"{artifact.path}: {warning}", CpuFeatureWarning, stacklevel=2)
+    return load(served_model(artifact), threads, spinning)
+
+
+def predict_all(predictor: Predictor, data: Dataset, batch_size: int = 256) -> np.ndarray:
+    """The first output of the model over a whole dataset, batch by batch. A torch text
+    model (an ``attention_mask`` input) sees the sentences in length order, each batch cut
+    to its longest: the split is padded to its longest sentence, and padded positions are
+    masked, so the outputs are the same for a fraction of the work."""
+    from slimserve.data import TEXT_BATCH, length_order, padded_width
+
+    order = length_order(data.inputs) if isinstance(predictor, TorchPredictor) else None
+    if order is None:
+        outputs = [predictor.predict(batch.inputs)[0] for batch in data.batches(batch_size)]
+        return np.concatenate(outputs)
+    mask = data.inputs["attention_mask"]
+    outputs = []
+    for start in range(0, len(order), TEXT_BATCH):
+        rows = order[start : start + TEXT_BATCH]
+        width = padded_width(mask[rows])
+        inputs = {
+            k: v[rows][:, :width] if v.shape == mask.shape else v[rows]
+            for k, v in data.inputs.items()
+        }
+        outputs.append(predictor.predict(inputs)[0])
+    result = np.empty_like(np.concatenate(outputs))
+    result[order] = np.concatenate(outputs)
+    return result
+
+
+__all__ = [
+    "LARGE_RUN_ELEMENTS",
+    "OrtPredictor",
+    "Predictor",
+    "TorchPredictor",
+    "for_artifact",
+    "load",
+    "predict_all",
+    "served_model",
+    "trim_memory",
+]

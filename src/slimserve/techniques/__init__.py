@@ -1,0 +1,1 @@
+"""Techniques: each a frozen config satisfying ``slimserve.techniques.Technique``."""

@@ -1,0 +1,299 @@
+"""The ``prune`` recipe step: masks (or channel removal) that follow a TF-MOT schedule
+while the model fine-tunes, with distillation from the original, and a diagnosis when
+the ramp was too steep.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from slimserve.core.context import Context
+from slimserve.core.errors import DataError, RecipeError
+from slimserve.data import TEXT_BATCH, length_order
+from slimserve.models.torch import TorchModel
+from slimserve.techniques.finetune import (
+    FinetuneConfig,
+    History,
+    Ramp,
+    eval_subset,
+    make_metric,
+    run_finetune,
+    teacher_module,
+    total_steps,
+    train_split,
+    trim_padding,
+)
+from slimserve.techniques.prune.masks import (
+    PRUNABLE,
+    Pruner,
+    attach,
+    prunable_layers,
+    resolve_overrides,
+)
+from slimserve.techniques.prune.schedules import ConstantSparsity, Schedule, ScheduleSpec
+from slimserve.techniques.prune.structured import (
+    ChannelLayers,
+    Importance,
+    channel_pruner,
+    count_parameters,
+    encoder_layers,
+    fix_attention,
+)
+
+
+class PruneConfig(BaseModel):
+    """Prune a torch model: unstructured or N:M masks, or whole channels removed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: ClassVar[str] = "prune"
+    accepts: ClassVar[tuple[str, ...]] = ("torch",)
+    produces: ClassVar[str] = "torch"
+
+    granularity: Literal["unstructured", "n:m", "channel", "head"] = Field(
+        "unstructured",
+        description="What is removed: single weights, N of every M, channels/neurons, or "
+        "attention heads + FFN neurons of a BERT-style encoder.",
+    )
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="Same sparsity per layer, or one threshold across layers."
+    )
+    sparsity: float | None = Field(
+        None, ge=0, lt=1, description="One-shot target (instead of a schedule)."
+    )
+    schedule: ScheduleSpec | None = Field(None, description="TF-MOT schedule (gradual pruning).")
+    n_m: str = Field("2:4", description="For n:m: keep N of every M consecutive input weights.")
+    importance: Importance = Field(
+        "l1", description="Channel ranking: l1/l2 magnitude or first-order taylor."
+    )
+    exclude: tuple[str, ...] = Field((), description="Layer-name patterns kept dense (fnmatch).")
+    overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-layer final sparsity, {name pattern: sparsity}; scope layer only.",
+    )
+    prune_classifier: bool = Field(False, description="Also prune the final Linear layer.")
+    finetune: FinetuneConfig | None = Field(None, description="Fine-tune while pruning.")
+
+    @field_validator("n_m")
+    @classmethod
+    def _n_m(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d+):(\d+)", value)
+        if not match or not 0 < int(match[1]) < int(match[2]):
+            raise ValueError(f"n_m is 'N:M' with 0 < N < M, e.g. '2:4', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _target(self) -> PruneConfig:
+        if self.granularity != "n:m" and (self.sparsity is None) == (self.schedule is None):
+            raise ValueError("give exactly one of 'sparsity' (one-shot) and 'schedule'")
+        if self.granularity == "n:m" and self.sparsity is not None:
+            raise ValueError("n:m fixes the sparsity (1 - N/M); use 'n_m', not 'sparsity'")
+        return self
+
+    @property
+    def pattern(self) -> tuple[int, int]:
+        n, m = self.n_m.split(":")
+        return int(n), int(m)
+
+    def resolved_schedule(self) -> Schedule:
+        if self.schedule is not None:
+            return self.schedule.schedule
+        if self.granularity == "n:m":
+            n, m = self.pattern
+            return ConstantSparsity(target_sparsity=1 - n / m, begin_step=0, end_step=0)
+        assert self.sparsity is not None
+        return ConstantSparsity(target_sparsity=self.sparsity, begin_step=0, end_step=0)
+
+    def describe(self) -> str:
+        """A short label for tables: 'prune channel 50%', 'prune 2:4', ..."""
+        if self.granularity == "n:m":
+            return f"prune {self.n_m}"
+        if self.granularity == "head":
+            return f"prune heads+ffn {self.resolved_schedule().final_sparsity:.0%}"
+        target = self.resolved_schedule().final_sparsity
+        return f"prune {self.granularity} {target:.0%}"
+
+    def apply(self, model: TorchModel, ctx: Context) -> TorchModel:
+        return prune_model(model, self, ctx)
+
+
+def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchModel:
+    """Run the prune step on ``model`` (modified in place; the pipeline passes a copy)."""
+    module = model.module
+    schedule = config.resolved_schedule()
+    eval_data = eval_subset(ctx, model)
+    metric_fn = make_metric(model, ctx, eval_data)
+    before_metric = metric_fn(module)
+    params_before = count_parameters(module)
+    if config.granularity in ("channel", "head"):
+        history = _run_channels(model, config, schedule, ctx, metric_fn)
+        pruner = None
+    else:
+        assert config.granularity in ("unstructured", "n:m")
+        pruner = attach(
+            module,
+            schedule,
+            config.granularity,
+            config.scope,
+            {
+                "exclude": config.exclude,
+                "prune_classifier": config.prune_classifier,
+                "n_m": config.pattern,
+                "overrides": config.overrides,
+            },
+        )
+        history = _run_masks(model, config, pruner, ctx, metric_fn)
+        pruner.finalize()
+    module.eval()
+    after_metric = metric_fn(module)
+    _record(ctx, config, pruner, history, module, params_before, before_metric, after_metric)
+    return model.with_module(module)
+
+
+def _run_masks(
+    model: TorchModel, config: PruneConfig, pruner: Pruner, ctx: Context, metric_fn: Any
+) -> History:
+    for name, reason in pruner.skipped.items():
+        ctx.log.notes.append(f"Layer {name} left dense for n:m: {reason}.")
+    schedule = pruner.schedule
+    assert schedule is not None
+    if config.finetune is None:
+        # One shot: the schedule's final sparsity, now; no training to recover.
+        pruner.step = max(0, schedule.begin_step)
+        pruner.apply(schedule.final_sparsity)
+        return History()
+    _check_schedule_fits(schedule, total_steps(train_split(ctx, model), config.finetune))
+    ramp = Ramp(lambda s: schedule(s)[0], pruner.update, pruner.sparsity)
+    return run_finetune(model, config.finetune, ctx, ramp, metric_fn)
+
+
+def _run_channels(
+    model: TorchModel, config: PruneConfig, schedule: Schedule, ctx: Context, metric_fn: Any
+) -> History:
+    module = model.module
+    if model.example_inputs is None:
+        raise DataError("Channel pruning needs example inputs (give data or a factory).")
+    prunable = prunable_layers(module, config.exclude, config.prune_classifier)
+    keep = set(prunable.values())
+    ignored = [m for m in module.modules() if isinstance(m, PRUNABLE) and m not in keep]
+    if config.overrides and config.scope == "global":
+        raise RecipeError("prune.overrides needs scope: layer (global ranks all layers at once).")
+    overrides = {
+        prunable[name]: value
+        for name, value in resolve_overrides(prunable, config.overrides).items()
+    }
+    finetune = config.finetune
+    if finetune is None:
+        plan = {0: schedule.final_sparsity}
+    else:
+        steps = total_steps(train_split(ctx, model), finetune)
+        _check_schedule_fits(schedule, steps)
+        plan = {s: schedule(s)[1] for s in range(steps) if schedule(s)[0]}
+    layers = ChannelLayers(ignored, overrides, config.scope == "global")
+    if config.granularity == "head":
+        if config.scope == "global":
+            raise RecipeError("granularity: head prunes per layer; use scope: layer.")
+        encoder = encoder_layers(module, keep)
+        layers = replace(encoder, overrides=overrides)
+    pruner = channel_pruner(
+        module, model.example_inputs, list(plan.values()), config.importance, layers
+    )
+    reached = [0.0]
+
+    def prune_now(step: int) -> None:
+        if config.importance == "taylor":
+            _taylor_gradients(model, ctx)
+        pruner.step()
+        if config.granularity == "head":
+            fix_attention(module, pruner)
+        reached[0] = plan[step]
+
+    if finetune is None:
+        prune_now(0)
+        return History()
+    ramp = Ramp(plan.__contains__, prune_now, lambda: reached[0], reshapes=True)
+    return run_finetune(model, finetune, ctx, ramp, metric_fn)
+
+
+def _check_schedule_fits(schedule: Schedule, steps: int) -> None:
+    end = schedule.end_step
+    if end >= steps:
+        raise RecipeError(
+            f"The pruning schedule ends at step {end} but fine-tuning runs only {steps} steps "
+            f"(epochs x batches), so it would never reach its final sparsity. Set end_step "
+            f"below {steps} (e.g. {int(steps * 0.7)}) or add epochs."
+        )
+
+
+def _taylor_gradients(model: TorchModel, ctx: Context) -> None:
+    """Taylor importance needs gradients of the task (or distillation) loss: summed over
+    up to 256 samples; text in length-ordered batches, each cut to its longest sentence
+    (as in training) and weighted by its share, so the gradients are the full mean's."""
+    module = model.module
+    data = ctx.split("train", "calibration", "eval")
+    if data is None:
+        raise DataError("Taylor importance needs data to compute gradients.")
+    sample = data.renamed(model.input_names).take(256)
+    inputs = [torch.from_numpy(sample.inputs[n]) for n in model.input_names]
+    labels = None if sample.labels is None else torch.from_numpy(sample.labels).long()
+    teacher = teacher_module(ctx) if labels is None else None
+    assert labels is not None or teacher is not None
+    text_order = length_order(sample.inputs)
+    if text_order is None:  # one batch: BatchNorm sees every sample
+        order, size = torch.arange(len(sample)), len(sample)
+    else:
+        order, size = torch.from_numpy(text_order), TEXT_BATCH
+    module.zero_grad()
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        batch = trim_padding(model.input_names, [t[rows] for t in inputs])
+        out = module(*batch)
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        if labels is not None:
+            loss = nn.functional.cross_entropy(out, labels[rows])
+        else:
+            assert teacher is not None
+            with torch.no_grad():
+                target = teacher(*batch)
+            loss = nn.functional.mse_loss(
+                out, target if isinstance(target, torch.Tensor) else target[0]
+            )
+        (loss * len(rows) / len(order)).backward()  # type: ignore[no-untyped-call]
+
+
+def _record(
+    ctx: Context,
+    config: PruneConfig,
+    pruner: Pruner | None,
+    history: History,
+    module: nn.Module,
+    params_before: int,
+    before_metric: float,
+    after_metric: float,
+) -> None:
+    from slimserve.techniques.prune.diagnose import diagnose
+
+    params_after = count_parameters(module)
+    details: dict[str, Any] = {
+        "params_before": params_before,
+        "params_after": params_after,
+        "metric_before": before_metric,
+        "metric_after": after_metric,
+        "history": history.points,
+        "losses": history.losses[:: max(1, len(history.losses) // 400)],
+        "loss_stride": max(1, len(history.losses) // 400),
+    }
+    if pruner is not None:
+        details["layer_sparsity"] = pruner.layer_sparsity()
+        details["sparsity"] = pruner.sparsity()
+        details["updates"] = [
+            {"step": u.step, "sparsity": u.sparsity, "magnitude_lost": u.magnitude_lost}
+            for u in pruner.updates
+        ]
+    ctx.log.details.update(details)
+    ctx.log.notes.extend(diagnose(config, details, ctx.goal_metric, ctx.max_drop))
