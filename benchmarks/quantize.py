@@ -70,17 +70,17 @@ def candidates(
     fp32 = ss.ExportConfig().apply(model, ss.Context())
     results["fp32"] = (fp32, time.perf_counter() - started)
     configs = {
-        "dynamic int8": ss.QuantizeConfig(mode="dynamic"),
-        "dynamic int8, per-token": ss.QuantizeConfig(mode="dynamic", activation_scales="token"),
-        "static int8, minmax": ss.QuantizeConfig(mode="static"),
-        "static int8, entropy": ss.QuantizeConfig(
-            mode="static", calibration=ss.CalibrationConfig(method="entropy")
+        "dynamic int8": ss.DynamicQuantizeConfig(),
+        "dynamic int8, per-token": ss.DynamicQuantizeConfig(activation_scales="token"),
+        "static int8, minmax": ss.StaticQuantizeConfig(),
+        "static int8, entropy": ss.StaticQuantizeConfig(
+            calibration=ss.CalibrationConfig(method="entropy")
         ),
-        "static int8, percentile 99.999": ss.QuantizeConfig(
-            mode="static", calibration=ss.CalibrationConfig(method="percentile")
+        "static int8, percentile 99.999": ss.StaticQuantizeConfig(
+            calibration=ss.CalibrationConfig(method="percentile")
         ),
-        "int4 weight-only (block 32)": ss.QuantizeConfig(mode="weight_only", block_size=32),
-        "fp16": ss.QuantizeConfig(mode="fp16"),
+        "int4 weight-only (block 32)": ss.WeightOnlyQuantizeConfig(block_size=32),
+        "fp16": ss.Fp16QuantizeConfig(),
     }
     for name, config in configs.items():
         started = time.perf_counter()
@@ -142,11 +142,11 @@ def fallback_case(cnn: ss.TorchModel, data: dict[str, ss.Dataset]) -> str:
         broken.module.fc_out.weight[:, 3] /= 1000
     fp32 = ss.ExportConfig().apply(broken, ss.Context())
     test = data["eval"]
-    plain = ss.quantize_onnx(fp32, ss.QuantizeConfig(mode="static"), data["train"])
+    plain = ss.quantize_onnx(fp32, ss.StaticQuantizeConfig(), data["train"])
     log = StepLog()
     ctx = ss.Context(data={"calibration": data["train"], "eval": test}, reference=broken, log=log)
     started = time.perf_counter()
-    recovered = ss.QuantizeConfig(mode="static", fallback="auto").apply(fp32, ctx)
+    recovered = ss.StaticQuantizeConfig(fallback="auto").apply(fp32, ctx)
     seconds = time.perf_counter() - started
     rows = [
         [name, f"{evaluate(ss.load_predictor(m), test)['accuracy']:.4f}"]

@@ -75,8 +75,17 @@ def _nested(model: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+def _default_tag(config_type: object) -> str:
+    """The tag a step without a ``mode`` key gets."""
+    from slimserve.recipe import step_variants
+
+    marks = typing.get_args(config_type)[1:]
+    pick = next(m.discriminator for m in marks if hasattr(m, "discriminator"))
+    return str(pick({})) if step_variants(config_type) else ""
+
+
 def recipe_reference() -> str:
-    from slimserve.recipe import STEPS, Recipe
+    from slimserve.recipe import STEPS, Recipe, step_variants
 
     lines = [
         "# Recipe reference",
@@ -107,18 +116,22 @@ def recipe_reference() -> str:
         "needs ONNX.",
         "",
     ]
-    for key, config in STEPS.items():
-        accepts = "/".join(getattr(config, "accepts", ()))
-        produces = getattr(config, "produces", "")
-        lines += _section(
-            config,
-            f"`{key}`",
-            f"{(config.__doc__ or '').strip()} Takes a {accepts} model, gives {produces}.",
-        )
-        for nested in _nested(config):
-            if nested not in seen:
-                seen.append(nested)
-                lines += _section(nested, nested.__name__)
+    for key, config_type in STEPS.items():
+        for tag, config in step_variants(config_type).items():
+            accepts = "/".join(getattr(config, "accepts", ()))
+            produces = getattr(config, "produces", "")
+            heading = f"`{key}`, `mode: {tag}`" if tag else f"`{key}`"
+            default = " The default mode." if tag and tag == _default_tag(config_type) else ""
+            lines += _section(
+                config,
+                heading,
+                f"{(config.__doc__ or '').strip()}{default} Takes a {accepts} model, gives "
+                f"{produces}.",
+            )
+            for nested in _nested(config):
+                if nested not in seen:
+                    seen.append(nested)
+                    lines += _section(nested, nested.__name__)
     return "\n".join(lines).rstrip() + "\n"
 
 

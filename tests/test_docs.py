@@ -15,13 +15,15 @@ def test_recipe_reference_is_up_to_date() -> None:
 
 
 def test_recipe_reference_lists_every_step_and_key() -> None:
-    from slimserve.recipe import STEPS
+    from slimserve.recipe import STEPS, step_variants
 
     text = gen["recipe_reference"]()
-    for key, config in STEPS.items():
-        assert f"### `{key}`" in text
-        for field in config.model_fields:
-            assert f"| `{field}` |" in text
+    for key, config_type in STEPS.items():
+        for tag, config in step_variants(config_type).items():
+            section = text.split(f"### `{key}`, `mode: {tag}`" if tag else f"### `{key}`")[1]
+            section = section.split("\n### `")[0]
+            for field in config.model_fields:
+                assert f"| `{field}` |" in section, (key, tag, field)
 
 
 @pytest.mark.slow

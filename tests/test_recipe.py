@@ -46,7 +46,9 @@ def test_misspelled_step_option_names_path_and_valid_keys(tmp_path: Path) -> Non
     message = str(info.value)
     assert "steps[0].quantize.per_chanel: unknown key 'per_chanel'" in message
     assert "did you mean 'per_channel'?" in message
-    assert "Valid: " in message and "calibration" in message
+    # the default mode (dynamic) lists its own keys: calibration means nothing there
+    assert "Valid: " in message and "activation_scales" in message
+    assert "calibration" not in message.split("Valid: ")[1]
 
 
 def test_nested_unknown_key_in_calibration(tmp_path: Path) -> None:
@@ -77,8 +79,8 @@ def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ss.RecipeError) as info:
         ss.load_recipe(write(tmp_path, recipe))
     message = str(info.value)
-    assert "3 problem(s)" in message
-    assert "steps[0].quantize.per_channel: Input should be a valid boolean" in message
+    # an unknown mode leaves nothing to check the step's other keys against
+    assert "2 problem(s)" in message
     assert (
         "steps[0].quantize.mode: Input should be "
         "'dynamic', 'static', 'weight_only' or 'fp16' (got 'int3')" in message
@@ -122,7 +124,7 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
 
 
 def test_configs_are_frozen() -> None:
-    config = ss.QuantizeConfig()
+    config = ss.DynamicQuantizeConfig()
     with pytest.raises(ValueError, match="frozen"):
         config.mode = "static"  # type: ignore[misc]
 
@@ -134,10 +136,14 @@ class TorchOnly(BaseModel):
     name: ClassVar[str] = "prune"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     produces: ClassVar[str] = "torch"
+    trains: ClassVar[bool] = True
+
+    def describe(self) -> str:
+        return "torch only"
 
 
 def test_plan_inserts_export_before_onnx_steps_and_at_the_end() -> None:
-    planned = plan_steps((ss.QuantizeConfig(),), "torch")
+    planned = plan_steps((ss.DynamicQuantizeConfig(),), "torch")
     assert [s.name for s in planned] == ["export", "quantize"]
     planned = plan_steps((TorchOnly(),), "torch")
     assert [s.name for s in planned] == ["prune", "export"]
@@ -145,7 +151,7 @@ def test_plan_inserts_export_before_onnx_steps_and_at_the_end() -> None:
 
 def test_plan_refuses_torch_step_after_quantize_and_says_why() -> None:
     with pytest.raises(ss.RecipeError) as info:
-        plan_steps((ss.QuantizeConfig(), TorchOnly()), "torch")
+        plan_steps((ss.DynamicQuantizeConfig(), TorchOnly()), "torch")
     message = str(info.value)
     assert "steps[1] 'prune' needs a torch model" in message
     assert "step 'quantize' before it already made an ONNX model" in message
@@ -155,3 +161,43 @@ def test_plan_refuses_torch_step_after_quantize_and_says_why() -> None:
 def test_plan_refuses_torch_step_on_onnx_source() -> None:
     with pytest.raises(ss.RecipeError, match="the source model is ONNX"):
         plan_steps((TorchOnly(),), "onnx")
+
+
+def test_each_quantize_mode_has_only_its_own_keys(tmp_path: Path) -> None:
+    recipe = {**MINIMAL, "steps": [{"quantize": {"mode": "static", "per_channel": "sometimes"}}]}
+    with pytest.raises(ss.RecipeError, match="quantize.per_channel: Input should be a valid bool"):
+        ss.load_recipe(write(tmp_path, recipe))
+    recipe = {**MINIMAL, "steps": [{"quantize": {"mode": "weight_only", "activations": "int8"}}]}
+    with pytest.raises(ss.RecipeError, match="'activations' applies to mode static, not weight_"):
+        ss.load_recipe(write(tmp_path, recipe))
+    steps = ss.load_recipe(write(tmp_path, {**MINIMAL, "steps": ["quantize"]})).steps
+    assert isinstance(steps[0], ss.DynamicQuantizeConfig)  # no mode: dynamic
+    assert not hasattr(steps[0], "calibration")
+
+
+def test_a_resolved_recipe_of_the_one_config_era_still_loads(tmp_path: Path) -> None:
+    # Manifests written before one config per mode spell out every mode's options.
+    old_step = {
+        "mode": "weight_only",
+        "weights": "int8",
+        "activations": "uint8",
+        "activation_scales": "tensor",
+        "per_channel": True,
+        "reduce_range": False,
+        "symmetric_activations": False,
+        "op_types": None,
+        "exclude": [],
+        "preprocess": True,
+        "calibration": {"method": "minmax", "percentile": 99.999, "samples": 256, "batch_size": 32},
+        "fallback": "none",
+        "bits": 4,
+        "block_size": 64,
+        "symmetric_weights": True,
+        "accuracy_level": None,
+        "keep_io_types": True,
+    }
+    (step,) = ss.parse_recipe({**MINIMAL, "steps": [{"quantize": old_step}]}).steps
+    assert step == ss.WeightOnlyQuantizeConfig(block_size=64)
+    changed = {**old_step, "per_channel": False}
+    with pytest.raises(ss.RecipeError, match="'per_channel' applies to mode dynamic or static"):
+        ss.parse_recipe({**MINIMAL, "steps": [{"quantize": changed}]})

@@ -40,12 +40,16 @@ if _typing.TYPE_CHECKING:
     from slimserve.techniques.prune.masks import Pruner
     from slimserve.techniques.prune.schedules import ConstantSparsity, PolynomialDecay
     from slimserve.techniques.prune.train import PruneConfig
-    from slimserve.techniques.quantize.ort import (
+    from slimserve.techniques.quantize.api import quantize
+    from slimserve.techniques.quantize.configs import (
         CalibrationConfig,
+        DynamicQuantizeConfig,
+        Fp16QuantizeConfig,
         QuantizeConfig,
-        quantize,
-        quantize_onnx,
+        StaticQuantizeConfig,
+        WeightOnlyQuantizeConfig,
     )
+    from slimserve.techniques.quantize.ort import quantize_onnx
     from slimserve.techniques.quantize.qat import QATConfig
     from slimserve.techniques.quantize.torch_dynamic import quantize_dynamic_torch
 
@@ -81,9 +85,16 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "ConstantSparsity": ("slimserve.techniques.prune.schedules", "ConstantSparsity"),
     "PolynomialDecay": ("slimserve.techniques.prune.schedules", "PolynomialDecay"),
     "PruneConfig": ("slimserve.techniques.prune.train", "PruneConfig"),
-    "CalibrationConfig": ("slimserve.techniques.quantize.ort", "CalibrationConfig"),
-    "QuantizeConfig": ("slimserve.techniques.quantize.ort", "QuantizeConfig"),
-    "quantize": ("slimserve.techniques.quantize.ort", "quantize"),
+    "CalibrationConfig": ("slimserve.techniques.quantize.configs", "CalibrationConfig"),
+    "DynamicQuantizeConfig": ("slimserve.techniques.quantize.configs", "DynamicQuantizeConfig"),
+    "Fp16QuantizeConfig": ("slimserve.techniques.quantize.configs", "Fp16QuantizeConfig"),
+    "QuantizeConfig": ("slimserve.techniques.quantize.configs", "QuantizeConfig"),
+    "StaticQuantizeConfig": ("slimserve.techniques.quantize.configs", "StaticQuantizeConfig"),
+    "WeightOnlyQuantizeConfig": (
+        "slimserve.techniques.quantize.configs",
+        "WeightOnlyQuantizeConfig",
+    ),
+    "quantize": ("slimserve.techniques.quantize.api", "quantize"),
     "quantize_onnx": ("slimserve.techniques.quantize.ort", "quantize_onnx"),
     "QATConfig": ("slimserve.techniques.quantize.qat", "QATConfig"),
     "quantize_dynamic_torch": (
@@ -100,13 +111,6 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
 }
 
 
-# ``quantize`` is also the name of a subpackage, which Python sets on this module once
-# imported, so it cannot be lazy; slimserve.techniques.quantize.ort imports no torch at its top.
-from slimserve.techniques.quantize.ort import quantize  # noqa: E402
-
-del _LAZY["quantize"]
-
-
 def __getattr__(name: str) -> _typing.Any:
     # Nothing is imported until used: `slimserve serve model.onnx` and `slimserve
     # loadtest` never load torch (~2 s and ~200,000 objects at import).
@@ -120,7 +124,6 @@ def __getattr__(name: str) -> _typing.Any:
     return value
 
 
-
 __all__ = [
     "STEPS",
     "Artifact",
@@ -130,9 +133,11 @@ __all__ = [
     "Context",
     "DataError",
     "Dataset",
+    "DynamicQuantizeConfig",
     "ExportConfig",
     "ExportError",
     "FinetuneConfig",
+    "Fp16QuantizeConfig",
     "Manifest",
     "MissingExtraError",
     "ModelLoadError",
@@ -147,7 +152,9 @@ __all__ = [
     "RecipeError",
     "RunResult",
     "SlimserveError",
+    "StaticQuantizeConfig",
     "TorchModel",
+    "WeightOnlyQuantizeConfig",
     "__version__",
     "check_parity",
     "export_onnx",

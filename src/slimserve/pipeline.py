@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
     from slimserve.artifact import Artifact
     from slimserve.data import Dataset
+    from slimserve.measure.verdict import Verdict
     from slimserve.models import Model
     from slimserve.recipe import Recipe
+    from slimserve.techniques import Technique
 
 
 @dataclass
@@ -123,7 +125,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         _bench_stages(stages, eval_data, recipe)
     assert isinstance(current, OnnxModel)
     runtime, served = _choose_runtime(recipe, stages, program, notes)
-    notes = _goal_notes(recipe, [*stages[:1], served]) + notes
+    notes = [_verdict(recipe, stages[0], served).describe(), *notes]
     manifest = Manifest(
         name=recipe.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -199,10 +201,9 @@ def _progress(console: Console | None, total: int) -> Iterator[Any]:
         progress.update(task, completed=total)
 
 
-def _stage_name(step: Any, taken: list[str]) -> str:
+def _stage_name(step: Technique, taken: list[str]) -> str:
     """The step's own label if it has one; unique within the run."""
-    describe = getattr(step, "describe", None)
-    name = str(describe() if callable(describe) else step.name)
+    name = step.describe()
     candidate, index = name, 2
     while candidate in taken:
         candidate, index = f"{name} #{index}", index + 1
@@ -340,7 +341,7 @@ def _choose_runtime(
     speed = {
         s.name: s.timings.get(batch, {}).get("items_per_s", 0.0) for s in (onnx_stage, torch_stage)
     }
-    ok = {s.name: _meets_goal(recipe, stages[0], s) for s in (onnx_stage, torch_stage)}
+    ok = {s.name: _verdict(recipe, stages[0], s).met for s in (onnx_stage, torch_stage)}
     ratio = speed[torch_stage.name] / speed[onnx_stage.name] if speed[onnx_stage.name] else 0.0
     if ok[torch_stage.name] and (ratio > 1.0 or not ok[onnx_stage.name]):
         notes.append(
@@ -356,29 +357,13 @@ def _choose_runtime(
     return "onnx", onnx_stage
 
 
-def _meets_goal(recipe: Recipe, baseline: Stage, stage: Stage) -> bool:
-    metric = recipe.goal.metric
-    base = 1.0 if metric in ("cosine_mean", "top1_agreement") else baseline.metrics.get(metric)
-    value = stage.metrics.get(metric)
-    if base is None or value is None:
-        return True  # nothing to check against: speed decides
-    return base - value <= recipe.goal.max_drop
+def _verdict(recipe: Recipe, baseline: Stage, stage: Stage) -> Verdict:
+    from slimserve.measure.verdict import verdict
 
-
-def _goal_notes(recipe: Recipe, stages: list[Stage]) -> list[str]:
     metric = recipe.goal.metric
-    base, final = stages[0].metrics.get(metric), stages[-1].metrics.get(metric)
-    if metric in ("cosine_mean", "top1_agreement"):
-        base = 1.0
-    if base is None or final is None:
-        return [f"Goal not checked: no '{metric}' measured (the recipe has no eval data)."]
-    drop = base - final
-    if drop > recipe.goal.max_drop:
-        return [
-            f"Goal missed: {metric} dropped {drop:.4f} (from {base:.4f} to {final:.4f}), "
-            f"more than the allowed {recipe.goal.max_drop:.4f}."
-        ]
-    return [f"Goal met: {metric} {final:.4f} vs baseline {base:.4f} (drop {drop:+.4f})."]
+    return verdict(
+        metric, baseline.metrics.get(metric), stage.metrics.get(metric), recipe.goal.max_drop
+    )
 
 
 def _sha256(data: bytes) -> str:

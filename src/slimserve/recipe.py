@@ -1,6 +1,7 @@
 """Recipes: YAML -> frozen pydantic models, with errors that name the key path and the fix.
 
-``STEPS`` is the one registry of techniques: recipe key -> config class.
+``STEPS`` is the one registry of techniques: recipe key -> config class, or a tagged union
+of config classes (quantize: one per mode) that a discriminator picks among.
 """
 
 from __future__ import annotations
@@ -12,23 +13,18 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    ValidationError,
-    field_serializer,
-)
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_serializer
 
 from slimserve.core.errors import RecipeError
 from slimserve.core.specs import DataSpec, Frozen, ModelSpec
 from slimserve.techniques.export import ExportConfig
 from slimserve.techniques.fuse import FuseConfig
 from slimserve.techniques.prune.train import PruneConfig
-from slimserve.techniques.quantize.ort import QuantizeConfig
+from slimserve.techniques.quantize.configs import QuantizeConfig
 from slimserve.techniques.quantize.qat import QATConfig
 from slimserve.techniques.torch_program import RuntimeChoice
 
-STEPS: dict[str, type[BaseModel]] = {
+STEPS: dict[str, Any] = {
     "prune": PruneConfig,
     "qat": QATConfig,
     "export": ExportConfig,
@@ -37,6 +33,42 @@ STEPS: dict[str, type[BaseModel]] = {
 }
 """Recipe key -> technique config. Adding a technique = one module + one entry here."""
 
+
+def step_variants(config_type: Any) -> dict[str, type[BaseModel]]:
+    """A step's config classes by tag: ``{"": cls}`` for a plain class, each tagged member
+    for an ``Annotated[A | B, Discriminator(...)]`` union."""
+    if isinstance(config_type, type):
+        return {"": config_type}
+    union = typing.get_args(config_type)[0]
+    variants = {}
+    for member in typing.get_args(union):
+        cls, *marks = typing.get_args(member)
+        variants[next(m.tag for m in marks if isinstance(m, Tag))] = cls
+    return variants
+
+
+def _tag(config_type: Any, body: Any) -> str:
+    if isinstance(config_type, type):
+        return ""
+    marks = typing.get_args(config_type)[1:]
+    pick: Any = next(m.discriminator for m in marks if isinstance(m, Discriminator))
+    return str(pick(body))
+
+
+def validate_step(key: str, body: dict[str, Any]) -> Any:
+    """One step's config from its recipe body (``{"mode": "static"}`` for ``quantize``)."""
+    cls = step_class(key, body)
+    if cls is None:
+        raise RecipeError(f"{key}: unknown mode {body.get('mode')!r}")
+    return cls.model_validate(body)
+
+
+def step_class(key: str, body: Any) -> type[BaseModel] | None:
+    """The config class a step's body validates against (None: an unknown tag)."""
+    config_type = STEPS[key]
+    return step_variants(config_type).get(_tag(config_type, body))
+
+
 ORDER_ADVICE = (
     "The right order is prune -> fine-tune -> quantize: pruning and fine-tuning in float "
     "let training recover what pruning costs, and quantization then calibrates the final "
@@ -44,14 +76,11 @@ ORDER_ADVICE = (
 )
 
 
-TRAINS_IN_TORCH = ("prune", "qat")
-
-
 def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
     """Check each step accepts what the previous produces; insert ``export`` where needed."""
     if source_format == "keras":
         for index, step in enumerate(steps):
-            if step.name in TRAINS_IN_TORCH:
+            if step.trains:
                 raise RecipeError(
                     f"steps[{index}] '{step.name}' trains the model with PyTorch's training "
                     "loop, which a Keras model in a recipe cannot take. Prune a Keras model "
@@ -206,10 +235,18 @@ def _parse_step(
     ((key, body),) = item.items()
     if key not in STEPS:
         return None, [f"{where}: unknown step '{key}'{_suggest(str(key), list(STEPS))}"]
+    body = body or {}
+    cls = step_class(key, body)
+    if cls is None:
+        *first, last = (repr(t) for t in step_variants(STEPS[key]))
+        return None, [
+            f"{where}.{key}.mode: Input should be {', '.join(first)} or {last} "
+            f"(got {body.get('mode')!r})"
+        ]
     try:
-        return STEPS[key].model_validate(body or {}, context=context), []
+        return cls.model_validate(body, context=context), []
     except ValidationError as exc:
-        return None, _format(exc, STEPS[key], (where, key))
+        return None, _format(exc, cls, (where, key))
 
 
 def _suggest(key: str, valid: list[str]) -> str:

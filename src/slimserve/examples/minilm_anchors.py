@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from slimserve.core.metrics import fidelity
-from slimserve.measure.timing import run_rounds
+from slimserve.measure.timing import Timed, run_rounds
 
 Run = Callable[[dict[str, np.ndarray]], np.ndarray]
 HEADERS = [
@@ -92,7 +92,8 @@ def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
     from slimserve.runtime import OrtPredictor
     from slimserve.techniques.export import ExportConfig
     from slimserve.techniques.fuse import FuseConfig
-    from slimserve.techniques.quantize.ort import QuantizeConfig, quantize_onnx
+    from slimserve.techniques.quantize.configs import DynamicQuantizeConfig
+    from slimserve.techniques.quantize.ort import quantize_onnx
 
     tokenizer = load_tokenizer(model_folder())
     hf_model = load(ModelSpec(example="minilm"))
@@ -100,7 +101,7 @@ def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
     plain = ExportConfig().apply(hf_model, Context())
     calibration = Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
     fused = FuseConfig().apply(plain, Context(data={"calibration": calibration}))
-    int8 = quantize_onnx(fused, QuantizeConfig(mode="dynamic", per_channel=True))
+    int8 = quantize_onnx(fused, DynamicQuantizeConfig(per_channel=True))
     return {
         "PyTorch fp32 eager": torch_runner(torch.float32),
         "PyTorch bf16 eager": torch_runner(torch.bfloat16),
@@ -163,13 +164,15 @@ def compare(
         outputs[name] = np.concatenate([run(b) for b in (grouped if name == GROUPED else batches)])
         if name == GROUPED:  # back to the reference's sentence order
             outputs[name] = outputs[name][np.argsort(grouped_order)]
-    # One timing engine (measure.timing): a b32 call is a pass over all 256 sentences, a
-    # b1 call is one sentence (cycling through 48); candidates interleaved in rounds.
-    passes: dict[str, Callable[[], object]] = {
-        name: partial(_each, run, grouped if name == GROUPED else batches)
-        for name, (run, _) in candidates.items()
-    }
-    b32 = run_rounds(passes, rounds, calls_per_pass=1, warmup=1)
+    # One timing engine (measure.timing), candidates interleaved in rounds: a b32 call is
+    # the next batch of 32 (a pass covers each batch once), a b1 call the next sentence.
+    batched = {name: grouped if name == GROUPED else batches for name in candidates}
+    b32 = run_rounds(
+        {name: partial(_next, run, cycle(batched[name])) for name, (run, _) in candidates.items()},
+        rounds,
+        calls_per_pass=max(len(b) for b in batched.values()),
+        warmup=10,
+    )
     log("batch 32 timed")
     b1 = run_rounds(
         {name: partial(_next, run, cycle(singles)) for name, (run, _) in candidates.items()},
@@ -188,7 +191,7 @@ def compare(
                 f"{size / 1e6:.1f} MB ({size / fp32_size:.0%})",
                 f"{np.median(latencies_ms):.2f}",
                 f"{np.percentile(latencies_ms, 95):.2f}",
-                f"{256 / np.median(b32[name].round_s):.0f}",
+                f"{_sentences_per_s(b32[name], 256 / len(batched[name])):.0f}",
                 f"{stats['cosine_mean']:.4f} / {stats['cosine_min']:.4f}",
                 f"{stats['top5_neighbours']:.3f}",
             ]
@@ -210,9 +213,10 @@ def compare(
     return Comparison(rows, verdict, padding)
 
 
-def _each(run: Run, batches: list[dict[str, np.ndarray]]) -> None:
-    for batch in batches:
-        run(batch)
+def _sentences_per_s(timed: Timed, per_call: float) -> float:
+    """The median over rounds of sentences / seconds for the round's calls."""
+    calls = np.array(timed.calls_s).reshape(len(timed.round_s), -1)
+    return float(np.median(calls.shape[1] * per_call / calls.sum(axis=1)))
 
 
 def _next(run: Run, feeds: Iterator[dict[str, np.ndarray]]) -> None:

@@ -50,6 +50,7 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
     from slimserve.measure.evaluate import evaluate
     from slimserve.measure.summary import model_size
     from slimserve.measure.timing import TIMED_SPINNING
+    from slimserve.measure.verdict import verdict
     from slimserve.recipe import parse_recipe
     from slimserve.runtime import for_artifact, predict_all
     from slimserve.runtime import load as load_predictor
@@ -70,7 +71,7 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
     data = data.renamed(candidate_predictor.input_names)
     metric = recipe.goal.metric if data.labels is not None else "cosine_mean"
     reference = predict_all(base_predictor, data) if metric != "accuracy" else None
-    base_score = 1.0 if reference is not None else evaluate(base_predictor, data)[metric]
+    original = None if reference is not None else evaluate(base_predictor, data)[metric]
     score = evaluate(candidate_predictor, data, reference)[metric]
     batch = bounds.batch_size or max(recipe.bench.batch_sizes)
     timings = bench_interleaved(
@@ -82,15 +83,14 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
     )
     ratio = timings["artifact"][batch].speedup_over(timings["baseline"][batch])
     size_ratio = model_size(artifact.model)[0] / model_size(baseline)[0]
+    max_drop = bounds.max_drop if bounds.max_drop is not None else recipe.goal.max_drop
+    judged = verdict(metric, original, score, max_drop)
+    base_score = judged.baseline if judged.baseline is not None else score
     result = CheckResult(metric, base_score, score, ratio.median, size_ratio, batch)
     result.speedup_range = (ratio.low, ratio.high)
     result.contended = ratio.contended
-    max_drop = bounds.max_drop if bounds.max_drop is not None else recipe.goal.max_drop
-    if base_score - score > max_drop:
-        result.failures.append(
-            f"{metric} dropped {base_score - score:.4f} ({base_score:.4f} -> {score:.4f}), "
-            f"more than the allowed {max_drop:.4f}"
-        )
+    if not judged.met:
+        result.failures.append(judged.shortfall())
     if bounds.min_speedup is not None:
         _check_speedup(result, ratio, bounds.min_speedup)
     if bounds.max_size_ratio is not None and size_ratio > bounds.max_size_ratio:

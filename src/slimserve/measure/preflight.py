@@ -65,31 +65,35 @@ class Preflight:
 
 
 def _probe_models(onnx_fp32: Any, torch_model: Any, data: Dataset) -> list[Probe]:
-    from slimserve.techniques.quantize.ort import CalibrationConfig, QuantizeConfig, quantize_onnx
+    from slimserve.techniques.quantize.configs import (
+        CalibrationConfig,
+        DynamicQuantizeConfig,
+        Fp16QuantizeConfig,
+        StaticQuantizeConfig,
+        WeightOnlyQuantizeConfig,
+    )
+    from slimserve.techniques.quantize.ort import quantize_onnx
 
     calibration = data.take(min(len(data), 64))
     specs: list[tuple[str, Any]] = [
         ("fp32 (ORT)", None),
-        ("dynamic int8", QuantizeConfig(mode="dynamic")),
-        ("dynamic int8, uint8 weights", QuantizeConfig(mode="dynamic", weights="uint8")),
+        ("dynamic int8", DynamicQuantizeConfig()),
+        ("dynamic int8, uint8 weights", DynamicQuantizeConfig(weights="uint8")),
         (
             "static int8, per-channel",
-            QuantizeConfig(
-                mode="static", calibration=CalibrationConfig(samples=max(16, len(calibration)))
-            ),
+            StaticQuantizeConfig(calibration=CalibrationConfig(samples=max(16, len(calibration)))),
         ),
         (
             "static int8, per-tensor",
-            QuantizeConfig(
-                mode="static",
+            StaticQuantizeConfig(
                 per_channel=False,
                 calibration=CalibrationConfig(samples=max(16, len(calibration))),
             ),
         ),
-        ("fp16", QuantizeConfig(mode="fp16")),
+        ("fp16", Fp16QuantizeConfig()),
     ]
     if any(n.op_type in ("Gemm", "MatMul") for n in onnx_fp32.proto.graph.node):
-        specs.append(("int4 weight-only", QuantizeConfig(mode="weight_only", block_size=32)))
+        specs.append(("int4 weight-only", WeightOnlyQuantizeConfig(block_size=32)))
     probes = []
     for name, config in specs:
         started = time.perf_counter()

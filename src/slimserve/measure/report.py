@@ -229,7 +229,7 @@ def pruning_plots(manifest: Manifest) -> dict[str, bytes]:
     plots: dict[str, bytes] = {}
     for index, step in enumerate(manifest.steps):
         details = step.details
-        if step.name != "prune" or not details:
+        if "params_before" not in details:  # what a pruning step records
             continue
         layers = details.get("layer_sparsity") or {}
         if layers:
@@ -325,7 +325,7 @@ def _pruning_sections(manifest: Manifest, plots: dict[str, bytes]) -> list[str]:
     lines: list[str] = []
     for index, step in enumerate(manifest.steps):
         details = step.details
-        if step.name != "prune" or not details:
+        if "params_before" not in details:  # what a pruning step records
             continue
         before, after = details.get("params_before", 0), details.get("params_after", 0)
         change = f" ({100 * (after - before) / before:+.0f}%)" if before else ""
@@ -411,10 +411,11 @@ def build_report(manifest: Manifest) -> dict[str, bytes]:
 
 
 def _relevant(step: Any) -> dict[str, Any]:
-    """A step's config without the options of other quantization modes."""
-    if step.name != "quantize":
-        return dict(step.config)
-    from slimserve.techniques.quantize.ort import MODE_FIELDS
+    """A step's config as its technique knows it (an earlier version's manifest lists
+    every quantization mode's options in each quantize step)."""
+    from slimserve.recipe import STEPS, step_class
 
-    mode = step.config.get("mode")
-    return {k: v for k, v in step.config.items() if mode in MODE_FIELDS.get(k, (mode,))}
+    cls = step_class(step.name, step.config) if step.name in STEPS else None
+    if cls is None:
+        return dict(step.config)
+    return {k: v for k, v in step.config.items() if k in cls.model_fields}

@@ -146,6 +146,7 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     from slimserve.measure.evaluate import evaluate
     from slimserve.measure.summary import model_size
     from slimserve.measure.timing import TIMED_SPINNING
+    from slimserve.measure.verdict import baseline_score, verdict
     from slimserve.pipeline import recipe_data, run_recipe, with_example_inputs
     from slimserve.recipe import parse_recipe, plan_steps
     from slimserve.runtime import load as load_predictor
@@ -161,10 +162,11 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     base_predictor = load_predictor(model)
     metric = "accuracy" if evaluation.labels is not None else "cosine_mean"
     reference = predict_all(base_predictor, evaluation) if metric != "accuracy" else None
-    baseline = 1.0 if reference is not None else evaluate(base_predictor, evaluation)[metric]
+    original = None if reference is not None else evaluate(base_predictor, evaluation)[metric]
+    baseline = baseline_score(metric, original) or 0.0
     quick = evaluation.take(QUICK_SAMPLES)
     quick_reference = None if reference is None else reference[:QUICK_SAMPLES]
-    quick_baseline = 1.0 if reference is not None else evaluate(base_predictor, quick)[metric]
+    quick_original = None if reference is not None else evaluate(base_predictor, quick)[metric]
     has_linear = _has_linear(model)
     candidates = [
         c
@@ -197,7 +199,8 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
             continue
         predictor = load_predictor(built)
         quick_score = evaluate(predictor, quick, quick_reference)[metric]
-        if quick_baseline - quick_score > 2 * spec.max_drop + 0.01:
+        # A first look on a few samples, with a wide margin: only the hopeless stop here.
+        if not verdict(metric, quick_original, quick_score, 2 * spec.max_drop + 0.01).met:
             candidate.metric = quick_score
             candidate.status = f"rejected early: {metric} {quick_score:.4f} on {len(quick)} samples"
             candidate.seconds = time.perf_counter() - t0
@@ -206,12 +209,8 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
         candidate.size_bytes = model_size(built)[0]
         candidate.seconds = time.perf_counter() - t0
         candidate.model = built
-        drop = baseline - candidate.metric
-        candidate.status = (
-            "accepted"
-            if drop <= spec.max_drop
-            else f"rejected: {metric} drop {drop:.4f} > {spec.max_drop:.4f}"
-        )
+        judged = verdict(metric, original, candidate.metric, spec.max_drop)
+        candidate.status = "accepted" if judged.met else f"rejected: {judged.shortfall()}"
     accepted = [c for c in candidates if c.status == "accepted"]
     if accepted:
         predictors = {c.name: load_predictor(c.model, spinning=TIMED_SPINNING) for c in accepted}
@@ -270,9 +269,9 @@ def _no_difference(a: Candidate, b: Candidate, objective: Objective, batch: int)
 
 
 def _build(model: Any, steps: list[dict[str, Any]], ctx: Context, plan_steps: Any) -> Any:
-    from slimserve.recipe import STEPS
+    from slimserve.recipe import validate_step
 
-    configs = [STEPS[key].model_validate(body) for step in steps for key, body in step.items()]
+    configs = [validate_step(key, body) for step in steps for key, body in step.items()]
     current = model
     for config in plan_steps(tuple(configs), model.format):
         source = copy.deepcopy(current) if current.format == "torch" else current

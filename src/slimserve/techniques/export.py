@@ -27,6 +27,7 @@ class ExportConfig(BaseModel):
     name: ClassVar[str] = "export"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     produces: ClassVar[str] = "onnx"
+    trains: ClassVar[bool] = False
 
     opset: int = Field(18, ge=17, description="ONNX opset version (17 or newer).")
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
@@ -38,6 +39,10 @@ class ExportConfig(BaseModel):
     dynamic_batch: bool = Field(True, description="Make the first axis of every input dynamic.")
     atol: float = Field(1e-4, gt=0, description="Parity: largest allowed max abs error.")
     min_cosine: float = Field(0.9999, gt=0, le=1, description="Parity: smallest allowed cosine.")
+
+    def describe(self) -> str:
+        """A short label for tables."""
+        return "export"
 
     def apply(self, model: TorchModel, ctx: Context) -> OnnxModel:
         samples = model.example_inputs

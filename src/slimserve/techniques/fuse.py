@@ -38,6 +38,7 @@ class FuseConfig(BaseModel):
     name: ClassVar[str] = "fuse"
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
     produces: ClassVar[str] = "onnx"
+    trains: ClassVar[bool] = False
 
     model_type: Literal["bert"] = Field(
         "bert", description="Fusion patterns: 'bert' covers BERT/RoBERTa/MiniLM encoders."

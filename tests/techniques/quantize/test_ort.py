@@ -20,7 +20,7 @@ def reference(digits_onnx, digits_test):  # type: ignore[no-untyped-def]
 
 
 def test_dynamic_int8(digits_onnx, digits_test, reference) -> None:  # type: ignore[no-untyped-def]
-    quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="dynamic"))
+    quantized = ss.quantize_onnx(digits_onnx, ss.DynamicQuantizeConfig())
     assert {"DynamicQuantizeLinear"} & quantized_ops(quantized) or {
         "MatMulInteger",
         "ConvInteger",
@@ -33,9 +33,7 @@ def test_dynamic_int8(digits_onnx, digits_test, reference) -> None:  # type: ign
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_static_qdq(method: str, digits_onnx, digits_train, digits_test, reference) -> None:  # type: ignore[no-untyped-def]
-    config = ss.QuantizeConfig(
-        mode="static", calibration=ss.CalibrationConfig(method=method, samples=128)
-    )
+    config = ss.StaticQuantizeConfig(calibration=ss.CalibrationConfig(method=method, samples=128))
     quantized = ss.quantize_onnx(digits_onnx, config, digits_train)
     assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops(quantized)
     metrics = evaluate(ss.load_predictor(quantized), digits_test, reference)
@@ -46,7 +44,7 @@ def test_static_qdq(method: str, digits_onnx, digits_train, digits_test, referen
 def test_excluded_node_stays_float(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
     gemms = [n.name for n in digits_onnx.proto.graph.node if n.op_type == "Gemm"]
     last = gemms[-1]
-    config = ss.QuantizeConfig(mode="static", exclude=(last,))
+    config = ss.StaticQuantizeConfig(exclude=(last,))
     quantized = ss.quantize_onnx(digits_onnx, config, digits_train)
     graph = quantized.proto.graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -60,11 +58,11 @@ def test_excluded_node_stays_float(digits_onnx, digits_train) -> None:  # type: 
 def test_unknown_excluded_node_is_an_error(digits_onnx) -> None:  # type: ignore[no-untyped-def]
     name = next(n.name for n in digits_onnx.proto.graph.node if n.op_type == "Gemm")
     with pytest.raises(ss.RecipeError, match=f"Did you mean '{name}'"):
-        ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(exclude=(name + "x",)))
+        ss.quantize_onnx(digits_onnx, ss.DynamicQuantizeConfig(exclude=(name + "x",)))
 
 
 def test_static_needs_calibration_data(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
-    config = ss.QuantizeConfig(mode="static")
+    config = ss.StaticQuantizeConfig()
     with pytest.raises(ss.DataError, match="needs calibration data"):
         ss.quantize_onnx(digits_onnx, config, None)
     with pytest.raises(ss.DataError, match="got 5 calibration samples; it needs at least 16"):
@@ -79,7 +77,7 @@ def test_calibration_with_wrong_input_names(digits_onnx, digits_train) -> None: 
         ss.DataError,
         match=r"Calibration data has arrays \['pixels', 'extra'\].*inputs are \['input'\]",
     ):
-        ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="static"), data)
+        ss.quantize_onnx(digits_onnx, ss.StaticQuantizeConfig(), data)
 
 
 def test_too_few_samples_in_recipe_is_a_recipe_error() -> None:
@@ -88,13 +86,13 @@ def test_too_few_samples_in_recipe_is_a_recipe_error() -> None:
 
 
 def test_uint8_weights_still_run(digits_onnx, digits_test) -> None:  # type: ignore[no-untyped-def]
-    quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="dynamic", weights="uint8"))
+    quantized = ss.quantize_onnx(digits_onnx, ss.DynamicQuantizeConfig(weights="uint8"))
     (out,) = ss.load_predictor(quantized).predict({"input": digits_test.inputs["input"][:4]})
     assert out.shape == (4, 10) and np.isfinite(out).all()
 
 
 def test_weight_only_int4_on_linear_layers(digits_onnx, digits_test, reference) -> None:  # type: ignore[no-untyped-def]
-    quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="weight_only", block_size=32))
+    quantized = ss.quantize_onnx(digits_onnx, ss.WeightOnlyQuantizeConfig(block_size=32))
     assert "MatMulNBits" in quantized_ops(quantized)
     assert "Gemm" not in quantized_ops(quantized)  # both Linear layers went 4-bit
     metrics = evaluate(ss.load_predictor(quantized), digits_test, reference)
@@ -107,7 +105,7 @@ def test_weight_only_without_linear_layers_is_an_error() -> None:
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
     model = ss.ExportConfig().apply(ss.TorchModel(conv, (torch.rand(2, 1, 8, 8),)), ss.Context())
     with pytest.raises(ss.RecipeError, match="no MatMul/Gemm with constant weights"):
-        ss.quantize_onnx(model, ss.QuantizeConfig(mode="weight_only"))
+        ss.quantize_onnx(model, ss.WeightOnlyQuantizeConfig())
 
 
 def test_gemm_to_matmul_keeps_outputs(digits_onnx, digits_test) -> None:  # type: ignore[no-untyped-def]
@@ -125,9 +123,7 @@ def test_gemm_to_matmul_keeps_outputs(digits_onnx, digits_test) -> None:  # type
 def test_fp16(keep_io_types: bool, digits_onnx, digits_test, reference) -> None:  # type: ignore[no-untyped-def]
     from slimserve.models.onnx import describe_io
 
-    converted = ss.quantize_onnx(
-        digits_onnx, ss.QuantizeConfig(mode="fp16", keep_io_types=keep_io_types)
-    )
+    converted = ss.quantize_onnx(digits_onnx, ss.Fp16QuantizeConfig(keep_io_types=keep_io_types))
     io = describe_io(converted.proto)
     assert io["inputs"][0]["dtype"] == ("float32" if keep_io_types else "float16")
     assert len(converted.to_bytes()) < 0.55 * len(digits_onnx.to_bytes())
@@ -137,11 +133,11 @@ def test_fp16(keep_io_types: bool, digits_onnx, digits_test, reference) -> None:
 
 def test_options_of_another_mode_are_refused() -> None:
     with pytest.raises(ValueError, match="'block_size' applies to mode weight_only, not static"):
-        ss.QuantizeConfig(mode="static", block_size=64)
+        ss.StaticQuantizeConfig(block_size=64)
     with pytest.raises(ValueError, match="'calibration' applies to mode static, not dynamic"):
-        ss.QuantizeConfig(mode="dynamic", calibration=ss.CalibrationConfig(method="entropy"))
+        ss.DynamicQuantizeConfig(calibration=ss.CalibrationConfig(method="entropy"))
     with pytest.raises(ValueError, match="power of two"):
-        ss.QuantizeConfig(mode="weight_only", block_size=48)
+        ss.WeightOnlyQuantizeConfig(block_size=48)
 
 
 def test_quantize_function_exports_a_torch_model(digits_torch, digits_test) -> None:  # type: ignore[no-untyped-def]
@@ -153,6 +149,6 @@ def test_quantize_function_exports_a_torch_model(digits_torch, digits_test) -> N
 
 def test_debug_metadata_is_dropped(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
     assert any(n.metadata_props for n in digits_onnx.proto.graph.node)
-    quantized = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="static"), digits_train)
+    quantized = ss.quantize_onnx(digits_onnx, ss.StaticQuantizeConfig(), digits_train)
     assert not any(n.metadata_props for n in quantized.proto.graph.node)
     assert len(quantized.to_bytes()) <= 0.27 * len(digits_onnx.to_bytes())

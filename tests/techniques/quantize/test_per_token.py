@@ -15,8 +15,8 @@ from slimserve.measure.evaluate import evaluate
 from slimserve.runtime import OrtPredictor, predict_all
 from slimserve.techniques.quantize.per_token import FOLD_DEQUANTIZE
 
-TOKEN = ss.QuantizeConfig(mode="dynamic", activation_scales="token")
-TENSOR = ss.QuantizeConfig(mode="dynamic")
+TOKEN = ss.DynamicQuantizeConfig(activation_scales="token")
+TENSOR = ss.DynamicQuantizeConfig()
 
 
 def export(module: nn.Module, features: int) -> ss.OnnxModel:
@@ -116,17 +116,17 @@ def test_excluded_matmul_stays_float() -> None:
 
 def test_options_that_contradict_it_are_refused() -> None:
     with pytest.raises(ValidationError, match="applies to mode dynamic"):
-        ss.QuantizeConfig(mode="static", activation_scales="token")
+        ss.StaticQuantizeConfig(activation_scales="token")
     with pytest.raises(ValidationError, match="remove weights: uint8 and reduce_range"):
-        ss.QuantizeConfig(activation_scales="token", weights="uint8")
+        ss.DynamicQuantizeConfig(activation_scales="token", weights="uint8")
     with pytest.raises(ValidationError, match="remove weights: uint8 and reduce_range"):
-        ss.QuantizeConfig(activation_scales="token", reduce_range=True)
+        ss.DynamicQuantizeConfig(activation_scales="token", reduce_range=True)
 
 
 def test_static_qdq_models_are_not_marked_for_folding(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
     from slimserve.techniques.quantize.per_token import mark_fold_dequantize
 
-    static = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="static"), digits_train)
+    static = ss.quantize_onnx(digits_onnx, ss.StaticQuantizeConfig(), digits_train)
     proto = static.proto
     mark_fold_dequantize(proto)
     assert FOLD_DEQUANTIZE not in {p.key for p in proto.metadata_props}

@@ -54,7 +54,7 @@ def test_qat_accuracy_at_least_static_ptq(
     qat_result, digits_onnx, digits_train, digits_test
 ) -> None:  # type: ignore[no-untyped-def]
     model, _ = qat_result
-    ptq = ss.quantize_onnx(digits_onnx, ss.QuantizeConfig(mode="static"), digits_train)
+    ptq = ss.quantize_onnx(digits_onnx, ss.StaticQuantizeConfig(), digits_train)
     qat_acc = evaluate(ss.load_predictor(model), digits_test)["accuracy"]
     ptq_acc = evaluate(ss.load_predictor(ptq), digits_test)["accuracy"]
     assert qat_acc >= ptq_acc - 0.005  # one image of 450, at most

@@ -31,7 +31,7 @@ def accuracy(model, data) -> float:  # type: ignore[no-untyped-def]
 def test_outlier_breaks_static_int8(outlier, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     _, onnx_model = outlier
     assert accuracy(onnx_model, digits_test) > 0.97
-    quantized = ss.quantize_onnx(onnx_model, ss.QuantizeConfig(mode="static"), digits_train)
+    quantized = ss.quantize_onnx(onnx_model, ss.StaticQuantizeConfig(), digits_train)
     assert accuracy(quantized, digits_test) < 0.5
 
 
@@ -44,7 +44,7 @@ def test_fallback_recovers_within_the_goal(outlier, digits_train, digits_test) -
         log=log,
         max_drop=0.01,
     )
-    quantized = ss.QuantizeConfig(mode="static", fallback="auto").apply(onnx_model, ctx)
+    quantized = ss.StaticQuantizeConfig(fallback="auto").apply(onnx_model, ctx)
     assert accuracy(quantized, digits_test) >= accuracy(onnx_model, digits_test) - 0.01
     ranking = [row["node"] for row in log.details["sensitivity"]]
     gemms = [n.name for n in onnx_model.proto.graph.node if n.op_type == "Gemm"]
@@ -63,7 +63,7 @@ def test_fallback_does_nothing_when_the_goal_is_met(
     ctx = ss.Context(
         data={"calibration": digits_train, "eval": digits_test}, reference=digits_torch, log=log
     )
-    ss.QuantizeConfig(mode="static", fallback="auto").apply(digits_onnx, ctx)
+    ss.StaticQuantizeConfig(fallback="auto").apply(digits_onnx, ctx)
     assert log.details["float_nodes"] == [] and "sensitivity" not in log.details
 
 
@@ -71,7 +71,7 @@ def test_fallback_needs_eval_data(digits_onnx, digits_train) -> None:  # type: i
     ctx = ss.Context(data={"calibration": digits_train})
     del ctx.data["calibration"]  # no split at all: nothing to measure the drop on
     with pytest.raises(ss.DataError, match="needs eval data"):
-        ss.QuantizeConfig(mode="static", fallback="auto").apply(digits_onnx, ctx)
+        ss.StaticQuantizeConfig(fallback="auto").apply(digits_onnx, ctx)
 
 
 def test_fallback_with_per_token_scales(outlier, digits_test) -> None:  # type: ignore[no-untyped-def]
@@ -80,7 +80,7 @@ def test_fallback_with_per_token_scales(outlier, digits_test) -> None:  # type: 
     torch_model, onnx_model = outlier
     log = StepLog()
     ctx = ss.Context(data={"eval": digits_test}, reference=torch_model, log=log, max_drop=0.01)
-    config = ss.QuantizeConfig(mode="dynamic", activation_scales="token", fallback="auto")
+    config = ss.DynamicQuantizeConfig(activation_scales="token", fallback="auto")
     quantized = config.apply(onnx_model, ctx)
     assert accuracy(quantized, digits_test) >= accuracy(onnx_model, digits_test) - 0.01
     assert log.details["attempts"][0]["metric"] < 0.5  # fully quantized, it was broken

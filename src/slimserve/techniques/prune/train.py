@@ -54,6 +54,7 @@ class PruneConfig(BaseModel):
     name: ClassVar[str] = "prune"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     produces: ClassVar[str] = "torch"
+    trains: ClassVar[bool] = True
 
     granularity: Literal["unstructured", "n:m", "channel", "head"] = Field(
         "unstructured",

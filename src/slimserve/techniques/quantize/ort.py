@@ -1,7 +1,8 @@
-"""ONNX Runtime quantization as one recipe step: dynamic int8 and calibrated static QDQ.
+"""ONNX Runtime quantization: dynamic int8, calibrated static QDQ, 4-bit weight-only, fp16.
 
-ORT's quantizer does the work; this module adds the recipe interface, the calibration
-data plumbing, pre-processing and the checks that turn ORT's failures into fixes.
+ORT's quantizer does the work; this module adds the calibration data plumbing,
+pre-processing and the checks that turn ORT's failures into fixes. The step's configs
+(one per mode) are in ``quantize.configs``.
 """
 
 from __future__ import annotations
@@ -13,150 +14,30 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slimserve.core.context import Context
 from slimserve.core.errors import DataError, RecipeError, SlimserveError, first_line
 from slimserve.data import Dataset
 from slimserve.models.onnx import OnnxModel
 
 MIN_CALIBRATION_SAMPLES = 16
 
-
-class CalibrationConfig(BaseModel):
-    """How static quantization estimates activation ranges."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="ORT calibrator: MinMax, Entropy or Percentile."
+if TYPE_CHECKING:
+    from slimserve.techniques.quantize.configs import (
+        AnyQuantizeConfig,
+        CalibrationConfig,
+        DynamicQuantizeConfig,
+        Fp16QuantizeConfig,
+        WeightOnlyQuantizeConfig,
     )
-    percentile: float = Field(
-        99.999, gt=90, le=100, description="Percentile kept by the percentile method."
-    )
-    samples: int = Field(
-        256, ge=MIN_CALIBRATION_SAMPLES, description="Calibration samples to use (at most)."
-    )
-    batch_size: int = Field(32, ge=1, description="Samples per calibration batch.")
-
-
-MODE_FIELDS = {
-    "activations": ("static",),
-    "symmetric_activations": ("static",),
-    "calibration": ("static",),
-    "activation_scales": ("dynamic",),
-    "weights": ("dynamic", "static"),
-    "per_channel": ("dynamic", "static"),
-    "reduce_range": ("dynamic", "static"),
-    "op_types": ("dynamic", "static"),
-    "fallback": ("dynamic", "static"),
-    "bits": ("weight_only",),
-    "block_size": ("weight_only",),
-    "symmetric_weights": ("weight_only",),
-    "accuracy_level": ("weight_only",),
-    "keep_io_types": ("fp16",),
-}
-"""Which options mean something in which mode: setting one for another mode is an error."""
-
-
-class QuantizeConfig(BaseModel):
-    """Quantize an ONNX model with ONNX Runtime's quantizer (or convert it to fp16)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: ClassVar[str] = "quantize"
-    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
-    produces: ClassVar[str] = "onnx"
-
-    mode: Literal["dynamic", "static", "weight_only", "fp16"] = Field(
-        "dynamic",
-        description="dynamic: int8 weights, activations at run time; static: calibrated QDQ "
-        "int8; weight_only: 4-bit MatMul weights (MatMulNBits); fp16: half-precision graph.",
-    )
-    weights: Literal["int8", "uint8"] = Field(
-        "int8", description="Weight type. uint8 weights fall onto slow U8U8 kernels on x86."
-    )
-    activations: Literal["int8", "uint8"] = Field(
-        "uint8", description="Static only: activation type (ORT advises uint8 on x86)."
-    )
-    activation_scales: Literal["tensor", "token"] = Field(
-        "tensor",
-        description="Dynamic only: one activation scale per MatMul input (ORT) or one per "
-        "token/row (MatMuls run as MatMulIntegerToFloat, fused Attention keeps float "
-        "activations with int8 weights); token is several times more accurate on "
-        "transformers at a little speed.",
-    )
-    per_channel: bool = Field(True, description="One scale per output channel of each weight.")
-    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
-    symmetric_activations: bool = Field(False, description="Static only: zero point 0.")
-    op_types: tuple[str, ...] | None = Field(
-        None, description="Operator types to quantize (default: all ORT supports)."
-    )
-    exclude: tuple[str, ...] = Field((), description="Node names kept in float.")
-    preprocess: bool = Field(True, description="Shape inference + graph optimization first.")
-    calibration: CalibrationConfig = Field(
-        default_factory=CalibrationConfig, description="Static only: calibration settings."
-    )
-    fallback: Literal["none", "auto"] = Field(
-        "none",
-        description="auto: keep the fewest most quantization-sensitive nodes in float so "
-        "that the recipe's goal is met (needs eval data).",
-    )
-    bits: Literal[4, 8] = Field(4, description="Weight-only: bits per weight.")
-    block_size: int = Field(
-        128, ge=16, description="Weight-only: weights per scale (a power of two, >= 16)."
-    )
-    symmetric_weights: bool = Field(True, description="Weight-only: zero point 0.")
-    accuracy_level: int | None = Field(
-        None, ge=0, le=4, description="Weight-only: MatMulNBits compute type (4 = int8)."
-    )
-    keep_io_types: bool = Field(
-        True, description="fp16: keep the model's inputs and outputs in fp32."
-    )
-
-    @model_validator(mode="after")
-    def _mode_options(self) -> QuantizeConfig:
-        for name in sorted(self.model_fields_set):
-            modes = MODE_FIELDS.get(name)
-            default = type(self).model_fields[name].get_default(call_default_factory=True)
-            # A resolved recipe spells out every default: only a changed value is a mistake.
-            if modes and self.mode not in modes and getattr(self, name) != default:
-                raise ValueError(f"'{name}' applies to mode {' or '.join(modes)}, not {self.mode}")
-        if self.activation_scales == "token" and (self.weights != "int8" or self.reduce_range):
-            raise ValueError(
-                "activation_scales: token uses full-range int8 weights; remove "
-                "weights: uint8 and reduce_range"
-            )
-        if self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
-        return self
-
-    def describe(self) -> str:
-        """A short label for tables: 'quantize static int8', ..."""
-        if self.mode == "weight_only":
-            return f"quantize int{self.bits} weight-only"
-        if self.mode == "fp16":
-            return "convert fp16"
-        if self.activation_scales == "token":
-            return f"quantize {self.mode} {self.weights} per-token"
-        return f"quantize {self.mode} {self.weights}"
-
-    def apply(self, model: OnnxModel, ctx: Context) -> OnnxModel:
-        calibration = ctx.split("calibration", "train") if self.mode == "static" else None
-        if self.fallback == "auto":
-            from slimserve.techniques.quantize.sensitivity import quantize_with_fallback
-
-            result: OnnxModel = quantize_with_fallback(model, self, ctx)
-            return result
-        return quantize_onnx(model, self, calibration, ctx.work_dir)
 
 
 def quantize_onnx(
     model: OnnxModel,
-    config: QuantizeConfig,
+    config: AnyQuantizeConfig,
     calibration: Dataset | None = None,
     work_dir: Path | None = None,
     tensor_ranges: dict[str, tuple[float, float]] | None = None,
@@ -222,7 +103,7 @@ def quantize_onnx(
         return OnnxModel(strip_debug_info(onnx.load(str(output))))
 
 
-def _weight_only(model: OnnxModel, config: QuantizeConfig) -> OnnxModel:
+def _weight_only(model: OnnxModel, config: WeightOnlyQuantizeConfig) -> OnnxModel:
     """Block-wise 4/8-bit weights for MatMul (ORT's MatMulNBits); Gemm is split first."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -247,7 +128,7 @@ def _weight_only(model: OnnxModel, config: QuantizeConfig) -> OnnxModel:
     return OnnxModel(strip_debug_info(quantizer.model.model))
 
 
-def _per_token(model: OnnxModel, config: QuantizeConfig, work_dir: Path | None) -> OnnxModel:
+def _per_token(model: OnnxModel, config: DynamicQuantizeConfig, work_dir: Path | None) -> OnnxModel:
     """MatMuls and fused Attention by slimserve's rewrite (quantize/per_token.py), the
     other op types (Gather, Conv, ...) by ORT's dynamic quantizer as usual."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry
@@ -280,7 +161,7 @@ def _per_token(model: OnnxModel, config: QuantizeConfig, work_dir: Path | None) 
     return OnnxModel(proto)
 
 
-def _fp16(model: OnnxModel, config: QuantizeConfig) -> OnnxModel:
+def _fp16(model: OnnxModel, config: Fp16QuantizeConfig) -> OnnxModel:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with _quiet():
@@ -456,24 +337,3 @@ def _quiet() -> Iterator[None]:
         ) from exc
     finally:
         root.setLevel(level)
-
-
-def quantize(
-    model: Any,
-    config: QuantizeConfig | None = None,
-    calibration: Dataset | None = None,
-) -> OnnxModel:
-    """Quantize a model (a TorchModel is exported to ONNX first) with ``config``
-    (default: dynamic int8). Static mode needs ``calibration`` data."""
-    from slimserve.models.torch import TorchModel
-    from slimserve.techniques.export import ExportConfig
-
-    config = config or QuantizeConfig()
-    if isinstance(model, TorchModel):
-        model = ExportConfig().apply(model, Context())
-    if not isinstance(model, OnnxModel):
-        raise RecipeError(
-            f"quantize takes a TorchModel or OnnxModel, got {type(model).__name__}; "
-            "load it with slimserve.load first."
-        )
-    return quantize_onnx(model, config, calibration)

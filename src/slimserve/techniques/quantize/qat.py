@@ -31,7 +31,8 @@ from slimserve.techniques.finetune import (
     make_metric,
     run_finetune,
 )
-from slimserve.techniques.quantize.ort import CalibrationConfig, QuantizeConfig, quantize_onnx
+from slimserve.techniques.quantize.configs import CalibrationConfig, StaticQuantizeConfig
+from slimserve.techniques.quantize.ort import quantize_onnx
 
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -159,6 +160,7 @@ class QATConfig(BaseModel):
     name: ClassVar[str] = "qat"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     produces: ClassVar[str] = "onnx"
+    trains: ClassVar[bool] = True
 
     finetune: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(epochs=3, lr=1e-4),
@@ -210,8 +212,7 @@ def quantization_aware_training(model: TorchModel, config: QATConfig, ctx: Conte
             f"QAT: no ONNX node found for {', '.join(unmatched)}; their input ranges are "
             "calibrated instead of learned."
         )
-    quantize = QuantizeConfig(
-        mode="static",
+    quantize = StaticQuantizeConfig(
         per_channel=True,
         weights="int8",
         activations="uint8",

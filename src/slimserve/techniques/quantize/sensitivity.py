@@ -4,7 +4,7 @@ sensitive nodes in float so that the recipe's goal is met."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +12,10 @@ from slimserve.core.context import Context
 from slimserve.core.errors import DataError
 from slimserve.data import Dataset
 from slimserve.models.onnx import OnnxModel
-from slimserve.techniques.quantize.ort import QuantizeConfig, quantize_onnx
+from slimserve.techniques.quantize.ort import quantize_onnx
+
+if TYPE_CHECKING:
+    from slimserve.techniques.quantize.configs import IntegerQuantizeConfig
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")
 EVAL_SAMPLES = 512
@@ -58,7 +61,7 @@ def judge_for(model: OnnxModel, ctx: Context) -> Judge:
     return Judge(data, metric, reference, ctx.threads)
 
 
-def quantizable_nodes(model: OnnxModel, config: QuantizeConfig) -> list[str]:
+def quantizable_nodes(model: OnnxModel, config: IntegerQuantizeConfig) -> list[str]:
     types = config.op_types or QUANTIZABLE
     return [
         n.name
@@ -68,7 +71,7 @@ def quantizable_nodes(model: OnnxModel, config: QuantizeConfig) -> list[str]:
 
 
 def node_sensitivity(
-    model: OnnxModel, config: QuantizeConfig, ctx: Context, judge: Judge
+    model: OnnxModel, config: IntegerQuantizeConfig, ctx: Context, judge: Judge
 ) -> list[tuple[str, float]]:
     """Quantize one node at a time; the metric lost by each, most sensitive first."""
     nodes = quantizable_nodes(model, config)
@@ -84,7 +87,9 @@ def node_sensitivity(
     return sorted(drops, key=lambda item: -item[1])
 
 
-def quantize_with_fallback(model: OnnxModel, config: QuantizeConfig, ctx: Context) -> OnnxModel:
+def quantize_with_fallback(
+    model: OnnxModel, config: IntegerQuantizeConfig, ctx: Context
+) -> OnnxModel:
     """Quantize fully; if the goal is missed, keep the most sensitive nodes in float,
     as few as it takes (doubling, then bisecting, the count)."""
     plain = config.model_copy(update={"fallback": "none"})
