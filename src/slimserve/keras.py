@@ -2,30 +2,5 @@
 ``import slimserve.keras as sparsity`` (was ``tfmot.sparsity.keras``). The code lives in
 ``slimserve.techniques.prune.keras``; this module is its public name."""
 
-from slimserve.techniques.prune.keras import (
-    ConstantSparsity,
-    PolynomialDecay,
-    PruneLowMagnitude,
-    PruningSummaries,
-    UpdatePruningStep,
-    collect_prunable_layers,
-    get_prunable_weights,
-    prune_low_magnitude,
-    prune_scope,
-    pruned_sparsity,
-    strip_pruning,
-)
-
-__all__ = [
-    "ConstantSparsity",
-    "PolynomialDecay",
-    "PruneLowMagnitude",
-    "PruningSummaries",
-    "UpdatePruningStep",
-    "collect_prunable_layers",
-    "get_prunable_weights",
-    "prune_low_magnitude",
-    "prune_scope",
-    "pruned_sparsity",
-    "strip_pruning",
-]
+from slimserve.techniques.prune.keras import *  # noqa: F403
+from slimserve.techniques.prune.keras import __all__ as __all__
