@@ -38,6 +38,24 @@ def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> M
     return _load_path(path)
 
 
+def parse_model_spec(text: str) -> ModelSpec:
+    """A recipe's model block for a command-line source, read as ``load`` reads it:
+    ``example:NAME``; an existing path (a ``.keras`` file as ``keras``, anything else as
+    ``path``, made absolute); otherwise a ``pkg.module:function`` factory."""
+    if text.startswith("example:"):
+        return ModelSpec(example=text.removeprefix("example:"))
+    path = Path(text)
+    if path.exists():
+        if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+            return ModelSpec(keras=path.resolve())
+        return ModelSpec(path=path.resolve())
+    if ":" in text:
+        return ModelSpec(python=text)
+    raise ModelLoadError(
+        f"'{text}' is neither a file, 'example:NAME' nor a 'pkg.module:function' factory."
+    )
+
+
 def tokenizer_folder(spec: ModelSpec) -> Path | None:
     """Where a recipe's text data finds its tokenizer: the Hugging Face model's folder."""
     if spec.hf is not None:

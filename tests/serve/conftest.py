@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 import slimserve as ss
-from slimserve.serve.app import ServeConfig
+from slimserve.serve.config import ServeConfig
 from slimserve.serve.server import bound_port, build_server
 from tests.conftest import manifest_for
 

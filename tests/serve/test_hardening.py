@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.serve.conftest import start, wait_ready
-from tests.serve.test_infer_protocol import connect, post, read_responses
+from tests.serve.test_fastpath import connect, post, read_responses
 
 DIGITS = "/v2/models/digits/infer"
 

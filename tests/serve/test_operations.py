@@ -13,18 +13,22 @@ from typer.testing import CliRunner
 
 from slimserve.cli import app
 from slimserve.core.errors import SlimserveError
-from slimserve.serve.loadtest import check_target, load_test
+from slimserve.serve.loadtest import LoadTestConfig, check_target, load_test
 
 runner = CliRunner()
 
 
 def test_loadtest_counts_and_bounds(server_url: str) -> None:
-    result = load_test(f"http://{server_url}", "digits", concurrency=4, requests=200)
+    result = load_test(
+        f"http://{server_url}", "digits", LoadTestConfig(concurrency=4, requests=200)
+    )
     summary = result.summary()
     assert summary["requests"] == 200 and summary["errors"] == 0
     assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
     bounded = load_test(
-        f"http://{server_url}", "digits", concurrency=2, requests=10**6, duration=0.5
+        f"http://{server_url}",
+        "digits",
+        LoadTestConfig(concurrency=2, requests=10**6, duration=0.5),
     )
     assert bounded.seconds < 5 and bounded.requests < 10**6
 
@@ -47,7 +51,9 @@ def test_loadtest_sends_the_token(served_artifact: Path) -> None:
     try:
         result = runner.invoke(app, ["loadtest", f"http://{url}", "-m", "digits", "-n", "5"])
         assert result.exit_code == 2 and "401" in result.output  # metadata refused
-        summary = load_test(f"http://{url}", "digits", 2, 10, options={"token": "s3cret"})
+        summary = load_test(
+            f"http://{url}", "digits", LoadTestConfig(concurrency=2, requests=10, token="s3cret")
+        )
         assert summary.errors == 0 and summary.requests == 10
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
@@ -93,7 +99,11 @@ def test_loadtest_counts_failures_and_reconnects_after_close() -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        result = load_test(f"http://127.0.0.1:{server.server_port}", "m", 2, 20, duration=30)
+        result = load_test(
+            f"http://127.0.0.1:{server.server_port}",
+            "m",
+            LoadTestConfig(concurrency=2, requests=20, duration=30),
+        )
     finally:
         server.shutdown()
     assert result.requests == 20 and result.errors == 20 and len(seen) == 20
@@ -162,7 +172,7 @@ def test_batching_servers_let_ort_threads_sleep_between_runs(
     served_artifact: Path, tmp_path: Path, digits_onnx: object
 ) -> None:
     import slimserve as ss
-    from slimserve.serve.app import ServeConfig
+    from slimserve.serve.config import ServeConfig
     from slimserve.serve.repository import load_repository
 
     def spinning(options: object) -> str:
@@ -192,7 +202,7 @@ def test_serving_onnx_never_imports_torch(served_artifact: Path, tmp_path: Path)
     script = (
         "import sys\n"
         "import slimserve, slimserve.cli\n"
-        "from slimserve.serve.app import ServeConfig\n"
+        "from slimserve.serve.config import ServeConfig\n"
         "from slimserve.serve.server import build_server\n"
         "for path in sys.argv[1:]:\n"
         "    build_server(path, ServeConfig(port=0))\n"

@@ -135,9 +135,13 @@ def test_non_utf8_text_is_400(text_server: tuple[str, str]) -> None:
 
 
 def test_loadtest_sends_sentences_to_text_models(text_server: tuple[str, str]) -> None:
-    from slimserve.serve.loadtest import load_test
+    from slimserve.serve.loadtest import LoadTestConfig, load_test
 
     http_url, _ = text_server
     for body in ("binary", "json"):
-        result = load_test(f"http://{http_url}", "tiny-text", 4, 40, options={"format": body})
+        result = load_test(
+            f"http://{http_url}",
+            "tiny-text",
+            LoadTestConfig(concurrency=4, requests=40, format=body),
+        )
         assert result.errors == 0 and result.requests == 40, result.first_error

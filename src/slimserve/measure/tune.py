@@ -333,12 +333,12 @@ def _explain(
 def _pareto_plot(
     candidates: list[Candidate], metric: str, objective: Objective, path: Path
 ) -> None:
-    from slimserve.measure.report import _figure_png, _pyplot, draw_front, pareto_front
+    from slimserve.measure.plots import draw_front, figure_png, pareto_front, pyplot
 
     points = [c for c in candidates if c.metric is not None and c.size_bytes is not None]
     if not points:
         return
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
 
     def cost(c: Candidate) -> float:
@@ -360,4 +360,4 @@ def _pareto_plot(
     ax.set_ylabel(metric)
     ax.set_title("tune: green accepted, red rejected")
     ax.grid(alpha=0.3)
-    path.write_bytes(_figure_png(fig))
+    path.write_bytes(figure_png(fig))

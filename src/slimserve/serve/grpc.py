@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from slimserve.core.errors import require
-from slimserve.serve.protocol import (
+from slimserve.serve.v2codec import (
     V2_TO_NUMPY,
     ProtocolError,
     check_shape,
@@ -111,7 +111,7 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from slimserve.core.version import __version__
-    from slimserve.serve.app import error_status, input_metadata, tensor_metadata
+    from slimserve.serve.infer import error_status, input_metadata, tensor_metadata
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         async def ServerLive(self, request: Any, context: Any) -> Any:

@@ -16,12 +16,35 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from slimserve.core.errors import SlimserveError, require
+
+
+class LoadTestConfig(BaseModel):
+    """How hard and how long a load test pushes (every bound is a hard stop)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int = Field(8, ge=1, description="Closed loop: clients sending back to back.")
+    requests: int = Field(1000, ge=1, description="At most this many requests.")
+    duration: float = Field(60.0, gt=0, description="At most this many seconds.")
+    batch: int = Field(1, ge=1, description="Rows per request.")
+    format: Literal["binary", "json"] = Field(
+        "binary", description="binary (the tensor extension, as tritonclient) or json."
+    )
+    token: str | None = Field(None, description="Bearer token sent with every request.")
+    allow_remote: bool = Field(False, description="Allow a non-loopback target you operate.")
+    rate: float | None = Field(
+        None,
+        gt=0,
+        description="Open loop: requests/s sent on schedule whatever the answers "
+        "(concurrency is then unused).",
+    )
 
 
 @dataclass
@@ -92,7 +115,7 @@ def check_target(url: str, allow_remote: bool) -> str:
 def request_body(metadata: dict[str, Any], batch: int, fmt: str = "binary") -> tuple[bytes, int]:
     """A V2 request (random inputs shaped by the model's metadata) and, for the binary
     extension, the length of its JSON header (0 for ``fmt="json"``)."""
-    from slimserve.serve.protocol import V2_TO_NUMPY
+    from slimserve.serve.v2codec import V2_TO_NUMPY
 
     rng = np.random.default_rng(0)
     specs, chunks = [], []
@@ -259,7 +282,7 @@ OPEN_LOOP_CONNECTIONS = 256  # an open-loop run's keep-alive connections at most
 
 
 async def _open_loop(
-    base: str, request: bytes, result: LoadResult, options: dict[str, Any], deadline: float
+    base: str, request: bytes, result: LoadResult, config: LoadTestConfig, deadline: float
 ) -> None:
     """Requests at a fixed ``rate`` per second whatever the answers (open loop), over at
     most ``OPEN_LOOP_CONNECTIONS`` keep-alive connections (a request due while all are
@@ -280,8 +303,9 @@ async def _open_loop(
         result.record(scheduled, status, detail)
 
     started = time.perf_counter()
-    for k in range(options["requests"]):
-        scheduled = started + k / options["rate"]
+    assert config.rate is not None
+    for k in range(config.requests):
+        scheduled = started + k / config.rate
         if scheduled >= deadline:
             break
         wait = scheduled - time.perf_counter()
@@ -302,9 +326,9 @@ def _close(connection: _Connection) -> None:
         connection.transport.close()
 
 
-async def _run(base: str, model: str, options: dict[str, Any]) -> LoadResult:
+async def _run(base: str, model: str, config: LoadTestConfig) -> LoadResult:
     httpx: Any = require("httpx", "serve", "The load test")
-    token = options.get("token")
+    token = config.token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         meta = await client.get(f"/v2/models/{model}")
@@ -312,48 +336,29 @@ async def _run(base: str, model: str, options: dict[str, Any]) -> LoadResult:
         raise SlimserveError(
             f"{base}: model '{model}' metadata returned {meta.status_code}: {meta.text[:200]}"
         )
-    body, header_length = request_body(meta.json(), options["batch"], options["format"])
+    body, header_length = request_body(meta.json(), config.batch, config.format)
     request = _http_request(base, model, body, header_length, token)
     result = LoadResult(0, 0, 0.0)
-    remaining = [options["requests"]]
+    remaining = [config.requests]
     started = time.perf_counter()
-    deadline = started + options["duration"]
-    if options.get("rate"):
-        await _open_loop(base, request, result, options, deadline)
+    deadline = started + config.duration
+    if config.rate:
+        await _open_loop(base, request, result, config, deadline)
     else:
         await asyncio.gather(
             *(
                 _client(base, request, result, remaining, deadline)
-                for _ in range(options["concurrency"])
+                for _ in range(config.concurrency)
             )
         )
     result.seconds = time.perf_counter() - started
     return result
 
 
-def load_test(
-    url: str,
-    model: str,
-    concurrency: int = 8,
-    requests: int = 1000,
-    duration: float = 60.0,
-    options: dict[str, Any] | None = None,
-) -> LoadResult:
-    """``options``: ``batch`` (rows per request, 1), ``format`` ("binary" or "json"),
-    ``token``, ``allow_remote``, ``rate`` (requests/s, open loop: sent on schedule
-    whatever the answers; ``concurrency`` is then unused)."""
-    opts = {
-        "batch": 1,
-        "format": "binary",
-        "token": None,
-        "allow_remote": False,
-        "rate": None,
-        **(options or {}),
-    }
-    if opts["format"] not in ("binary", "json"):
-        raise SlimserveError(f"The request format is binary or json, not '{opts['format']}'.")
-    base = check_target(url, bool(opts["allow_remote"]))
-    run_options = {**opts, "concurrency": concurrency, "requests": requests, "duration": duration}
+def load_test(url: str, model: str, config: LoadTestConfig | None = None) -> LoadResult:
+    """Load-test ``model`` on the V2 server at ``url`` within ``config``'s bounds."""
+    config = config or LoadTestConfig()
+    base = check_target(url, config.allow_remote)
     run: Any = asyncio.run
     try:
         import uvloop  # the [serve] extra brings it: a faster event loop for the clients
@@ -361,5 +366,5 @@ def load_test(
         run = uvloop.run
     except ImportError:
         pass
-    result: LoadResult = run(_run(base, model, run_options))
+    result: LoadResult = run(_run(base, model, config))
     return result

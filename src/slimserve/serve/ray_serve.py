@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slimserve.core.errors import SlimserveError, require
-from slimserve.serve.app import ServeConfig
+from slimserve.serve.config import ServeConfig
 
 APP_NAME = "slimserve"
 
@@ -40,7 +40,7 @@ def run_ray(path: str | Path, config: ServeConfig, replicas: int, address: str |
     load_repository(repository, config.threads, config.ort_spinning)
 
     def build_app() -> Any:
-        from slimserve.serve.app import create_app
+        from slimserve.serve.http import create_app
         from slimserve.serve.repository import load_repository
 
         return create_app(load_repository(repository, config.threads, config.ort_spinning), config)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from slimserve.core.errors import require
-from slimserve.serve.app import ServeConfig, create_app
+from slimserve.serve.config import ServeConfig
+from slimserve.serve.http import create_app
 
 
 def build_server(path: str | Path, config: ServeConfig) -> Any:
@@ -15,13 +16,13 @@ def build_server(path: str | Path, config: ServeConfig) -> Any:
     require("uvicorn", "serve", "Serving")
     import uvicorn
 
-    from slimserve.serve import infer_protocol
+    from slimserve.serve import fastpath
     from slimserve.serve.repository import load_repository
 
     models = load_repository(path, config.threads, config.ort_spinning)
     app = create_app(models, config)
     # V2 infer requests skip the ASGI layer where the installed uvicorn allows it.
-    http = infer_protocol.protocol_class(app.server) if infer_protocol.supported() else "auto"
+    http = fastpath.protocol_class(app.server) if fastpath.supported() else "auto"
     uv_config = uvicorn.Config(
         app,
         http=http,

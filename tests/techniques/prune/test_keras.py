@@ -312,3 +312,25 @@ def test_a_model_without_an_input_shape_is_pruned_once_fit_builds_it() -> None:
     pruned.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
     assert [w.step for w in sparsity.collect_prunable_layers(pruned)] == [4, 4]
     assert list(sparsity.pruned_sparsity(pruned).values()) == [0.5, 0.5]
+
+
+def test_a_fit_in_which_the_schedule_never_fires_warns() -> None:
+    # TF-MOT's step order: the first batch is step 1, so a begin_step=0 schedule with the
+    # default frequency (100) first fires at step 100, after these 22 batches.
+    schedule = sparsity.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=1000)
+    model = compile_for_digits(sparsity.prune_low_magnitude(digits_mlp(), schedule))
+    with pytest.warns(sparsity.PruningScheduleWarning, match=r"never fired .*steps 1-22"):
+        train_steps(model, 22, [sparsity.UpdatePruningStep()])
+    assert all(v == 0 for v in sparsity.pruned_sparsity(model).values())
+
+
+def test_a_fit_in_which_the_schedule_fires_does_not_warn() -> None:
+    import warnings
+
+    schedule = sparsity.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=20, frequency=10)
+    model = compile_for_digits(sparsity.prune_low_magnitude(digits_mlp(), schedule))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sparsity.PruningScheduleWarning)
+        train_steps(model, 22, [sparsity.UpdatePruningStep()])
+    # TF-MOT stops at end_step, which is itself an update step: the final sparsity is reached.
+    assert all(v == pytest.approx(0.5, abs=0.01) for v in sparsity.pruned_sparsity(model).values())

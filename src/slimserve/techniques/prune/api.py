@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from slimserve.core.errors import SlimserveError
-from slimserve.techniques.prune.masks import Granularity, Pruner, Scope, attach
+from slimserve.techniques.prune.masks import Granularity, MaskOptions, Pruner, Scope, attach
 from slimserve.techniques.prune.schedules import Schedule
 
 _ATTR = "_slimserve_pruner"
@@ -48,7 +48,7 @@ def prune_low_magnitude(
                 f"consecutive weights), got {sparsity_m_by_n}."
             )
         granularity, n_m = "n:m", (group - zeros, group)
-    options: dict[str, Any] = {"exclude": tuple(exclude), "n_m": n_m}
+    options = MaskOptions(exclude=tuple(exclude), n_m=n_m)
     pruner = attach(module, pruning_schedule, granularity, scope, options)
     object.__setattr__(module, _ATTR, pruner)  # a plain attribute, not a submodule
 

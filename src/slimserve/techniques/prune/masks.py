@@ -11,9 +11,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -23,6 +24,19 @@ from slimserve.techniques.prune.schedules import Schedule
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Granularity = Literal["unstructured", "n:m"]
 Scope = Literal["layer", "global"]
+
+
+class MaskOptions(BaseModel):
+    """Which layers get masks and how (the knobs ``attach`` takes beside the schedule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exclude: tuple[str, ...] = Field((), description="Layer-name fnmatch patterns to skip.")
+    prune_classifier: bool = Field(False, description="Prune the final Linear layer too.")
+    n_m: tuple[int, int] = Field((2, 4), description="N:M pattern as (kept, group).")
+    overrides: dict[str, float] = Field(
+        default_factory=dict, description="{layer pattern: final sparsity}; layer scope only."
+    )
 
 
 def prunable_layers(
@@ -205,16 +219,12 @@ def attach(
     schedule: Schedule | None,
     granularity: Granularity = "unstructured",
     scope: Scope = "layer",
-    options: dict[str, Any] | None = None,
+    options: MaskOptions | None = None,
 ) -> Pruner:
-    """Put all-ones masks on the prunable layers and return the Pruner that moves them.
-
-    ``options``: ``exclude`` (name patterns), ``prune_classifier`` (bool), ``n_m`` (n, m),
-    ``overrides`` ({name pattern: final sparsity}, per-layer scope only).
-    """
-    opts = options or {}
-    layers = prunable_layers(module, opts.get("exclude", ()), opts.get("prune_classifier", False))
-    n, m = opts.get("n_m", (2, 4))
+    """Put all-ones masks on the prunable layers and return the Pruner that moves them."""
+    opts = options or MaskOptions()
+    layers = prunable_layers(module, opts.exclude, opts.prune_classifier)
+    n, m = opts.n_m
     skipped = {}
     if granularity == "n:m":
         for name in list(layers):
@@ -227,7 +237,7 @@ def attach(
             "No layer is left to prune: every Linear/Conv layer is excluded (the final "
             "classifier is kept dense unless prune_classifier is set). Check 'exclude'."
         )
-    overrides = resolve_overrides(layers, opts.get("overrides") or {})
+    overrides = resolve_overrides(layers, opts.overrides)
     if overrides and (scope == "global" or granularity == "n:m"):
         raise SlimserveError(
             "Per-layer sparsity overrides need scope: layer and unstructured or channel "

@@ -31,6 +31,7 @@ from slimserve.techniques.finetune import (
 )
 from slimserve.techniques.prune.masks import (
     PRUNABLE,
+    MaskOptions,
     Pruner,
     attach,
     prunable_layers,
@@ -141,12 +142,12 @@ def prune_model(model: TorchModel, config: PruneConfig, ctx: Context) -> TorchMo
             schedule,
             config.granularity,
             config.scope,
-            {
-                "exclude": config.exclude,
-                "prune_classifier": config.prune_classifier,
-                "n_m": config.pattern,
-                "overrides": config.overrides,
-            },
+            MaskOptions(
+                exclude=tuple(config.exclude),
+                prune_classifier=config.prune_classifier,
+                n_m=config.pattern,
+                overrides=config.overrides,
+            ),
         )
         history = _run_masks(model, config, pruner, ctx, metric_fn)
         pruner.finalize()

@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import asyncio
 
-from slimserve.serve.app import (
-    HEADER_LENGTH,
-    ServerState,
-    answer_error,
-    infer_target,
-    refusal,
-    reply_infer,
-)
+from slimserve.serve.http import infer_target, refusal
+from slimserve.serve.infer import HEADER_LENGTH, answer_error, reply_infer
+from slimserve.serve.state import ServerState
 
 TESTED_UVICORN = ((0, 54), (0, 55))  # [from, to): versions whose internals it was run on
 # After shutdown begins, how long an idle keep-alive connection stays open for a request

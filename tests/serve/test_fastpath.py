@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import slimserve as ss
-from slimserve.serve import infer_protocol
+from slimserve.serve import fastpath
 from tests.serve.conftest import start
 
 
@@ -72,7 +72,7 @@ def server(
     request: pytest.FixtureRequest, served_artifact: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
     if request.param == "ASGI":
-        monkeypatch.setattr(infer_protocol, "supported", lambda: False)
+        monkeypatch.setattr(fastpath, "supported", lambda: False)
     server, thread, url = start(served_artifact, max_body_bytes=4096)
     yield url
     server.should_exit = True  # type: ignore[attr-defined]
@@ -80,7 +80,7 @@ def server(
 
 
 def test_the_protocol_is_used_with_this_uvicorn() -> None:
-    assert infer_protocol.supported()  # else the fast path in these tests is never taken
+    assert fastpath.supported()  # else the fast path in these tests is never taken
 
 
 def test_pipelined_requests_are_answered_in_order(server: str, digits_onnx, digits_test) -> None:  # type: ignore[no-untyped-def]
@@ -140,7 +140,7 @@ def test_a_failing_model_run_is_a_500_and_the_server_keeps_serving(
     from onnx import TensorProto, helper
 
     if path == "ASGI":
-        monkeypatch.setattr(infer_protocol, "supported", lambda: False)
+        monkeypatch.setattr(fastpath, "supported", lambda: False)
     # A reshape to 3 elements: ONNX Runtime fails on a request of any other size.
     shape = helper.make_tensor("shape", TensorProto.INT64, [1], [3])
     graph = helper.make_graph(
