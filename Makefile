@@ -12,7 +12,7 @@ install: $(STAMP)
 # Everything goes through constraints.txt, which pins torch to the local CPU build.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,hf,keras,mlflow,serve,ray]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,hf,keras,mlflow,openvino,serve,ray]'
 	touch $(STAMP)
 
 demo: install

@@ -27,6 +27,7 @@ FLOORS: dict[str, int] = {
     "slimserve.recipe": 6,
     "slimserve.measure": 6,
     "slimserve.pipeline": 7,
+    "slimserve.stages": 7,
     "slimserve.measure.tune": 8,
     "slimserve.measure.check": 8,
     "slimserve.measure.preflight": 8,

@@ -80,8 +80,10 @@ class Manifest(_Record):
     packages: dict[str, str] = Field(default_factory=dict)
     # Text models: {"tokenizer": folder in the artifact, "max_length", "task", "pooling"}.
     text: dict[str, Any] | None = None
-    # What serves the artifact: model.onnx in ONNX Runtime, or the torch program model.pt2.
-    runtime: Literal["onnx", "torch"] = "onnx"
+    # What serves the artifact: model.onnx in ONNX Runtime, the torch program model.pt2, or
+    # model.onnx in OpenVINO (runtime_precision: auto or f32).
+    runtime: Literal["onnx", "torch", "openvino"] = "onnx"
+    runtime_precision: Literal["auto", "f32"] | None = None
     # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
     # features (slimserve.core.cpu) of the machine it was verified and timed on.
     precision: str | None = None

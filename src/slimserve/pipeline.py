@@ -6,47 +6,32 @@ import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from slimserve.core.context import Context, StepLog
-from slimserve.core.errors import DataError
+from slimserve.stages import (
+    RuntimeName,
+    Stage,
+    bench_stages,
+    choose_runtime,
+    goal_verdict,
+    openvino_stage,
+    outputs,
+    quality,
+    torch_program_stage,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from slimserve.artifact import Artifact
     from slimserve.data import Dataset
-    from slimserve.measure.verdict import Verdict
     from slimserve.models import Model
     from slimserve.recipe import Recipe
     from slimserve.techniques import Technique
-
-
-@dataclass
-class Stage:
-    """One point of the comparison: the baseline or the model after a step."""
-
-    name: str
-    model: Model
-    metrics: dict[str, float] = field(default_factory=dict)
-    size_bytes: int = 0
-    compressed_bytes: int = 0
-    timings: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "stage": self.name,
-            "format": self.model.format,
-            "metrics": self.metrics,
-            "size_bytes": self.size_bytes,
-            "compressed_bytes": self.compressed_bytes,
-            "timings": {str(b): t for b, t in self.timings.items()},
-        }
 
 
 @dataclass
@@ -68,6 +53,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve.models.onnx import describe_io
     from slimserve.models.onnx import precision as onnx_precision
     from slimserve.recipe import plan_steps
+    from slimserve.runtime.openvino import precision_name
 
     out = Path(out_dir)
     steps = plan_steps(recipe.steps, recipe.model.format)
@@ -80,8 +66,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         model = with_example_inputs(model, data)
         eval_data = _eval_split(data, model)
         baseline = Stage("baseline", model)
-        reference = _outputs(model, eval_data, threads) if eval_data is not None else None
-        baseline.metrics = _quality(model, eval_data, None, threads)
+        reference = outputs(model, eval_data, threads) if eval_data is not None else None
+        baseline.metrics = quality(model, eval_data, None, threads)
         ctx = Context(
             data=data,
             reference=model,
@@ -105,7 +91,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
             duration = time.perf_counter() - started
             notes.extend(log.notes)
             stage = Stage(_stage_name(step, [s.name for s in stages]), current)
-            stage.metrics = _quality(current, eval_data, reference, threads)
+            stage.metrics = quality(current, eval_data, reference, threads)
             stages.append(stage)
             records.append(
                 StepRecord(
@@ -117,15 +103,24 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
                     details=log.details,
                 )
             )
+        assert isinstance(current, OnnxModel)
         program = None
+        others: dict[RuntimeName, Stage] = {}
         if "torch" in recipe.runtimes.candidates:
             advance("torch program")
-            program = _torch_program(recipe, stages, eval_data, reference, threads, notes)
+            program = torch_program_stage(recipe, stages, eval_data, reference, threads, notes)
+            if program is not None:
+                others["torch"] = program[0]
+        if "openvino" in recipe.runtimes.candidates:
+            advance("OpenVINO")
+            ov_stage = openvino_stage(recipe, current, eval_data, reference, threads, notes)
+            if ov_stage is not None:
+                stages.append(ov_stage)
+                others["openvino"] = ov_stage
         advance("benchmarking every stage")
-        _bench_stages(stages, eval_data, recipe)
-    assert isinstance(current, OnnxModel)
-    runtime, served = _choose_runtime(recipe, stages, program, notes)
-    notes = [_verdict(recipe, stages[0], served).describe(), *notes]
+        bench_stages(stages, eval_data, recipe)
+    runtime, served, why = choose_runtime(recipe, stages, others)
+    notes = [goal_verdict(recipe, stages[0], served).describe(), *([why] if why else []), *notes]
     manifest = Manifest(
         name=recipe.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -144,9 +139,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         notes=notes,
         packages=_packages(),
         runtime=runtime,
+        runtime_precision=recipe.runtimes.openvino_precision if runtime == "openvino" else None,
         precision=(
             served.name.removeprefix("torch program ")
             if runtime == "torch"
+            else precision_name(
+                served.name.removeprefix("openvino "), onnx_precision(current.proto)
+            )
+            if runtime == "openvino"
             else onnx_precision(current.proto)
         ),
         cpu_features=sorted(cpu_features()),
@@ -243,127 +243,6 @@ def with_example_inputs(model: Model, data: dict[str, Dataset]) -> Model:
 def _eval_split(data: dict[str, Dataset], model: Model) -> Dataset | None:
     split = data.get("eval") or data.get("calibration")
     return split.renamed(model.input_names) if split is not None else None
-
-
-def _outputs(model: Model, data: Dataset, threads: int) -> np.ndarray:
-    from slimserve.runtime import load, predict_all
-
-    return predict_all(load(model, threads), data)
-
-
-def _quality(
-    model: Model, data: Dataset | None, reference: np.ndarray | None, threads: int
-) -> dict[str, float]:
-    if data is None:
-        return {}
-    from slimserve.measure.evaluate import evaluate
-    from slimserve.runtime import load
-
-    try:
-        return evaluate(load(model, threads), data, reference)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(
-            f"Running the model on the eval data failed: {exc}. Check that the data "
-            "matches the model's inputs (shape and dtype)."
-        ) from exc
-
-
-def _bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> None:
-    from slimserve.measure.bench import bench_interleaved
-    from slimserve.measure.summary import model_size
-    from slimserve.measure.timing import TIMED_SPINNING
-    from slimserve.runtime import load
-
-    for stage in stages:
-        stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
-    if data is None:
-        return
-    predictors = {
-        s.name: load(s.model, recipe.bench.threads, spinning=TIMED_SPINNING) for s in stages
-    }
-    timings = bench_interleaved(
-        predictors, data, recipe.bench.batch_sizes, recipe.bench.warmup, recipe.bench.repeats
-    )
-    for stage in stages:
-        stage.timings = {b: t.as_dict() for b, t in timings[stage.name].items()}
-
-
-def _torch_program(
-    recipe: Recipe,
-    stages: list[Stage],
-    eval_data: Dataset | None,
-    reference: np.ndarray | None,
-    threads: int,
-    notes: list[str],
-) -> tuple[Stage, bytes] | None:
-    """The last PyTorch stage as a ``torch.export`` program: a stage timed with the rest."""
-    from slimserve.core.errors import ExportError
-    from slimserve.models import TorchModel
-    from slimserve.techniques.torch_program import export_program, resolve_dtype
-
-    source = next((s.model for s in reversed(stages) if isinstance(s.model, TorchModel)), None)
-    if source is None:
-        notes.append(
-            "No torch program: the source model is ONNX, so there is nothing to run in PyTorch."
-        )
-        return None
-    dtype, warning = resolve_dtype(recipe.runtimes.torch_dtype)
-    if warning:
-        notes.append(warning)
-    try:
-        model, data = export_program(source, dtype)
-    except ExportError as exc:
-        if recipe.runtimes.candidates == ("torch",):
-            raise
-        notes.append(f"No torch program: {exc}")
-        return None
-    label = str(dtype).removeprefix("torch.")
-    stage = Stage(f"torch program {label}", model)
-    stage.metrics = _quality(model, eval_data, reference, threads)
-    stages.append(stage)
-    return stage, data
-
-
-def _choose_runtime(
-    recipe: Recipe, stages: list[Stage], program: tuple[Stage, bytes] | None, notes: list[str]
-) -> tuple[Literal["onnx", "torch"], Stage]:
-    """Serve the torch program or the ONNX model: the faster at the largest bench batch
-    among those that meet the goal (ONNX when neither or both cannot be compared)."""
-    onnx_stage = next(s for s in reversed(stages) if s.model.format == "onnx")
-    if program is None:
-        return "onnx", onnx_stage
-    torch_stage = program[0]
-    if recipe.runtimes.candidates == ("torch",):
-        return "torch", torch_stage
-    batch = max(recipe.bench.batch_sizes)
-    speed = {
-        s.name: s.timings.get(batch, {}).get("items_per_s", 0.0) for s in (onnx_stage, torch_stage)
-    }
-    ok = {s.name: _verdict(recipe, stages[0], s).met for s in (onnx_stage, torch_stage)}
-    ratio = speed[torch_stage.name] / speed[onnx_stage.name] if speed[onnx_stage.name] else 0.0
-    if ok[torch_stage.name] and (ratio > 1.0 or not ok[onnx_stage.name]):
-        notes.append(
-            f"Serving the {torch_stage.name}: {ratio:.2f}x the ONNX model's batch-{batch} "
-            "throughput, within the goal."
-        )
-        return "torch", torch_stage
-    why = "misses the goal" if not ok[torch_stage.name] else f"is {ratio:.2f}x as fast"
-    notes.append(
-        f"Serving the ONNX model: the {torch_stage.name} {why} at batch {batch} "
-        "(measured in the same run; the program is kept in the artifact as model.pt2)."
-    )
-    return "onnx", onnx_stage
-
-
-def _verdict(recipe: Recipe, baseline: Stage, stage: Stage) -> Verdict:
-    from slimserve.measure.verdict import verdict
-
-    metric = recipe.goal.metric
-    return verdict(
-        metric, baseline.metrics.get(metric), stage.metrics.get(metric), recipe.goal.max_drop
-    )
 
 
 def _sha256(data: bytes) -> str:

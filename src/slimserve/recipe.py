@@ -160,7 +160,8 @@ class Recipe(Frozen):
     bench: BenchConfig = Field(default_factory=BenchConfig, description="How every stage is timed.")
     runtimes: RuntimeChoice = Field(
         default_factory=RuntimeChoice,
-        description="Serve the ONNX model, a torch program, or whichever is faster.",
+        description="Serve the ONNX model (ONNX Runtime or OpenVINO) or a torch program: the "
+        "fastest within the goal, measured in the run.",
     )
     seed: int = Field(0, description="Seed for every random choice.")
 

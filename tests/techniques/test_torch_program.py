@@ -19,10 +19,13 @@ from slimserve.runtime import OrtPredictor, TorchPredictor
 from slimserve.techniques.torch_program import cpu_bf16_flags, export_program, resolve_dtype
 
 
-def digits_recipe(runtimes: dict[str, Any], steps: list[Any] | None = None) -> ss.Recipe:
+def digits_recipe(
+    runtimes: dict[str, Any], steps: list[Any] | None = None, name: str = "digits-rt"
+) -> ss.Recipe:
+    """The digits CNN with static int8 (by default) and the given runtime choice."""
     return ss.parse_recipe(
         {
-            "name": "digits-rt",
+            "name": name,
             "model": {"example": "digits"},
             "data": {
                 "calibration": {"example": "digits", "split": "train", "samples": 64},

@@ -4,14 +4,21 @@ slimserve artifact, interleaved in one run. Used by ``slimserve demo minilm`` an
 
 Anchors: PyTorch fp32 eager (transformers' default attention, mean pooling), PyTorch
 bf16 eager, ONNX Runtime fp32 on a plain export, ONNX Runtime dynamic int8 per-channel
-on the fused graph. Batch 32 of real English sentences (the 256 held-out ``english``
-eval sentences, never used for calibration), each batch padded to its own longest
-sentence; batch 1 over the first 48 of them. Fidelity against PyTorch fp32: cosine
+on the fused graph and, with the ``[openvino]`` extra, OpenVINO on the plain export (its
+default precision: bf16 float layers where the CPU has AVX512-BF16 or AMX) and OpenVINO
+after NNCF static int8 as sentence-transformers' ``export_static_quantized_openvino_model``
+does it (``model_type=TRANSFORMER``; calibrated here on the 256 ``english`` calibration
+sentences, where sentence-transformers takes 300 GLUE sentences).
+
+Batch 32 of real English sentences (the 256 held-out ``english`` eval sentences, never
+used for calibration), each batch padded to its own longest sentence; batch 1 over the
+first 48 of them. Fidelity against PyTorch fp32: cosine
 mean/min and top-5 neighbour agreement (each sentence's 5 nearest others).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimserve.core.errors import MissingExtraError
 from slimserve.core.metrics import fidelity
 from slimserve.measure.timing import Timed, run_rounds
 
@@ -102,7 +110,7 @@ def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
     calibration = Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
     fused = FuseConfig().apply(plain, Context(data={"calibration": calibration}))
     int8 = quantize_onnx(fused, DynamicQuantizeConfig(per_channel=True))
-    return {
+    found = {
         "PyTorch fp32 eager": torch_runner(torch.float32),
         "PyTorch bf16 eager": torch_runner(torch.bfloat16),
         "ORT fp32, plain export": predictor_runner(
@@ -112,6 +120,63 @@ def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
             OrtPredictor(int8, threads), len(int8.to_bytes())
         ),
     }
+    # Without the [openvino] extra the table has the other anchors.
+    with contextlib.suppress(MissingExtraError):
+        found.update(openvino_anchors(plain, tokenizer, threads))
+    return found
+
+
+def openvino_anchors(plain: Any, tokenizer: Any, threads: int) -> dict[str, tuple[Run, int]]:
+    """OpenVINO on the plain export, and OpenVINO after NNCF static int8 (what
+    sentence-transformers' ``export_static_quantized_openvino_model`` does)."""
+    from dataclasses import replace
+
+    from slimserve.core.errors import require
+    from slimserve.data import english_split
+    from slimserve.models.hf import tokenize
+    from slimserve.runtime.openvino import OvPredictor
+
+    ov: Any = require("openvino", "openvino", "The OpenVINO anchors")
+    nncf: Any = require("nncf", "openvino", "The OpenVINO + NNCF anchor")
+    fp32 = OvPredictor(replace(plain, engine="openvino"), threads)
+    core = ov.Core()
+    read = core.read_model(model=plain.to_bytes(), weights=b"")
+    sentences = english_split("calibration")
+    samples = [tokenize(tokenizer, [s], 256) for s in sentences]
+    quantized = nncf.quantize(
+        read,
+        nncf.Dataset(samples),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(samples),
+    )
+    compiled = core.compile_model(
+        quantized,
+        "CPU",
+        {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1},
+    )
+    request = compiled.create_infer_request()
+    names = [i.get_any_name() for i in compiled.inputs]
+
+    def run_int8(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        result = request.infer({n: feeds[n] for n in names})
+        return np.array(result[compiled.outputs[0]])
+
+    int8_size = _openvino_size(ov, quantized)
+    return {
+        f"OpenVINO {fp32.inference_precision} (auto), plain export": predictor_runner(
+            fp32, len(plain.to_bytes())
+        ),
+        "OpenVINO + NNCF static int8 (model_type=TRANSFORMER)": (run_int8, int8_size),
+    }
+
+
+def _openvino_size(ov: Any, model: Any) -> int:
+    """Bytes of the model as OpenVINO saves it (IR .xml + .bin, weights compressed)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        ov.save_model(model, f"{folder}/model.xml")
+        return sum(p.stat().st_size for p in Path(folder).iterdir())
 
 
 def compare(

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -23,6 +23,9 @@ class OnnxModel:
 
     proto: onnx.ModelProto
     format: str = field(default="onnx", init=False)
+    # Which runtime runs it: ONNX Runtime, or OpenVINO (its default precision, bf16 where
+    # the CPU has it, or float32 throughout). The same model file either way.
+    engine: Literal["onnxruntime", "openvino", "openvino-f32"] = "onnxruntime"
 
     def to_bytes(self) -> bytes:
         data: bytes = self.proto.SerializeToString()

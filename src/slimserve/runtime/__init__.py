@@ -13,7 +13,7 @@ from slimserve.runtime.torch import TorchPredictor
 if TYPE_CHECKING:
     from slimserve.artifact import Artifact
     from slimserve.data import Dataset
-    from slimserve.models import Model
+    from slimserve.models import Model, OnnxModel
 
 
 class Predictor(Protocol):
@@ -27,22 +27,30 @@ class Predictor(Protocol):
 
 def load(source: Model | str | Path, threads: int = 2, spinning: bool = True) -> Predictor:
     """A predictor for a model state, a model file or an artifact folder (which runs in
-    the runtime its manifest names: ONNX Runtime, or its torch program). ``spinning``:
+    the runtime its manifest names: ONNX Runtime, its torch program, or OpenVINO). ``spinning``:
     see ``OrtPredictor``."""
     from slimserve.artifact import MANIFEST_FILE, load_artifact
     from slimserve.loading import load as load_model
     from slimserve.models import OnnxModel
 
     if isinstance(source, OnnxModel):  # first: an ONNX model never needs torch imported
-        return OrtPredictor(source, threads, spinning)
+        return _onnx_predictor(source, threads, spinning)
     from slimserve.models import TorchModel
 
     if not isinstance(source, TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
         return for_artifact(load_artifact(source), threads, spinning)
     model = source if isinstance(source, TorchModel) else load_model(source)
     if isinstance(model, OnnxModel):
-        return OrtPredictor(model, threads, spinning)
+        return _onnx_predictor(model, threads, spinning)
     return TorchPredictor(model, threads)
+
+
+def _onnx_predictor(model: OnnxModel, threads: int, spinning: bool) -> Predictor:
+    if model.engine == "onnxruntime":
+        return OrtPredictor(model, threads, spinning)
+    from slimserve.runtime.openvino import OvPredictor
+
+    return OvPredictor(model, threads, "f32" if model.engine == "openvino-f32" else "auto")
 
 
 def served_model(artifact: Artifact) -> Model:
@@ -65,6 +73,11 @@ def served_model(artifact: Artifact) -> Model:
             tuple(i["name"] for i in names["inputs"]),
             tuple(o["name"] for o in names["outputs"]),
         )
+    if artifact.manifest.runtime == "openvino":
+        from dataclasses import replace
+
+        f32 = artifact.manifest.runtime_precision == "f32"
+        return replace(artifact.model, engine="openvino-f32" if f32 else "openvino")
     return artifact.model
 
 

@@ -27,10 +27,16 @@ class RuntimeChoice(BaseModel):
     the goal is kept, timed at the largest bench batch size in the same run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    candidates: tuple[Literal["onnx", "torch"], ...] = Field(
+    candidates: tuple[Literal["onnx", "torch", "openvino"], ...] = Field(
         ("onnx",),
-        description="onnx (the ONNX model, in ONNX Runtime) and/or torch (a torch.export "
-        "program of the last PyTorch stage, before export, stored as model.pt2).",
+        description="onnx (the ONNX model, in ONNX Runtime), torch (a torch.export program "
+        "of the last PyTorch stage, before export, stored as model.pt2) and/or openvino "
+        "(the same ONNX model in OpenVINO; extra [openvino]).",
+    )
+    openvino_precision: Literal["auto", "f32"] = Field(
+        "auto",
+        description="OpenVINO's precision for float layers: auto = its default (bf16 where "
+        "the CPU has AVX512-BF16 or AMX), f32 = float32 throughout.",
     )
     torch_dtype: TorchDtype = Field(
         "auto",
@@ -41,7 +47,7 @@ class RuntimeChoice(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> RuntimeChoice:
         if not self.candidates or len(set(self.candidates)) != len(self.candidates):
-            raise ValueError("candidates: one or both of onnx, torch, each once")
+            raise ValueError("candidates: one or more of onnx, torch, openvino, each once")
         return self
 
 

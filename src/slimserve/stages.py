@@ -1,0 +1,200 @@
+"""The stages of a run: the model after each step (and the runtimes that may serve the
+last one), each scored and timed in one interleaved run, and the choice of what serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from slimserve.core.errors import DataError
+
+if TYPE_CHECKING:
+    from slimserve.data import Dataset
+    from slimserve.measure.verdict import Verdict
+    from slimserve.models import Model, OnnxModel
+    from slimserve.recipe import Recipe
+
+
+@dataclass
+class Stage:
+    """One point of the comparison: the baseline or the model after a step."""
+
+    name: str
+    model: Model
+    metrics: dict[str, float] = field(default_factory=dict)
+    size_bytes: int = 0
+    compressed_bytes: int = 0
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "stage": self.name,
+            "format": self.model.format,
+            "metrics": self.metrics,
+            "size_bytes": self.size_bytes,
+            "compressed_bytes": self.compressed_bytes,
+            "timings": {str(b): t for b, t in self.timings.items()},
+        }
+
+
+def outputs(model: Model, data: Dataset, threads: int) -> np.ndarray:
+    from slimserve.runtime import load, predict_all
+
+    return predict_all(load(model, threads), data)
+
+
+def quality(
+    model: Model, data: Dataset | None, reference: np.ndarray | None, threads: int
+) -> dict[str, float]:
+    if data is None:
+        return {}
+    from slimserve.measure.evaluate import evaluate
+    from slimserve.runtime import load
+
+    try:
+        return evaluate(load(model, threads), data, reference)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"Running the model on the eval data failed: {exc}. Check that the data "
+            "matches the model's inputs (shape and dtype)."
+        ) from exc
+
+
+def bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> None:
+    from slimserve.measure.bench import bench_interleaved
+    from slimserve.measure.summary import model_size
+    from slimserve.measure.timing import TIMED_SPINNING
+    from slimserve.runtime import load
+
+    for stage in stages:
+        stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
+    if data is None:
+        return
+    predictors = {
+        s.name: load(s.model, recipe.bench.threads, spinning=TIMED_SPINNING) for s in stages
+    }
+    timings = bench_interleaved(
+        predictors, data, recipe.bench.batch_sizes, recipe.bench.warmup, recipe.bench.repeats
+    )
+    for stage in stages:
+        stage.timings = {b: t.as_dict() for b, t in timings[stage.name].items()}
+
+
+def torch_program_stage(
+    recipe: Recipe,
+    stages: list[Stage],
+    eval_data: Dataset | None,
+    reference: np.ndarray | None,
+    threads: int,
+    notes: list[str],
+) -> tuple[Stage, bytes] | None:
+    """The last PyTorch stage as a ``torch.export`` program: a stage timed with the rest."""
+    from slimserve.core.errors import ExportError
+    from slimserve.models import TorchModel
+    from slimserve.techniques.torch_program import export_program, resolve_dtype
+
+    source = next((s.model for s in reversed(stages) if isinstance(s.model, TorchModel)), None)
+    if source is None:
+        notes.append(
+            "No torch program: the source model is ONNX, so there is nothing to run in PyTorch."
+        )
+        return None
+    dtype, warning = resolve_dtype(recipe.runtimes.torch_dtype)
+    if warning:
+        notes.append(warning)
+    try:
+        model, data = export_program(source, dtype)
+    except ExportError as exc:
+        if recipe.runtimes.candidates == ("torch",):
+            raise
+        notes.append(f"No torch program: {exc}")
+        return None
+    label = str(dtype).removeprefix("torch.")
+    stage = Stage(f"torch program {label}", model)
+    stage.metrics = quality(model, eval_data, reference, threads)
+    stages.append(stage)
+    return stage, data
+
+
+def openvino_stage(
+    recipe: Recipe,
+    current: OnnxModel,
+    eval_data: Dataset | None,
+    reference: np.ndarray | None,
+    threads: int,
+    notes: list[str],
+) -> Stage | None:
+    """The final ONNX model run by OpenVINO: a stage timed with the rest."""
+    from slimserve.core.errors import ModelLoadError
+    from slimserve.runtime.openvino import OvPredictor
+
+    precision = recipe.runtimes.openvino_precision
+    engine: Literal["openvino", "openvino-f32"] = (
+        "openvino-f32" if precision == "f32" else "openvino"
+    )
+    model = replace(current, engine=engine)
+    try:
+        predictor = OvPredictor(model, threads, precision)
+    except ModelLoadError as exc:
+        if recipe.runtimes.candidates == ("openvino",):
+            raise
+        notes.append(f"No OpenVINO stage: {exc}")
+        return None
+    stage = Stage(f"openvino {predictor.inference_precision}", model)
+    stage.metrics = quality(model, eval_data, reference, threads)
+    return stage
+
+
+RuntimeName = Literal["onnx", "torch", "openvino"]
+
+
+def choose_runtime(
+    recipe: Recipe, stages: list[Stage], others: dict[RuntimeName, Stage]
+) -> tuple[RuntimeName, Stage, str]:
+    """What serves the artifact: among the ONNX model in ONNX Runtime and ``others`` (the
+    torch program, the ONNX model in OpenVINO), the fastest at the largest bench batch of
+    those that meet the goal; ONNX Runtime when none of the others does. Returns the
+    runtime, its stage and a note saying why, with the ratios measured in this run."""
+    onnx_stage = next(
+        s
+        for s in reversed(stages)
+        if s.model.format == "onnx" and getattr(s.model, "engine", "") == "onnxruntime"
+    )
+    if not others:
+        return "onnx", onnx_stage, ""
+    if len(recipe.runtimes.candidates) == 1:
+        (only,) = others
+        return only, others[only], f"Serving the {others[only].name}: the one runtime asked for."
+    batch = max(recipe.bench.batch_sizes)
+    candidates: dict[RuntimeName, Stage] = {**others}
+    if "onnx" in recipe.runtimes.candidates:
+        candidates = {"onnx": onnx_stage, **others}
+    speed = {r: s.timings.get(batch, {}).get("items_per_s", 0.0) for r, s in candidates.items()}
+    meets = {r: goal_verdict(recipe, stages[0], s).met for r, s in candidates.items()}
+    base = speed.get("onnx") or 0.0
+    ratios = ", ".join(
+        f"{s.name} {speed[r] / base:.2f}x" + ("" if meets[r] else " (misses the goal)")
+        for r, s in candidates.items()
+        if r != "onnx" and base
+    )
+    passing = [r for r in candidates if meets[r]] or ["onnx"]
+    best = max(passing, key=lambda r: speed[r])
+    where = f"batch-{batch} throughput vs the ONNX model in ONNX Runtime, same run: {ratios}"
+    if best == "onnx":
+        note = f"Serving the ONNX model in ONNX Runtime ({where})."
+    else:
+        note = f"Serving the {candidates[best].name}, the fastest within the goal ({where})."
+    return best, candidates[best], note
+
+
+def goal_verdict(recipe: Recipe, baseline: Stage, stage: Stage) -> Verdict:
+    from slimserve.measure.verdict import verdict
+
+    metric = recipe.goal.metric
+    return verdict(
+        metric, baseline.metrics.get(metric), stage.metrics.get(metric), recipe.goal.max_drop
+    )
