@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/minilm.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-static --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-heads --update BENCHMARKS.md
+	$(BIN)/python benchmarks/minilm.py --recipe minilm-openvino --update BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks docs/gen.py

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _record import update
 
 import slimserve as ss
+from slimserve.core.cpu import cpu_features
 from slimserve.examples.minilm_anchors import HEADERS, compare
 from slimserve.measure.report import markdown_table
 
@@ -51,9 +52,9 @@ def main() -> None:
             + result.verdict
             + " "
             + result.padding
-            + "\n\nThis machine has AVX2 only (no AVX-512 VNNI, BF16 or AMX), so its int8 "
-            "kernels lack VNNI's dot products and bf16 runs emulated: the anchors' ratios "
-            "differ from a Xeon's."
+            + f"\n\nCPU flags: {', '.join(sorted(cpu_features())) or 'none of note'}. Int8 "
+            "kernels gain from VNNI (and AMX) and bf16 runs natively only with AVX512-BF16 "
+            "or AMX, so the ratios differ between CPU kinds."
         )
         update(args.update, args.recipe, body)
 

@@ -83,7 +83,7 @@ def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
     assert "2 problem(s)" in message
     assert (
         "steps[0].quantize.mode: Input should be "
-        "'dynamic', 'static', 'weight_only' or 'fp16' (got 'int3')" in message
+        "'dynamic', 'static', 'weight_only', 'fp16' or 'nncf' (got 'int3')" in message
     )
     assert "bench.threads: Input should be a valid integer" in message
 

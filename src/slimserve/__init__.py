@@ -45,6 +45,7 @@ if _typing.TYPE_CHECKING:
         CalibrationConfig,
         DynamicQuantizeConfig,
         Fp16QuantizeConfig,
+        NncfQuantizeConfig,
         QuantizeConfig,
         StaticQuantizeConfig,
         WeightOnlyQuantizeConfig,
@@ -88,6 +89,7 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "CalibrationConfig": ("slimserve.techniques.quantize.configs", "CalibrationConfig"),
     "DynamicQuantizeConfig": ("slimserve.techniques.quantize.configs", "DynamicQuantizeConfig"),
     "Fp16QuantizeConfig": ("slimserve.techniques.quantize.configs", "Fp16QuantizeConfig"),
+    "NncfQuantizeConfig": ("slimserve.techniques.quantize.configs", "NncfQuantizeConfig"),
     "QuantizeConfig": ("slimserve.techniques.quantize.configs", "QuantizeConfig"),
     "StaticQuantizeConfig": ("slimserve.techniques.quantize.configs", "StaticQuantizeConfig"),
     "WeightOnlyQuantizeConfig": (
@@ -141,6 +143,7 @@ __all__ = [
     "Manifest",
     "MissingExtraError",
     "ModelLoadError",
+    "NncfQuantizeConfig",
     "OnnxModel",
     "PolynomialDecay",
     "Predictor",

@@ -22,7 +22,7 @@ def quantize(
     calibration: Dataset | None = None,
 ) -> OnnxModel:
     """Quantize a model (a TorchModel is exported to ONNX first) with ``config``
-    (default: dynamic int8). Static mode needs ``calibration`` data."""
+    (default: dynamic int8). Static and nncf modes need ``calibration`` data."""
     from slimserve.models.torch import TorchModel
     from slimserve.techniques.export import ExportConfig
 
@@ -34,4 +34,10 @@ def quantize(
             f"quantize takes a TorchModel or OnnxModel, got {type(model).__name__}; "
             "load it with slimserve.load first."
         )
+    if config.mode == "nncf":
+        if calibration is None:
+            raise RecipeError("quantize mode nncf needs calibration data (calibration=...).")
+        from slimserve.techniques.quantize.nncf import quantize_nncf
+
+        return quantize_nncf(model, config, calibration)
     return quantize_onnx(model, config, calibration)

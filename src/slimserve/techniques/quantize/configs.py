@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from slimserve.core.context import Context
+from slimserve.core.errors import RecipeError
 from slimserve.models.onnx import OnnxModel
 from slimserve.techniques.quantize.ort import MIN_CALIBRATION_SAMPLES, quantize_onnx
 
@@ -202,11 +203,60 @@ class Fp16QuantizeConfig(BaseModel):
         return _apply(self, model, ctx)
 
 
+class NncfQuantizeConfig(BaseModel):
+    """Static int8 by NNCF (extra [openvino]): QDQ ONNX for ONNX Runtime and OpenVINO."""
+
+    model_config = FROZEN
+    name: ClassVar[str] = "quantize"
+    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[str] = "onnx"
+    trains: ClassVar[bool] = False
+    _own_keys = model_validator(mode="before")(_own_keys_only)
+
+    mode: Literal["nncf"] = "nncf"
+    model_type: Literal["transformer", "default"] = Field(
+        "transformer",
+        description="transformer: NNCF's transformer scheme (softmax and norms kept in "
+        "float, SmoothQuant on MatMuls); default: every supported op.",
+    )
+    preset: Literal["performance", "mixed"] = Field(
+        "performance",
+        description="performance: symmetric weights and activations; mixed: asymmetric "
+        "activations.",
+    )
+    subset_size: int = Field(300, ge=1, description="Calibration samples used (at most).")
+    fast_bias_correction: bool = Field(True, description="Correct biases shifted by int8.")
+    smooth_quant_alpha: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="SmoothQuant migration strength for MatMuls (None: NNCF's default for "
+        "the model type; -1 turns it off).",
+    )
+    exclude: Exclude = ()
+
+    def describe(self) -> str:
+        """A short label for tables."""
+        return "quantize nncf int8"
+
+    def apply(self, model: OnnxModel, ctx: Context) -> OnnxModel:
+        from slimserve.techniques.quantize.nncf import quantize_nncf
+
+        data = ctx.split("calibration", "train")
+        if data is None:
+            raise RecipeError(
+                "quantize mode nncf calibrates on data: add data.calibration (or "
+                "data.train) to the recipe."
+            )
+        return quantize_nncf(model, self, data)
+
+
 MODES: dict[str, type[BaseModel]] = {
     "dynamic": DynamicQuantizeConfig,
     "static": StaticQuantizeConfig,
     "weight_only": WeightOnlyQuantizeConfig,
     "fp16": Fp16QuantizeConfig,
+    "nncf": NncfQuantizeConfig,
 }
 """``mode`` -> its config: what the union below is made of."""
 
@@ -222,19 +272,22 @@ QuantizeConfig = Annotated[
     Annotated[DynamicQuantizeConfig, Tag("dynamic")]
     | Annotated[StaticQuantizeConfig, Tag("static")]
     | Annotated[WeightOnlyQuantizeConfig, Tag("weight_only")]
-    | Annotated[Fp16QuantizeConfig, Tag("fp16")],
+    | Annotated[Fp16QuantizeConfig, Tag("fp16")]
+    | Annotated[NncfQuantizeConfig, Tag("nncf")],
     Discriminator(mode_of),
 ]
-"""The quantize step: one of the four mode configs, picked by ``mode``."""
+"""The quantize step: one of the mode configs, picked by ``mode``."""
 
-AnyQuantizeConfig = (
+OrtQuantizeConfig = (
     DynamicQuantizeConfig | StaticQuantizeConfig | WeightOnlyQuantizeConfig | Fp16QuantizeConfig
 )
+"""The modes ONNX Runtime's quantizer does (``quantize.ort``)."""
+AnyQuantizeConfig = OrtQuantizeConfig | NncfQuantizeConfig
 IntegerQuantizeConfig = DynamicQuantizeConfig | StaticQuantizeConfig
 """The modes that quantize activations to int8 (and so can fall back node by node)."""
 
 
-def _apply(config: AnyQuantizeConfig, model: OnnxModel, ctx: Context) -> OnnxModel:
+def _apply(config: OrtQuantizeConfig, model: OnnxModel, ctx: Context) -> OnnxModel:
     if getattr(config, "fallback", "none") == "auto":
         from slimserve.techniques.quantize.sensitivity import quantize_with_fallback
 

@@ -27,17 +27,17 @@ MIN_CALIBRATION_SAMPLES = 16
 
 if TYPE_CHECKING:
     from slimserve.techniques.quantize.configs import (
-        AnyQuantizeConfig,
         CalibrationConfig,
         DynamicQuantizeConfig,
         Fp16QuantizeConfig,
+        OrtQuantizeConfig,
         WeightOnlyQuantizeConfig,
     )
 
 
 def quantize_onnx(
     model: OnnxModel,
-    config: AnyQuantizeConfig,
+    config: OrtQuantizeConfig,
     calibration: Dataset | None = None,
     work_dir: Path | None = None,
     tensor_ranges: dict[str, tuple[float, float]] | None = None,
