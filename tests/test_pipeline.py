@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -125,3 +126,88 @@ def test_prune_recipe_reports_layers_plots_and_honesty(tmp_path: Path) -> None:
     assert "| prune unstructured 70% | torch |" in report
     assert "| fc1 |" in report and "![schedule](plots/step1-schedule.png)" in report
     assert "not CPU time" in report
+
+
+def alternatives_recipe(alternatives: Any, runtimes: list[str] | None = None) -> ss.Recipe:
+    return ss.parse_recipe(
+        {
+            "name": "digits-alt",
+            "model": {"example": "digits"},
+            "data": {
+                "calibration": {"example": "digits", "split": "train", "samples": 64},
+                "eval": {"example": "digits", "split": "test"},
+            },
+            "steps": [{"export": {}}],
+            "alternatives": alternatives,
+            "goal": {"metric": "accuracy", "max_drop": 0.02},
+            "bench": {"batch_sizes": [1, 32], "repeats": 3, "warmup": 1},
+            "runtimes": {"candidates": runtimes or ["onnx"]},
+        }
+    )
+
+
+def test_alternatives_are_all_tried_and_the_fastest_within_the_goal_serves(
+    tmp_path: Path,
+) -> None:
+    recipe = alternatives_recipe(
+        [[{"quantize": {"mode": "dynamic"}}], [{"quantize": {"mode": "static"}}], []]
+    )
+    result = ss.run_recipe(recipe, tmp_path)
+    manifest = ss.load_artifact(result.artifact.path).manifest
+    rows = {row["stage"]: row for row in manifest.stages}
+    # the shared export runs once; each alternative's end is a stage of its own
+    assert list(rows) == ["baseline", "export", "quantize dynamic int8", "quantize static int8"]
+    ends = {"quantize dynamic int8": 1, "quantize static int8": 2, "export": 0}
+
+    def meets(name: str) -> bool:
+        return rows[name]["metrics"]["accuracy"] >= manifest.baseline["accuracy"] - 0.02
+
+    speed = {n: rows[n]["timings"]["32"]["items_per_s"] for n in ends if meets(n)}
+    winner = max(speed, key=speed.__getitem__)
+    # the artifact holds the winner's chain: its steps, its model, its figures
+    assert [s.name for s in manifest.steps] == ["export", "quantize"][: 1 + (winner != "export")]
+    assert manifest.final == rows[winner]["metrics"]
+    note = next(n for n in manifest.notes if n.startswith("Serving the"))
+    assert winner in note and "3 alternatives were tried" in note
+    assert all(flag in note for flag in manifest.cpu_features)
+    assert manifest.recipe["alternatives"][1] == [
+        {"quantize": recipe.alternatives[1][0].model_dump(mode="json")}
+    ]
+
+
+def test_an_alternative_that_cannot_follow_the_steps_is_named() -> None:
+    with pytest.raises(ss.RecipeError, match=r"alternatives\[1\] \(after steps\).*prune"):
+        alternatives_recipe([[{"quantize": {"mode": "dynamic"}}], [{"prune": {"sparsity": 0.5}}]])
+
+
+def test_a_bad_key_in_an_alternative_names_its_place() -> None:
+    with pytest.raises(
+        ss.RecipeError,
+        match=r"alternatives\[0\]\[0\]\.quantize\.mdoe: unknown key 'mdoe'; did you mean 'mode'",
+    ):
+        alternatives_recipe([[{"quantize": {"mdoe": "dynamic"}}]])
+    with pytest.raises(ss.RecipeError, match="a list of step lists"):
+        alternatives_recipe({"quantize": {}})
+
+
+def test_an_alternative_whose_extra_is_missing_is_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if [openvino] were not installed
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    recipe = alternatives_recipe(
+        [[{"quantize": {"mode": "dynamic"}}], [{"quantize": {"mode": "nncf"}}]],
+        runtimes=["onnx", "openvino"],
+    )
+    manifest = ss.run_recipe(recipe, tmp_path).artifact.manifest
+    assert manifest.runtime == "onnx" and [s.name for s in manifest.steps] == [
+        "export",
+        "quantize",
+    ]
+    assert any(
+        n.startswith("Alternative 2 was not tried") and "slimserve[openvino]" in n
+        for n in manifest.notes
+    )
+    assert any(n.startswith("No OpenVINO stage") for n in manifest.notes)

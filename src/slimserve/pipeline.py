@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from slimserve.core.context import Context, StepLog
 from slimserve.stages import (
-    RuntimeName,
+    Candidate,
     Stage,
     bench_stages,
-    choose_runtime,
+    choose_serving,
     goal_verdict,
     openvino_stage,
     outputs,
@@ -45,6 +45,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     """Run every step of ``recipe`` and save the artifact to ``out_dir/<recipe.name>``."""
     from slimserve.artifact import Manifest, SourceRecord, StepRecord, save_artifact
     from slimserve.core.cpu import cpu_features
+    from slimserve.core.errors import MissingExtraError
     from slimserve.core.version import __version__
     from slimserve.loading import load as load_model
     from slimserve.measure.report import build_report
@@ -52,13 +53,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve.models import OnnxModel
     from slimserve.models.onnx import describe_io
     from slimserve.models.onnx import precision as onnx_precision
-    from slimserve.recipe import plan_steps
+    from slimserve.recipe import plan_chains, shared_length
     from slimserve.runtime.openvino import precision_name
 
     out = Path(out_dir)
-    steps = plan_steps(recipe.steps, recipe.model.format)
+    chains = plan_chains(recipe)
+    shared = shared_length(chains)
     threads = recipe.bench.threads
-    with _progress(console, len(steps) + 3) as advance:
+    total = shared + sum(len(c) - shared for c in chains)
+    with _progress(console, total + 3) as advance:
         advance("loading data")
         data = recipe_data(recipe)
         advance("loading model")
@@ -79,47 +82,80 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
             max_drop=recipe.goal.max_drop,
         )
         stages = [baseline]
-        records = []
         notes: list[str] = []
-        current: Model = model
-        for step in steps:
-            advance(f"step {step.name}")
-            started = time.perf_counter()
-            source = copy.deepcopy(current) if current.format == "torch" else current
-            log = StepLog()
-            current = step.apply(source, replace(ctx, log=log))
-            duration = time.perf_counter() - started
-            notes.extend(log.notes)
-            stage = Stage(_stage_name(step, [s.name for s in stages]), current)
-            stage.metrics = quality(current, eval_data, reference, threads)
-            stages.append(stage)
-            records.append(
-                StepRecord(
-                    name=step.name,
-                    config=step.model_dump(mode="json"),
-                    duration_s=round(duration, 3),
-                    metrics=stage.metrics,
-                    notes=log.notes,
-                    details=log.details,
+
+        def run_steps(steps: tuple[Any, ...], current: Model) -> tuple[Model, list[Any]]:
+            records = []
+            for step in steps:
+                advance(f"step {step.name}")
+                started = time.perf_counter()
+                source = copy.deepcopy(current) if current.format == "torch" else current
+                log = StepLog()
+                current = step.apply(source, replace(ctx, log=log))
+                duration = time.perf_counter() - started
+                notes.extend(log.notes)
+                stage = Stage(_stage_name(step, [s.name for s in stages]), current)
+                stage.metrics = quality(current, eval_data, reference, threads)
+                stages.append(stage)
+                records.append(
+                    StepRecord(
+                        name=step.name,
+                        config=step.model_dump(mode="json"),
+                        duration_s=round(duration, 3),
+                        metrics=stage.metrics,
+                        notes=log.notes,
+                        details=log.details,
+                    )
                 )
-            )
-        assert isinstance(current, OnnxModel)
+            return current, records
+
+        common, common_records = run_steps(chains[0][:shared], model)
+        common_stages = list(stages)
+        ends: list[tuple[OnnxModel, Stage, list[Any]]] = []  # each chain's ONNX model
+        for number, chain in enumerate(chains):
+            try:
+                end, records = run_steps(chain[shared:], common)
+            except MissingExtraError as exc:
+                if len(chains) == 1 or (number == len(chains) - 1 and not ends):
+                    raise
+                notes.append(f"Alternative {number + 1} was not tried: {exc}")
+                continue
+            assert isinstance(end, OnnxModel)
+            end_stage = next(s for s in reversed(stages) if s.model is end)
+            ends.append((end, end_stage, common_records + records))
+        candidates = [Candidate("onnx", stage, i) for i, (_, stage, _) in enumerate(ends)]
+        first = candidates[0]
+        if "onnx" not in recipe.runtimes.candidates:
+            candidates = []
         program = None
-        others: dict[RuntimeName, Stage] = {}
         if "torch" in recipe.runtimes.candidates:
             advance("torch program")
-            program = torch_program_stage(recipe, stages, eval_data, reference, threads, notes)
+            program = torch_program_stage(
+                recipe, common_stages, eval_data, reference, threads, notes
+            )
             if program is not None:
-                others["torch"] = program[0]
+                stages.append(program[0])
+                candidates.append(Candidate("torch", program[0]))
         if "openvino" in recipe.runtimes.candidates:
             advance("OpenVINO")
-            ov_stage = openvino_stage(recipe, current, eval_data, reference, threads, notes)
-            if ov_stage is not None:
-                stages.append(ov_stage)
-                others["openvino"] = ov_stage
+            for i, (end, end_stage, _) in enumerate(ends):
+                label = end_stage.name if len(ends) > 1 else ""
+                ov = openvino_stage(recipe, end, eval_data, reference, threads, notes, label)
+                if ov is not None:
+                    stages.append(ov)
+                    candidates.append(Candidate("openvino", ov, i))
         advance("benchmarking every stage")
         bench_stages(stages, eval_data, recipe)
-    runtime, served, why = choose_runtime(recipe, stages, others)
+    chosen, why = choose_serving(recipe, baseline, candidates or [first], first)
+    runtime = chosen.runtime
+    served = chosen.stage
+    current, _, records = ends[chosen.chain]
+    if len(ends) > 1:
+        why += (
+            f" {len(ends)} alternatives were tried on this machine (CPU flags: "
+            f"{', '.join(sorted(cpu_features())) or 'none of note'}); every one is a stage "
+            "of the report."
+        )
     notes = [goal_verdict(recipe, stages[0], served).describe(), *([why] if why else []), *notes]
     manifest = Manifest(
         name=recipe.name,

@@ -156,6 +156,12 @@ class Recipe(Frozen):
         default_factory=DataConfig, description="Data splits: train, calibration, eval."
     )
     steps: tuple[Any, ...] = Field((), description="Technique steps, run in order.")
+    alternatives: tuple[tuple[Any, ...], ...] = Field(
+        (),
+        description="Step lists, each tried after steps (e.g. ORT per-token int8, NNCF "
+        "int8): every one is run, scored and timed with the others in one run on this "
+        "machine, and the fastest within the goal (in any of the runtimes) serves.",
+    )
     goal: Goal = Field(default_factory=Goal, description="The quality the result must keep.")
     bench: BenchConfig = Field(default_factory=BenchConfig, description="How every stage is timed.")
     runtimes: RuntimeChoice = Field(
@@ -168,6 +174,10 @@ class Recipe(Frozen):
     @field_serializer("steps")
     def _dump_steps(self, steps: tuple[Any, ...]) -> list[dict[str, Any]]:
         return [{s.name: s.model_dump(mode="json")} for s in steps]
+
+    @field_serializer("alternatives")
+    def _dump_alternatives(self, chains: tuple[tuple[Any, ...], ...]) -> list[Any]:
+        return [[{s.name: s.model_dump(mode="json")} for s in chain] for chain in chains]
 
     def resolved(self) -> dict[str, Any]:
         """Every default filled in: what the manifest stores and ``optimize`` re-runs."""
@@ -201,13 +211,30 @@ def parse_recipe(raw: Any, base: Path | None = None, source: str = "recipe") -> 
         problems.append("steps: a list of steps, e.g. [{quantize: {mode: dynamic}}]")
         raw_steps = []
     for index, item in enumerate(raw_steps):
-        step, errors = _parse_step(index, item, context)
+        step, errors = _parse_step(f"steps[{index}]", item, context)
         problems.extend(errors)
         if step is not None:
             steps.append(step)
+    alternatives = []
+    raw_alternatives = raw.get("alternatives") or []
+    if not isinstance(raw_alternatives, list) or not all(
+        isinstance(a, list) for a in raw_alternatives
+    ):
+        problems.append(
+            "alternatives: a list of step lists, e.g. [[{quantize: {mode: dynamic}}], "
+            "[{quantize: {mode: nncf}}]]"
+        )
+        raw_alternatives = []
+    for number, chain in enumerate(raw_alternatives):
+        parsed = []
+        for index, item in enumerate(chain):
+            step, errors = _parse_step(f"alternatives[{number}][{index}]", item, context)
+            problems.extend(errors)
+            parsed.append(step)
+        alternatives.append(tuple(parsed))
     recipe = None
     try:
-        recipe = Recipe.model_validate({**raw, "steps": ()}, context=context)
+        recipe = Recipe.model_validate({**raw, "steps": (), "alternatives": ()}, context=context)
     except ValidationError as exc:
         problems.extend(_format(exc, Recipe, ()))
     if problems:
@@ -220,15 +247,38 @@ def parse_recipe(raw: Any, base: Path | None = None, source: str = "recipe") -> 
             "PyTorch model to make a torch program of. Use candidates: [onnx], or give the "
             "PyTorch model."
         )
-    recipe = recipe.model_copy(update={"steps": tuple(steps)})
-    plan_steps(recipe.steps, recipe.model.format)
+    recipe = recipe.model_copy(update={"steps": tuple(steps), "alternatives": tuple(alternatives)})
+    plan_chains(recipe)
     return recipe
 
 
+def plan_chains(recipe: Recipe) -> tuple[tuple[Any, ...], ...]:
+    """Each full step list the recipe runs, planned: ``steps`` followed by each of the
+    ``alternatives`` (``steps`` alone when there are none)."""
+    chains = []
+    for number, chain in enumerate(recipe.alternatives or ((),)):
+        try:
+            chains.append(plan_steps(recipe.steps + chain, recipe.model.format))
+        except RecipeError as exc:
+            if not recipe.alternatives:
+                raise
+            raise RecipeError(f"alternatives[{number}] (after steps): {exc}") from None
+    return tuple(chains)
+
+
+def shared_length(chains: tuple[tuple[Any, ...], ...]) -> int:
+    """How many leading steps every chain has in common (run once, not per chain)."""
+    length = 0
+    for steps in zip(*chains, strict=False):
+        if any(step != steps[0] for step in steps[1:]):
+            break
+        length += 1
+    return length
+
+
 def _parse_step(
-    index: int, item: Any, context: dict[str, Any] | None
+    where: str, item: Any, context: dict[str, Any] | None
 ) -> tuple[BaseModel | None, list[str]]:
-    where = f"steps[{index}]"
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
@@ -261,7 +311,7 @@ def _path(parts: tuple[Any, ...]) -> str:
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif str(part).startswith("steps["):
+        elif str(part).startswith(("steps[", "alternatives[")):
             text += str(part)
         else:
             text += f".{part}" if text else str(part)

@@ -92,7 +92,8 @@ def torch_program_stage(
     threads: int,
     notes: list[str],
 ) -> tuple[Stage, bytes] | None:
-    """The last PyTorch stage as a ``torch.export`` program: a stage timed with the rest."""
+    """The last PyTorch stage of ``stages`` as a ``torch.export`` program: a stage timed
+    with the rest (the caller adds it to the run's stages)."""
     from slimserve.core.errors import ExportError
     from slimserve.models import TorchModel
     from slimserve.techniques.torch_program import export_program, resolve_dtype
@@ -116,7 +117,6 @@ def torch_program_stage(
     label = str(dtype).removeprefix("torch.")
     stage = Stage(f"torch program {label}", model)
     stage.metrics = quality(model, eval_data, reference, threads)
-    stages.append(stage)
     return stage, data
 
 
@@ -127,9 +127,10 @@ def openvino_stage(
     reference: np.ndarray | None,
     threads: int,
     notes: list[str],
+    label: str = "",
 ) -> Stage | None:
     """The final ONNX model run by OpenVINO: a stage timed with the rest."""
-    from slimserve.core.errors import ModelLoadError
+    from slimserve.core.errors import MissingExtraError, ModelLoadError
     from slimserve.runtime.openvino import OvPredictor
 
     precision = recipe.runtimes.openvino_precision
@@ -139,56 +140,74 @@ def openvino_stage(
     model = replace(current, engine=engine)
     try:
         predictor = OvPredictor(model, threads, precision)
-    except ModelLoadError as exc:
-        if recipe.runtimes.candidates == ("openvino",):
+    except (ModelLoadError, MissingExtraError) as exc:
+        if recipe.runtimes.candidates == ("openvino",) and not recipe.alternatives:
             raise
-        notes.append(f"No OpenVINO stage: {exc}")
+        notes.append(f"No OpenVINO stage{f' for {label}' if label else ''}: {exc}")
         return None
-    stage = Stage(f"openvino {predictor.inference_precision}", model)
+    name = f"openvino {predictor.inference_precision}"
+    stage = Stage(f"{label}, {name}" if label else name, model)
     stage.metrics = quality(model, eval_data, reference, threads)
     return stage
 
 
 RuntimeName = Literal["onnx", "torch", "openvino"]
+RUNTIME_LABELS: dict[str, str] = {
+    "onnx": "ONNX Runtime",
+    "torch": "PyTorch",
+    "openvino": "OpenVINO",
+}
 
 
-def choose_runtime(
-    recipe: Recipe, stages: list[Stage], others: dict[RuntimeName, Stage]
-) -> tuple[RuntimeName, Stage, str]:
-    """What serves the artifact: among the ONNX model in ONNX Runtime and ``others`` (the
-    torch program, the ONNX model in OpenVINO), the fastest at the largest bench batch of
-    those that meet the goal; ONNX Runtime when none of the others does. Returns the
-    runtime, its stage and a note saying why, with the ratios measured in this run."""
-    onnx_stage = next(
-        s
-        for s in reversed(stages)
-        if s.model.format == "onnx" and getattr(s.model, "engine", "") == "onnxruntime"
-    )
-    if not others:
-        return "onnx", onnx_stage, ""
-    if len(recipe.runtimes.candidates) == 1:
-        (only,) = others
-        return only, others[only], f"Serving the {others[only].name}: the one runtime asked for."
+@dataclass(frozen=True)
+class Candidate:
+    """What may serve: a stage in a runtime, from one chain of steps (``chain`` indexes
+    the recipe's alternatives; 0 without them)."""
+
+    runtime: RuntimeName
+    stage: Stage
+    chain: int = 0
+
+
+def choose_serving(
+    recipe: Recipe, baseline: Stage, candidates: list[Candidate], reference: Candidate
+) -> tuple[Candidate, str]:
+    """Among ``candidates`` (each chain's ONNX model in ONNX Runtime and OpenVINO, the
+    torch program), the fastest at the largest bench batch of those that meet the goal;
+    ``reference`` (the first chain's ONNX model in ONNX Runtime) when none does. Returns
+    the choice and a note saying why, with the ratios measured in this run."""
+    if len(candidates) == 1 and candidates[0] is not reference:
+        only = candidates[0]
+        return only, f"Serving the {only.stage.name}: the one runtime asked for."
+    if len(candidates) == 1:
+        return reference, ""
     batch = max(recipe.bench.batch_sizes)
-    candidates: dict[RuntimeName, Stage] = {**others}
-    if "onnx" in recipe.runtimes.candidates:
-        candidates = {"onnx": onnx_stage, **others}
-    speed = {r: s.timings.get(batch, {}).get("items_per_s", 0.0) for r, s in candidates.items()}
-    meets = {r: goal_verdict(recipe, stages[0], s).met for r, s in candidates.items()}
-    base = speed.get("onnx") or 0.0
+    chains = len({c.chain for c in candidates}) > 1
+
+    def label(c: Candidate) -> str:
+        if c.runtime != "onnx":
+            return c.stage.name
+        if c is reference and not chains:
+            return "ONNX model in ONNX Runtime"
+        return f"{c.stage.name} in ONNX Runtime"
+
+    def speed(c: Candidate) -> float:
+        return float(c.stage.timings.get(batch, {}).get("items_per_s", 0.0))
+
+    meets = {id(c): goal_verdict(recipe, baseline, c.stage).met for c in candidates}
+    base = speed(reference)
     ratios = ", ".join(
-        f"{s.name} {speed[r] / base:.2f}x" + ("" if meets[r] else " (misses the goal)")
-        for r, s in candidates.items()
-        if r != "onnx" and base
+        f"{label(c)} {speed(c) / base:.2f}x" + ("" if meets[id(c)] else " (misses the goal)")
+        for c in candidates
+        if c is not reference and base
     )
-    passing = [r for r in candidates if meets[r]] or ["onnx"]
-    best = max(passing, key=lambda r: speed[r])
-    where = f"batch-{batch} throughput vs the ONNX model in ONNX Runtime, same run: {ratios}"
-    if best == "onnx":
-        note = f"Serving the ONNX model in ONNX Runtime ({where})."
-    else:
-        note = f"Serving the {candidates[best].name}, the fastest within the goal ({where})."
-    return best, candidates[best], note
+    passing = [c for c in candidates if meets[id(c)]]
+    best = max(passing, key=speed) if passing else reference
+    where = f"batch-{batch} throughput vs the {label(reference)}, same run: {ratios}"
+    if best is reference:
+        why = "" if passing else "; none of the others meets the goal"
+        return best, f"Serving the {label(best)} ({where}{why})."
+    return best, f"Serving the {label(best)}, the fastest within the goal ({where})."
 
 
 def goal_verdict(recipe: Recipe, baseline: Stage, stage: Stage) -> Verdict:
