@@ -56,3 +56,17 @@ def test_padded_width_counts_only_trailing_padding() -> None:
     assert padded_width(np.array([[1, 1, 0, 0], [1, 0, 0, 0]])) == 2
     assert padded_width(np.array([[0, 0, 1, 1], [0, 1, 1, 1]])) == 4  # left padding kept
     assert padded_width(np.zeros((2, 3))) == 1
+
+
+def test_load_data_takes_the_command_line_text_and_the_recipe_dict() -> None:
+    from_text = ss.load_data("example:digits:train")
+    from_dict = ss.load_data({"example": "digits", "split": "train"})
+    spec = ss.load_data(DataSpec(example="digits", split="train"))
+    assert len(from_text) == len(from_dict) == len(spec) > 1000
+    np.testing.assert_array_equal(from_text.inputs["input"], spec.inputs["input"])
+    with pytest.raises(ss.DataError, match="Cannot read data spec 'digits'.*example:digits"):
+        ss.load_data("digits")
+    with pytest.raises(ss.DataError, match="Not a valid data spec.*exampel"):
+        ss.load_data({"exampel": "digits"})
+    with pytest.raises(ss.DataError, match="not int"):
+        ss.load_data(3)  # type: ignore[arg-type]

@@ -49,9 +49,12 @@ class Dataset:
         return Dataset(dict(zip(names, self.inputs.values(), strict=True)), self.labels)
 
 
-def load_data(spec: DataSpec, tokenizer: Path | None = None) -> Dataset:
-    """Materialize one data split from its recipe spec. Text is tokenized with
+def load_data(spec: DataSpec | str | dict[str, Any], tokenizer: Path | None = None) -> Dataset:
+    """Materialize one data split from its spec: a ``DataSpec``, a recipe's data entry
+    as a dict (``{example: digits, split: train}``) or the command line's text
+    (``example:digits:train``, ``npz:data.npz``). Text is tokenized with
     ``spec.tokenizer``, else ``tokenizer`` (the recipe's Hugging Face model folder)."""
+    spec = _as_spec(spec)
     if spec.is_text:
         dataset = _text(spec, spec.tokenizer or tokenizer)
     elif spec.example is not None:
@@ -169,6 +172,32 @@ def _python(spec: str, split: str | None) -> Dataset:
         f"'{spec}' returned {type(result).__name__}; return (inputs, labels), a dict of "
         "input arrays, or a slimserve Dataset."
     )
+
+
+def _as_spec(spec: DataSpec | str | dict[str, Any]) -> DataSpec:
+    from pydantic import ValidationError
+
+    from slimserve.core.specs import DataSpec
+
+    if isinstance(spec, str):
+        return parse_data_spec(spec)
+    if isinstance(spec, dict):
+        try:
+            return DataSpec.model_validate(spec)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+            )
+            raise DataError(
+                f"Not a valid data spec {spec!r}: {problems}. Write it as in a recipe's "
+                "data section, e.g. {'example': 'digits', 'split': 'train'}."
+            ) from None
+    if not isinstance(spec, DataSpec):
+        raise DataError(
+            f"load_data takes a DataSpec, a dict or text such as 'example:digits:train', "
+            f"not {type(spec).__name__}."
+        )
+    return spec
 
 
 def parse_data_spec(text: str) -> DataSpec:
