@@ -101,9 +101,14 @@ def _load_path(path: Path) -> Model:
             from slimserve.artifact import load_artifact
 
             return load_artifact(path).model
+        if (path / "config.json").is_file():  # save_pretrained's folder: as {hf: path}
+            from slimserve.models.hf import load_hf
+
+            return load_hf(path)
         raise ModelLoadError(
-            f"'{path}' is a folder without manifest.json, so it is not a slimserve artifact. "
-            "Give a model file (.onnx, .pt, .pt2) or an artifact folder."
+            f"'{path}' is a folder with neither manifest.json (a slimserve artifact) nor "
+            "config.json (a Hugging Face save_pretrained folder). Give a model file (.onnx, "
+            ".pt, .pt2), an artifact folder or a Hugging Face model folder."
         )
     if not path.exists():
         raise ModelLoadError(f"Model file '{path}' does not exist.")

@@ -242,3 +242,10 @@ def test_head_and_ffn_pruning_keeps_the_hf_model_exportable_and_fusable(
     feeds = tokenize(load_tokenizer(tiny_bert), TEXTS)
     (got,) = ss.load_predictor(artifact.model).predict(feeds)
     assert got.shape == (3, 64)
+
+
+def test_a_hugging_face_folder_loads_as_hf(tiny_bert: Path) -> None:
+    import slimserve as ss
+
+    model = ss.load(tiny_bert)  # a save_pretrained folder, no {hf: ...} needed
+    assert model.format == "torch" and getattr(model, "hf_folder", None) == tiny_bert

@@ -29,5 +29,22 @@ def test_text_file_named_onnx_is_refused(tmp_path: Path) -> None:
 
 
 def test_folder_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ss.ModelLoadError, match="without manifest.json"):
+    with pytest.raises(ss.ModelLoadError, match="neither manifest.json.*nor config.json"):
         ss.load(tmp_path)
+
+
+def test_save_writes_a_model_that_loads_and_keeps_the_old_file_on_failure(
+    digits_onnx: ss.OnnxModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quantized = ss.quantize(digits_onnx, ss.DynamicQuantizeConfig())
+    target = quantized.save(tmp_path / "out" / "model.onnx")
+    assert ss.load(target).to_bytes() == quantized.to_bytes()
+
+    def broken() -> bytes:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(digits_onnx, "to_bytes", broken)
+    with pytest.raises(OSError, match="disk full"):
+        digits_onnx.save(target)
+    assert ss.load(target).to_bytes() == quantized.to_bytes()  # the earlier file is intact
+    assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]  # no temp file left

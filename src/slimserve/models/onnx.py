@@ -31,6 +31,21 @@ class OnnxModel:
         data: bytes = self.proto.SerializeToString()
         return data
 
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (a ``.onnx`` file) atomically: a failed write
+        leaves any earlier file there intact. Returns the path."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self.to_bytes())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
     @property
     def input_names(self) -> tuple[str, ...]:
         initializers = {i.name for i in self.proto.graph.initializer}
