@@ -127,3 +127,24 @@ def test_everything_excluded_is_an_error() -> None:
         ss.prune_low_magnitude(
             mlp(), pruning_schedule=ss.ConstantSparsity(target_sparsity=0.5), exclude=["*"]
         )
+
+
+def test_a_loaded_torch_model_is_pruned_and_an_onnx_one_is_refused_with_the_order(
+    digits_torch: ss.TorchModel, digits_onnx: ss.OnnxModel
+) -> None:
+    import copy
+
+    loaded = copy.deepcopy(digits_torch)
+    schedule = ss.ConstantSparsity(0.5, begin_step=0)
+    module = ss.prune_low_magnitude(loaded, pruning_schedule=schedule)
+    assert module is loaded.module  # the TorchModel's own module, wrapped
+    module.train()
+    ss.update_pruning_step(module)
+    module(loaded.example_inputs[0])
+    ss.strip_pruning(module)
+    conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert (conv.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ss.SlimserveError, match="prune -> fine-tune -> quantize"):
+        ss.prune_low_magnitude(digits_onnx, pruning_schedule=schedule)
+    with pytest.raises(ss.SlimserveError, match="not str"):
+        ss.prune_low_magnitude("model.onnx", pruning_schedule=schedule)
