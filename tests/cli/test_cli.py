@@ -131,3 +131,49 @@ def test_check_measures_the_torch_program_an_artifact_serves(
     # The program (no example inputs: loaded from model.pt2) was measured, not model.onnx.
     assert any(isinstance(p, TorchPredictor) and p.model.example_inputs is None for p in served)
     assert result.candidate == pytest.approx(result.baseline, abs=1e-6)  # fp32 program
+
+
+def test_tables_off_a_terminal_fit_their_content_instead_of_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from slimserve.cli.base import print_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()  # not a terminal, as a CI log or a pipe
+    long = "unstructured magnitude pruning with a polynomial decay schedule"
+    row = [long, "70%", "0.9861 (-0.0028)", "1,234.5 items/s", "22.8 MB (25%)", "bfloat16"]
+    print_table(
+        "stages",
+        ["stage", "sparsity", "accuracy", "b32", "size", "dtype"],
+        [row],
+        to=Console(file=out),
+    )
+    text = out.getvalue()
+    assert "…" not in text and long in text and "1,234.5 items/s" in text
+    assert max(len(line) for line in text.splitlines()) > 80  # one line per row, unwrapped
+    assert len([line for line in text.splitlines() if "70%" in line]) == 1
+
+
+def test_bench_columns_are_whole_in_a_pipe(
+    onnx_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(onnx_file),
+            "--data",
+            "example:digits:test",
+            "--batch-sizes",
+            "1,8",
+            "--repeats",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output

@@ -4,6 +4,7 @@ the one table renderer (every table the CLI prints goes through ``print_table``)
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from slimserve.core.errors import SlimserveError
@@ -98,7 +100,20 @@ def print_table(
         table.add_column(column, justify="left" if column in left else "right")
     for row in rows:
         table.add_row(*row)
-    (to or console).print(table)
+    target = to or console
+    if target.is_terminal or "COLUMNS" in os.environ:
+        target.print(table)
+        return
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns and wraps every cell;
+    # there is no screen to fit, so the table gets the width its content needs.
+    wide = target.options.update(width=OFF_TERMINAL_MAX_WIDTH)
+    width = max(Measurement.get(target, wide, table).maximum, 40)
+    Console(file=target.file, width=width, no_color=target.no_color, highlight=False).print(
+        table
+    )
+
+
+OFF_TERMINAL_MAX_WIDTH = 400
 
 
 def print_stages(stages: list[dict[str, Any]], title: str = "Stages") -> None:
