@@ -37,6 +37,9 @@ def test_optimize_logs_to_mlflow(tmp_path: Path) -> None:
     assert run.data.params["model.example"] == "digits"
     assert run.data.metrics["final.accuracy"] > 0.95
     assert "0.baseline.b1.p50_ms" in run.data.metrics
+    assert not [k for k in run.data.metrics if " " in k]  # e.g. 2.quantize_dynamic_int8.…
+    assert any(k.startswith("2.quantize_dynamic_int8.") for k in run.data.metrics)
+    assert "None" not in run.data.params.values()  # unset options are left out
     files = {f.path for f in client.list_artifacts(run.info.run_id, "artifact")}
     assert {"artifact/model.onnx", "artifact/manifest.json", "artifact/report.html"} <= files
     versions = client.search_model_versions("name='digits-tracked'")

@@ -108,9 +108,7 @@ def print_table(
     # there is no screen to fit, so the table gets the width its content needs.
     wide = target.options.update(width=OFF_TERMINAL_MAX_WIDTH)
     width = max(Measurement.get(target, wide, table).maximum, 40)
-    Console(file=target.file, width=width, no_color=target.no_color, highlight=False).print(
-        table
-    )
+    Console(file=target.file, width=width, no_color=target.no_color, highlight=False).print(table)
 
 
 OFF_TERMINAL_MAX_WIDTH = 400

@@ -63,11 +63,15 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
         for index, inner in enumerate(value):
             items.update(_flatten(inner, f"{prefix}{index}."))
         return items
+    if value is None:  # an unset option: MLflow would show the string "None"
+        return {}
     return {prefix.rstrip("."): str(value)[:500]}
 
 
 def _metric_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+    """A stage name as an MLflow metric key: no spaces (they break MLflow's search
+    syntax and its UI's column names)."""
+    return "".join(c if c.isalnum() or c in "_-./" else "_" for c in text)
 
 
 def log_run(
