@@ -163,6 +163,14 @@ def test_kserve_manifest(served_artifact: Path) -> None:
     assert model["storageUri"] == "s3://bucket/digits"
 
 
+@pytest.mark.parametrize("uri", ["bucket/digits", "ftp://host/digits", "s3://", "digits"])
+def test_kserve_refuses_a_storage_uri_it_cannot_download(served_artifact: Path, uri: str) -> None:
+    result = runner.invoke(app, ["deploy", "kserve", str(served_artifact), "--storage-uri", uri])
+    assert result.exit_code != 0 and "apiVersion" not in result.output
+    assert "not a location KServe downloads models from" in result.output
+    assert "s3://bucket/models/digits" in result.output
+
+
 def test_serve_refuses_an_unknown_log_format(served_artifact: Path) -> None:
     result = runner.invoke(app, ["serve", str(served_artifact), "--log-format", "xml"])
     assert result.exit_code == 2 and "text or json" in result.output

@@ -65,6 +65,21 @@ def triton_repository(
     return folder
 
 
+# The schemes KServe's storage initializer downloads from (kserve/storage).
+STORAGE_SCHEMES = ("s3", "gs", "pvc", "https", "http", "hdfs", "webhdfs", "oci", "hf")
+
+
+def check_storage_uri(uri: str) -> None:
+    """Refuse a storage URI KServe could not download the model from."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in STORAGE_SCHEMES or not rest.strip("/"):
+        raise SlimserveError(
+            f"--storage-uri '{uri}' is not a location KServe downloads models from. Give "
+            f"SCHEME://PATH with SCHEME one of {', '.join(STORAGE_SCHEMES)}, e.g. "
+            "s3://bucket/models/digits or pvc://claim/models/digits."
+        )
+
+
 def kserve_manifest(
     artifact_path: str | Path, storage_uri: str, cpu: str = "2", memory: str = "2Gi"
 ) -> str:
@@ -72,6 +87,8 @@ def kserve_manifest(
     import yaml
 
     from slimserve.artifact import load_artifact
+
+    check_storage_uri(storage_uri)
 
     artifact = load_artifact(artifact_path)
     name = artifact.manifest.name.lower().replace("_", "-").replace(".", "-")
