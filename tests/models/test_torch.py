@@ -124,3 +124,17 @@ def test_unreadable_files(tmp_path: Path) -> None:
         ss.load(odd)
     with pytest.raises(ss.ModelLoadError, match="Unknown example model 'cifar'"):
         ss.load("example:cifar")
+
+
+def test_a_factory_in_the_current_folder_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_local_models.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Linear(4, 2), (torch.zeros(1, 4),)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    model = ss.load("my_local_models:build")
+    assert model.format == "torch"
+    with pytest.raises(ss.ModelLoadError, match="current folder"):
+        ss.load("no_such_module_here:build")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from slimserve.core.errors import ModelLoadError
@@ -16,12 +18,14 @@ def resolve_callable(spec: str) -> Any:
             f"'{spec}' is not a 'package.module:function' reference. "
             "Write it as e.g. 'mypkg.models:build'."
         )
+    _see_current_folder()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelLoadError(
             f"Cannot import module '{module_name}' named in '{spec}': {exc}. "
-            "Check the name and that it is importable (installed or on PYTHONPATH)."
+            "Check the name and that it is importable: installed, on PYTHONPATH, or a "
+            f"module in the current folder ({os.getcwd()})."
         ) from exc
     target = module
     for part in attr.split("."):
@@ -34,3 +38,11 @@ def resolve_callable(spec: str) -> Any:
     if not callable(target):
         raise ModelLoadError(f"'{spec}' names {type(target).__name__}, not a function.")
     return target
+
+
+def _see_current_folder() -> None:
+    """Modules in the current folder are importable, as under ``python -m``; the folder
+    goes last, so it never shadows an installed package."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
