@@ -185,4 +185,7 @@ def test_check_passes_and_fails(artifact: Path, tmp_path: Path) -> None:
     slow = runner.invoke(
         app, ["check", str(artifact), "--min-speedup", "1000", "--repeats", "5"], env=WIDE
     )
-    assert slow.exit_code == 1 and "below the required 1000.00x" in slow.output
+    # a 1000x bound always fails, unless other processes take the CPU during the timing:
+    # then check says it cannot decide (exit 3) rather than guess
+    contended = slow.exit_code == 3 and "other processes took over" in slow.output
+    assert contended or (slow.exit_code == 1 and "below the required 1000.00x" in slow.output)
