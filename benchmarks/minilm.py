@@ -36,8 +36,10 @@ def main() -> None:
         recipe = ss.load_recipe(recipe_file)
         print(f"Running the {args.recipe} recipe...")
         ss.run_recipe(recipe, Path(tmp))
+        levers = lever_table(ss.load_artifact(Path(tmp) / recipe.name).manifest)
         result = compare(Path(tmp) / recipe.name, rounds=args.rounds)
     table = markdown_table(HEADERS, result.rows)
+    print(levers)
     print(table)
     print(result.verdict)
     print(result.padding)
@@ -54,9 +56,34 @@ def main() -> None:
             + result.padding
             + f"\n\nCPU flags: {', '.join(sorted(cpu_features())) or 'none of note'}. Int8 "
             "kernels gain from VNNI (and AMX) and bf16 runs natively only with AVX512-BF16 "
-            "or AMX, so the ratios differ between CPU kinds."
+            "or AMX, so the ratios differ between CPU kinds.\n\n"
+            "Per lever: every stage of the recipe's own run (each alternative, in each "
+            "runtime it allows), timed interleaved by the pipeline on the first 32 eval "
+            "sentences padded to their longest (10 rounds, medians); `alt N` is the N-th "
+            "list under the recipe's `alternatives`.\n\n" + levers
         )
         update(args.update, args.recipe, body)
+
+
+def lever_table(manifest: ss.Manifest) -> str:
+    """The pipeline's stages (one per lever and runtime) as a markdown table."""
+    rows = []
+    base = manifest.stages[0]["timings"]["32"]["items_per_s"]
+    for stage in manifest.stages:
+        metrics, timings = stage.get("metrics") or {}, stage["timings"]
+        rate = timings["32"]["items_per_s"]
+        rows.append(
+            [
+                stage["stage"],
+                f"{metrics['cosine_mean']:.4f}" if "cosine_mean" in metrics else "-",
+                f"{metrics['top5_neighbours']:.3f}" if "top5_neighbours" in metrics else "-",
+                f"{stage['size_bytes'] / 1e6:.1f} MB",
+                f"{timings['1']['p50_ms']:.2f}",
+                f"{rate:.0f} ({rate / base:.2f}x)",
+            ]
+        )
+    headers = ["stage", "cosine mean", "top-5", "size", "b1 p50 ms", "b32 sentences/s"]
+    return markdown_table(headers, rows)
 
 
 if __name__ == "__main__":

@@ -155,9 +155,11 @@ def test_alternatives_are_all_tried_and_the_fastest_within_the_goal_serves(
     result = ss.run_recipe(recipe, tmp_path)
     manifest = ss.load_artifact(result.artifact.path).manifest
     rows = {row["stage"]: row for row in manifest.stages}
-    # the shared export runs once; each alternative's end is a stage of its own
-    assert list(rows) == ["baseline", "export", "quantize dynamic int8", "quantize static int8"]
-    ends = {"quantize dynamic int8": 1, "quantize static int8": 2, "export": 0}
+    # the shared export runs once; each alternative's end is a stage of its own, named
+    # after its alternative
+    dynamic, static = "alt 1: quantize dynamic int8", "alt 2: quantize static int8"
+    assert list(rows) == ["baseline", "export", dynamic, static]
+    ends = {dynamic: 1, static: 2, "export": 0}
 
     def meets(name: str) -> bool:
         return rows[name]["metrics"]["accuracy"] >= manifest.baseline["accuracy"] - 0.02

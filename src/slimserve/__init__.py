@@ -53,6 +53,7 @@ if _typing.TYPE_CHECKING:
     from slimserve.techniques.quantize.ort import quantize_onnx
     from slimserve.techniques.quantize.qat import QATConfig
     from slimserve.techniques.quantize.torch_dynamic import quantize_dynamic_torch
+    from slimserve.techniques.unpad import UnpadConfig
 
 _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "Artifact": ("slimserve.artifact", "Artifact"),
@@ -99,6 +100,7 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "quantize": ("slimserve.techniques.quantize.api", "quantize"),
     "quantize_onnx": ("slimserve.techniques.quantize.ort", "quantize_onnx"),
     "QATConfig": ("slimserve.techniques.quantize.qat", "QATConfig"),
+    "UnpadConfig": ("slimserve.techniques.unpad", "UnpadConfig"),
     "quantize_dynamic_torch": (
         "slimserve.techniques.quantize.torch_dynamic",
         "quantize_dynamic_torch",
@@ -157,6 +159,7 @@ __all__ = [
     "SlimserveError",
     "StaticQuantizeConfig",
     "TorchModel",
+    "UnpadConfig",
     "WeightOnlyQuantizeConfig",
     "__version__",
     "check_parity",

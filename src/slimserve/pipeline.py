@@ -84,7 +84,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         stages = [baseline]
         notes: list[str] = []
 
-        def run_steps(steps: tuple[Any, ...], current: Model) -> tuple[Model, list[Any]]:
+        def run_steps(
+            steps: tuple[Any, ...], current: Model, prefix: str = ""
+        ) -> tuple[Model, list[Any]]:
             records = []
             for step in steps:
                 advance(f"step {step.name}")
@@ -93,8 +95,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
                 log = StepLog()
                 current = step.apply(source, replace(ctx, log=log))
                 duration = time.perf_counter() - started
-                notes.extend(log.notes)
-                stage = Stage(_stage_name(step, [s.name for s in stages]), current)
+                notes.extend(n for n in log.notes if n not in notes)
+                stage = Stage(_stage_name(step, [s.name for s in stages], prefix), current)
                 stage.metrics = quality(current, eval_data, reference, threads)
                 stages.append(stage)
                 records.append(
@@ -114,7 +116,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         ends: list[tuple[OnnxModel, Stage, list[Any]]] = []  # each chain's ONNX model
         for number, chain in enumerate(chains):
             try:
-                end, records = run_steps(chain[shared:], common)
+                prefix = f"alt {number + 1}: " if len(chains) > 1 else ""
+                end, records = run_steps(chain[shared:], common, prefix)
             except MissingExtraError as exc:
                 if len(chains) == 1 or (number == len(chains) - 1 and not ends):
                     raise
@@ -237,9 +240,9 @@ def _progress(console: Console | None, total: int) -> Iterator[Any]:
         progress.update(task, completed=total)
 
 
-def _stage_name(step: Technique, taken: list[str]) -> str:
-    """The step's own label if it has one; unique within the run."""
-    name = step.describe()
+def _stage_name(step: Technique, taken: list[str], prefix: str = "") -> str:
+    """The step's own label (after ``prefix``: which alternative); unique within the run."""
+    name = prefix + step.describe()
     candidate, index = name, 2
     while candidate in taken:
         candidate, index = f"{name} #{index}", index + 1

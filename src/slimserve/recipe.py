@@ -23,10 +23,12 @@ from slimserve.techniques.prune.train import PruneConfig
 from slimserve.techniques.quantize.configs import QuantizeConfig
 from slimserve.techniques.quantize.qat import QATConfig
 from slimserve.techniques.torch_program import RuntimeChoice
+from slimserve.techniques.unpad import UnpadConfig
 
 STEPS: dict[str, Any] = {
     "prune": PruneConfig,
     "qat": QATConfig,
+    "unpad": UnpadConfig,
     "export": ExportConfig,
     "fuse": FuseConfig,
     "quantize": QuantizeConfig,

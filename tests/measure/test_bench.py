@@ -36,3 +36,14 @@ def test_compressed_size_shows_zeros(digits_torch) -> None:  # type: ignore[no-u
     raw2, compressed2 = model_size(digits_torch.with_module(zeroed))
     assert raw2 == raw
     assert compressed2 < 0.6 * compressed
+
+
+def test_sample_batch_pads_text_to_its_own_longest_sentence() -> None:
+    # 4 sentences padded to 10 positions; the first two use at most 3 of them
+    mask = np.zeros((4, 10), dtype="int64")
+    for row, length in enumerate((2, 3, 10, 5)):
+        mask[row, :length] = 1
+    data = ss.Dataset({"input_ids": mask * 7, "attention_mask": mask})
+    batch = sample_batch(data, 2)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 3)
+    assert sample_batch(data, 4)["attention_mask"].shape == (4, 10)

@@ -57,9 +57,20 @@ class Timing:
 
 
 def sample_batch(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
-    """A batch of exactly ``batch_size`` samples, repeating the data if it is short."""
+    """A batch of exactly ``batch_size`` samples, repeating the data if it is short.
+    Text (a 2-D ``attention_mask``) is cut to the batch's own longest sentence, as a
+    server pads it, not to the longest of the whole data set."""
+    from slimserve.data import padded_width
+
     reps = -(-batch_size // len(data))
-    return {k: np.concatenate([v] * reps)[:batch_size] for k, v in data.inputs.items()}
+    batch = {k: np.concatenate([v] * reps)[:batch_size] for k, v in data.inputs.items()}
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.ndim == 2:
+        length, width = mask.shape[1], padded_width(mask)
+        batch = {
+            k: v[:, :width] if v.ndim == 2 and v.shape[1] == length else v for k, v in batch.items()
+        }
+    return batch
 
 
 def bench_interleaved(

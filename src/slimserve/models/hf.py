@@ -40,12 +40,16 @@ def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 class TaskModel(torch.nn.Module):
     """A Hugging Face model as a plain tensor function: feature extraction pools the
     token vectors (mean under the attention mask, then unit length); classification
-    returns the logits."""
+    returns the logits. With ``encoder`` (a padding-free forward of the same modules,
+    ``slimserve.models.unpadded``) the token vectors come from it instead."""
 
-    def __init__(self, model: torch.nn.Module, pool: bool) -> None:
+    def __init__(
+        self, model: torch.nn.Module, pool: bool, encoder: torch.nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.pool = pool
+        self.encoder = encoder
 
     def forward(
         self,
@@ -53,11 +57,14 @@ class TaskModel(torch.nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        first: torch.Tensor = self.model(
-            input_ids=input_ids,
-            attention_mask=additive_mask(attention_mask),
-            token_type_ids=token_type_ids,
-        )[0]
+        if self.encoder is not None:
+            first: torch.Tensor = self.encoder(input_ids, attention_mask, token_type_ids)
+        else:
+            first = self.model(
+                input_ids=input_ids,
+                attention_mask=additive_mask(attention_mask),
+                token_type_ids=token_type_ids,
+            )[0]
         if not self.pool:
             return first
         mask = attention_mask.unsqueeze(-1).to(first.dtype)

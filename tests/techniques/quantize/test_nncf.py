@@ -73,3 +73,50 @@ def test_a_missing_nncf_is_named(
     monkeypatch.setitem(sys.modules, "nncf", None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r"slimserve\[openvino\]"):
         ss.quantize(digits_onnx, NncfQuantizeConfig(), digits_train.take(16))
+
+
+def test_smooth_quant_is_exact_in_float(tiny_bert: Path) -> None:
+    """SmoothQuant moves scale between activations and weights: before quantization the
+    model computes the same function (1e-5), with smaller activation outliers."""
+    from slimserve.techniques.quantize.nncf import smooth_quant
+
+    model = ss.load(tiny_bert)
+    data = ss.load_data({"example": "english", "split": "calibration", "samples": 32}, tiny_bert)
+    fp32 = ss.ExportConfig().apply(model, ss.Context(data={"calibration": data}))
+    smoothed = smooth_quant(fp32, data, alpha=0.5)
+    feeds = {n: data.inputs[n] for n in fp32.input_names}
+    expected = ss.load_predictor(fp32).predict(feeds)[0]
+    got = ss.load_predictor(smoothed).predict(feeds)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    def muls(m: ss.OnnxModel) -> int:
+        return sum(n.op_type == "Mul" for n in m.proto.graph.node)
+
+    assert muls(smoothed) > muls(fp32)  # the smoothing scales, one per MatMul input
+
+
+def test_static_int8_with_smooth_quant_stays_close_to_fp32(tiny_bert: Path) -> None:
+    model = ss.load(tiny_bert)
+    data = ss.load_data({"example": "english", "split": "calibration", "samples": 32}, tiny_bert)
+    fp32 = ss.ExportConfig().apply(model, ss.Context(data={"calibration": data}))
+    config = ss.StaticQuantizeConfig(smooth_quant_alpha=0.5, op_types=("MatMul",))
+    assert config.describe() == "quantize static int8 smoothquant"
+    quantized = ss.quantize(fp32, config, data)
+    assert "QuantizeLinear" in {n.op_type for n in quantized.proto.graph.node}
+    feeds = {n: data.inputs[n] for n in fp32.input_names}
+    expected = ss.load_predictor(fp32).predict(feeds)[0]
+    got = ss.load_predictor(quantized).predict(feeds)[0]
+    from slimserve.core.metrics import fidelity
+
+    assert fidelity(expected, got, embeddings=True)["cosine_mean"] > 0.98
+
+
+def test_a_graph_nncf_fails_on_gives_a_clear_error(tiny_bert: Path) -> None:
+    # NNCF 3.4's full bias correction writes a tensor twice on the padding-free graph
+    model = ss.load(tiny_bert)
+    data = ss.load_data({"example": "english", "split": "calibration", "samples": 16}, tiny_bert)
+    ctx = ss.Context(data={"calibration": data})
+    onnx_model = ss.ExportConfig().apply(ss.UnpadConfig().apply(model, ctx), ctx)
+    config = NncfQuantizeConfig(fast_bias_correction=False, subset_size=16)
+    with pytest.raises(ss.ExportError, match="NNCF could not quantize this model: .*defaults"):
+        ss.quantize(onnx_model, config, data)

@@ -139,10 +139,20 @@ class StaticQuantizeConfig(BaseModel):
         default_factory=CalibrationConfig, description="Calibration settings."
     )
     fallback: Fallback = "none"
+    smooth_quant_alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="SmoothQuant before calibrating (NNCF's, extra [openvino]): each "
+        "MatMul's activation outliers move into its weights by per-channel scales, "
+        "alpha = how much (0.5 is SmoothQuant's default); outputs in float are unchanged. "
+        "None: off.",
+    )
 
     def describe(self) -> str:
         """A short label for tables."""
-        return f"quantize static {self.weights}"
+        smooth = "" if self.smooth_quant_alpha is None else " smoothquant"
+        return f"quantize static {self.weights}{smooth}"
 
     def apply(self, model: OnnxModel, ctx: Context) -> OnnxModel:
         return _apply(self, model, ctx)

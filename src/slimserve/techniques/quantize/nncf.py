@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimserve.core.errors import DataError, require
+from slimserve.core.errors import DataError, ExportError, SlimserveError, first_line, require
 from slimserve.models.onnx import OnnxModel
 
 if TYPE_CHECKING:
@@ -39,17 +39,49 @@ def quantize_nncf(model: OnnxModel, config: NncfQuantizeConfig, data: Dataset) -
         advanced = AdvancedQuantizationParameters(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha)
         )
-    quantized = nncf.quantize(
-        model.proto,
-        nncf.Dataset(samples),
-        preset=nncf.QuantizationPreset(config.preset),
-        subset_size=min(config.subset_size, len(samples)),
-        fast_bias_correction=config.fast_bias_correction,
-        model_type=nncf.ModelType.TRANSFORMER if config.model_type == "transformer" else None,
-        ignored_scope=nncf.IgnoredScope(names=list(config.exclude)) if config.exclude else None,
-        advanced_parameters=advanced,
-    )
+    try:
+        quantized = nncf.quantize(
+            model.proto,
+            nncf.Dataset(samples),
+            preset=nncf.QuantizationPreset(config.preset),
+            subset_size=min(config.subset_size, len(samples)),
+            fast_bias_correction=config.fast_bias_correction,
+            model_type=nncf.ModelType.TRANSFORMER if config.model_type == "transformer" else None,
+            ignored_scope=nncf.IgnoredScope(names=list(config.exclude)) if config.exclude else None,
+            advanced_parameters=advanced,
+        )
+    except Exception as exc:  # NNCF's own failures (a graph its passes mis-handle)
+        if isinstance(exc, SlimserveError):
+            raise
+        raise ExportError(
+            f"NNCF could not quantize this model: {type(exc).__name__}: "
+            f"{first_line(exc).rstrip('.')}. "
+            "Try its defaults (fast_bias_correction: true, no smooth_quant_alpha), exclude "
+            "the node it names, or use quantize mode static/dynamic."
+        ) from exc
     return OnnxModel(quantized)
+
+
+def smooth_quant(model: OnnxModel, data: Dataset, alpha: float) -> OnnxModel:
+    """``model`` after NNCF's SmoothQuant alone (no quantization): per input channel of
+    each MatMul, activations are divided by ``s = max|x|^alpha / max|w|^(1-alpha)`` (a
+    Mul NNCF inserts before it) and the weight rows multiplied by ``s``. The float
+    function is unchanged; its activations have smaller outliers for per-tensor int8."""
+    require("nncf", "openvino", "SmoothQuant (quantize smooth_quant_alpha)")
+    import nncf
+    from nncf.common.factory import build_graph
+    from nncf.quantization.algorithms.pipeline import collect_statistics
+    from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
+
+    samples = calibration_samples(data, model.input_names)
+    if not samples:
+        raise DataError("SmoothQuant needs calibration data: the split is empty.")
+    proto = model.proto
+    graph = build_graph(proto)
+    algorithm = SmoothQuant(subset_size=len(samples), alpha_map={"matmul": alpha})
+    points = algorithm.get_statistic_points(proto, graph)
+    statistics = collect_statistics(points, proto, graph, nncf.Dataset(samples))
+    return OnnxModel(algorithm.apply(proto, graph, statistics))
 
 
 def calibration_samples(data: Dataset, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:

@@ -57,6 +57,11 @@ def quantize_onnx(
     if config.mode == "dynamic" and config.activation_scales == "token":
         return _per_token(model, config, work_dir)
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    alpha = getattr(config, "smooth_quant_alpha", None)
+    if alpha is not None and calibration is not None:
+        from slimserve.techniques.quantize.nncf import smooth_quant
+
+        model = smooth_quant(model, calibration, alpha)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         source: onnx.ModelProto | Path = model.proto
         if config.preprocess:
