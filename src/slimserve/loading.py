@@ -48,6 +48,8 @@ def parse_model_spec(text: str) -> ModelSpec:
     if path.exists():
         if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
             return ModelSpec(keras=path.resolve())
+        if is_hf_folder(path):
+            return ModelSpec(hf=path.resolve())
         return ModelSpec(path=path.resolve())
     if ":" in text:
         return ModelSpec(python=text)
@@ -95,13 +97,22 @@ def _load_spec(spec: ModelSpec) -> Model:
     return _load_path(spec.path)
 
 
+def is_hf_folder(path: Path) -> bool:
+    """A folder ``save_pretrained`` wrote (config.json), not a slimserve artifact."""
+    return (
+        path.is_dir()
+        and (path / "config.json").is_file()
+        and not (path / "manifest.json").is_file()
+    )
+
+
 def _load_path(path: Path) -> Model:
     if path.is_dir():
         if (path / "manifest.json").is_file():
             from slimserve.artifact import load_artifact
 
             return load_artifact(path).model
-        if (path / "config.json").is_file():  # save_pretrained's folder: as {hf: path}
+        if is_hf_folder(path):  # save_pretrained's folder: as {hf: path}
             from slimserve.models.hf import load_hf
 
             return load_hf(path)

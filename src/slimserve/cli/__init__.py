@@ -1,12 +1,13 @@
 """The ``slimserve`` command: every subcommand is a thin call into the library.
 
-The commands live by job in ``build`` (optimize, demo, tune), ``measure`` (inspect,
-eval, bench, report, check, preflight) and ``serving`` (serve, loadtest, deploy); each
+The commands live by job in ``build`` (optimize, demo, tune), ``oneline`` (export,
+quantize, prune: a one-step recipe from flags), ``measure`` (inspect, eval, bench,
+report, check, preflight) and ``serving`` (serve, loadtest, deploy); each
 registers itself on the one Typer ``app`` in ``base``."""
 
 from __future__ import annotations
 
-from slimserve.cli import build, measure, serving
+from slimserve.cli import build, measure, oneline, serving
 from slimserve.cli.base import app, print_stages, print_table
 from slimserve.cli.measure import UNDECIDED_EXIT
 
@@ -16,6 +17,7 @@ __all__ = [
     "build",
     "main",
     "measure",
+    "oneline",
     "print_stages",
     "print_table",
     "serving",

@@ -117,7 +117,7 @@ def _data_block(spec: str | None) -> dict[str, Any] | None:
 
     if spec is None:
         return None
-    return parse_data_spec(spec).model_dump(mode="json", exclude_none=True)
+    return parse_data_spec(spec).model_dump(mode="json", exclude_none=True, exclude_defaults=True)
 
 
 @app.command()
