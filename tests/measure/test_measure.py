@@ -189,3 +189,33 @@ def test_check_passes_and_fails(artifact: Path, tmp_path: Path) -> None:
     # then check says it cannot decide (exit 3) rather than guess
     contended = slow.exit_code == 3 and "other processes took over" in slow.output
     assert contended or (slow.exit_code == 1 and "below the required 1000.00x" in slow.output)
+
+
+def test_check_reports_each_bound_as_json_and_junit(artifact: Path, tmp_path: Path) -> None:
+    import json
+    import xml.etree.ElementTree as ET
+
+    report = tmp_path / "reports" / "check.xml"
+    args = ["check", str(artifact), "--max-drop", "0.02", "--max-size-ratio", "0.3"]
+    result = runner.invoke(
+        app,
+        [*args, "--min-speedup", "1000", "--repeats", "5", "--json", "--junit", str(report)],
+        env=WIDE,
+    )
+    assert result.exit_code in (1, 3), result.output  # 1000x: failed, or undecided if contended
+    payload = json.loads(result.output)
+    bounds = {b["name"]: b for b in payload["bounds"]}
+    assert list(bounds) == ["accuracy drop", "batch-16 speed-up", "size ratio"]
+    assert bounds["accuracy drop"]["status"] == bounds["size ratio"]["status"] == "passed"
+    speed = bounds["batch-16 speed-up"]
+    assert speed["status"] in ("failed", "undecided") and speed["required"] == ">= 1000x"
+    assert "across rounds" in speed["noise"] and speed["message"]
+    assert payload["status"] == speed["status"]
+    suite = ET.parse(report).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "3"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    outcome = cases["batch-16 speed-up"].find(
+        "failure" if speed["status"] == "failed" else "skipped"
+    )
+    assert outcome is not None and "required >= 1000x, measured" in (outcome.text or "")
+    assert cases["size ratio"].find("failure") is None

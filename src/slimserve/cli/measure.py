@@ -248,13 +248,31 @@ def check(
         None, "--batch-size", help="Batch for the speed check (default: the recipe's largest)."
     ),
     repeats: int = typer.Option(100, "--repeats", min=3, help="Timed runs per model."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object (each bound, measured value, noise)."
+    ),
+    junit: Path | None = typer.Option(
+        None, "--junit", help="Also write a JUnit XML report (one test case per bound)."
+    ),
 ) -> None:
     """CI gate: re-measure against the manifest's baseline; exit 1 when a bound fails, 3
     when the timing is too noisy to decide a speed-up bound."""
-    from slimserve.measure.check import Bounds, check_artifact
+    import json
+    import time
+
+    from slimserve.core.files import write_atomic
+    from slimserve.measure.check import Bounds, check_artifact, check_json, junit_xml
 
     bounds = Bounds(max_drop, min_speedup, max_size_ratio, batch_size, repeats)
+    started = time.perf_counter()
     result = check_artifact(artifact, bounds)
+    if junit is not None:
+        report = junit_xml(result, artifact, time.perf_counter() - started)
+        write_atomic(junit, report.encode())
+    code = 1 if result.failures else UNDECIDED_EXIT if result.undecided else 0
+    if as_json:
+        typer.echo(json.dumps(check_json(result, artifact), indent=2))
+        raise typer.Exit(code)
     low, high = result.speedup_range
     speedup = f"{result.speedup:.2f}x ({low:.2f}-{high:.2f}x)"
     print_table(

@@ -21,6 +21,19 @@ class Bounds:
 
 
 @dataclass
+class BoundResult:
+    """One bound as CI reports show it: what was required, what was measured (with its
+    spread across timing rounds, for speed), and the outcome."""
+
+    name: str
+    required: str
+    measured: str
+    status: str  # passed | failed | undecided
+    message: str = ""
+    noise: str = ""
+
+
+@dataclass
 class CheckResult:
     metric: str
     baseline: float
@@ -34,6 +47,7 @@ class CheckResult:
     undecided: list[str] = field(default_factory=list)
     speedup_range: tuple[float, float] = (0.0, 0.0)
     contended: bool = False
+    bounds: list[BoundResult] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -91,14 +105,104 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
     result.contended = ratio.contended
     if not judged.met:
         result.failures.append(judged.shortfall())
+    result.bounds.append(
+        BoundResult(
+            f"{metric} drop",
+            f"<= {max_drop:g}",
+            f"{base_score - score:.4f} ({base_score:.4f} -> {score:.4f})",
+            "passed" if judged.met else "failed",
+            "" if judged.met else judged.shortfall(),
+        )
+    )
     if bounds.min_speedup is not None:
+        before = (len(result.failures), len(result.undecided))
         _check_speedup(result, ratio, bounds.min_speedup)
-    if bounds.max_size_ratio is not None and size_ratio > bounds.max_size_ratio:
-        result.failures.append(
-            f"the model is {size_ratio:.2f}x the baseline's size, above the allowed "
-            f"{bounds.max_size_ratio:.2f}x"
+        status = (
+            "failed"
+            if len(result.failures) > before[0]
+            else "undecided"
+            if len(result.undecided) > before[1]
+            else "passed"
+        )
+        message = {"failed": result.failures, "undecided": result.undecided}.get(status, [""])
+        result.bounds.append(
+            BoundResult(
+                f"batch-{batch} speed-up",
+                f">= {bounds.min_speedup:g}x",
+                f"{ratio.median:.2f}x",
+                status,
+                message[-1],
+                f"{ratio.low:.2f}x-{ratio.high:.2f}x across rounds"
+                + ("; contended" if ratio.contended else ""),
+            )
+        )
+    if bounds.max_size_ratio is not None:
+        too_big = size_ratio > bounds.max_size_ratio
+        if too_big:
+            result.failures.append(
+                f"the model is {size_ratio:.2f}x the baseline's size, above the allowed "
+                f"{bounds.max_size_ratio:.2f}x"
+            )
+        result.bounds.append(
+            BoundResult(
+                "size ratio",
+                f"<= {bounds.max_size_ratio:g}",
+                f"{size_ratio:.3f}",
+                "failed" if too_big else "passed",
+                result.failures[-1] if too_big else "",
+            )
         )
     return result
+
+
+def check_json(result: CheckResult, artifact: str | Path) -> dict[str, Any]:
+    """The check as one JSON object (``slimserve check --json``)."""
+    from dataclasses import asdict
+
+    status = "failed" if result.failures else "undecided" if result.undecided else "passed"
+    return {
+        "artifact": str(artifact),
+        "status": status,
+        "metric": result.metric,
+        "baseline": result.baseline,
+        "candidate": result.candidate,
+        "speedup": result.speedup,
+        "speedup_range": list(result.speedup_range),
+        "contended": result.contended,
+        "size_ratio": result.size_ratio,
+        "batch_size": result.batch_size,
+        "bounds": [asdict(b) for b in result.bounds],
+    }
+
+
+def junit_xml(result: CheckResult, artifact: str | Path, seconds: float) -> str:
+    """A JUnit XML report (``slimserve check --junit FILE``): one test case per bound, a
+    failure for a failed bound, a skip for one the timing could not decide."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element(
+        "testsuite",
+        name=f"slimserve check {artifact}",
+        tests=str(len(result.bounds)),
+        failures=str(sum(b.status == "failed" for b in result.bounds)),
+        skipped=str(sum(b.status == "undecided" for b in result.bounds)),
+        errors="0",
+        time=f"{seconds:.3f}",
+    )
+    for bound in result.bounds:
+        case = ET.SubElement(suite, "testcase", classname="slimserve.check", name=bound.name)
+        detail = f"required {bound.required}, measured {bound.measured}"
+        if bound.noise:
+            detail += f" (noise: {bound.noise})"
+        if bound.status == "failed":
+            ET.SubElement(case, "failure", message=bound.message).text = detail
+        elif bound.status == "undecided":
+            ET.SubElement(case, "skipped", message=bound.message).text = detail
+        ET.SubElement(case, "system-out").text = detail
+    suites = ET.Element("testsuites")
+    suites.append(suite)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode")
 
 
 def _check_speedup(result: CheckResult, ratio: Any, bound: float) -> None:

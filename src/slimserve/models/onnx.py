@@ -34,17 +34,9 @@ class OnnxModel:
     def save(self, path: str | Path) -> Path:
         """Write the model to ``path`` (a ``.onnx`` file) atomically: a failed write
         leaves any earlier file there intact. Returns the path."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(self.to_bytes())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        from slimserve.core.files import write_atomic
+
+        return write_atomic(path, self.to_bytes())
 
     @property
     def input_names(self) -> tuple[str, ...]:
