@@ -211,6 +211,19 @@ def _progress(console: Console | None, total: int) -> Iterator[Any]:
     if console is None:
         yield lambda message, fraction=None: None
         return
+    if not console.is_terminal:  # CI logs, pipes: a line per stage, elapsed and time left
+        from slimserve.core.progress import plain_reporter
+
+        report = plain_reporter(lambda line: console.print(line, highlight=False), "optimize")
+        stage = [0]
+
+        def advance_plain(message: str, fraction: float | None = None) -> None:
+            if fraction is None:
+                stage[0] += 1
+            report(f"[{stage[0]}/{total}] {message}", (stage[0] - 1 + (fraction or 0)) / total)
+
+        yield advance_plain
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(

@@ -79,6 +79,9 @@ def test_nothing_within_tolerance_exits_1_with_reasons(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "No candidate kept cosine_mean within 0.0000" in result.output
     assert not (tmp_path / "out" / "best-recipe.yaml").exists()
+    # off a terminal, the search shows itself in plain lines: candidate, elapsed, time left
+    lines = [line for line in result.output.splitlines() if line.endswith(" left)")]
+    assert lines and all(line.startswith("tune: ") and "elapsed" in line for line in lines)
 
 
 @pytest.mark.slow

@@ -3,9 +3,10 @@ the one table renderer (every table the CLI prints goes through ``print_table``)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import typer
@@ -120,3 +121,22 @@ def print_stages(stages: list[dict[str, Any]], title: str = "Stages") -> None:
 
     headers, rows = stage_table(stages, compact=True)
     print_table(title, headers, rows)
+
+
+@contextlib.contextmanager
+def activity(label: str) -> Iterator[Callable[[str, float | None], None]]:
+    """``update(message, done)`` for long work: a spinner on a terminal; off one (CI logs,
+    pipes), plain lines with the time elapsed and, when ``done`` is known, left."""
+    if console.is_terminal:
+        with console.status(label) as status:
+
+            def update(message: str, done: float | None = None) -> None:
+                status.update(message)
+
+            yield update
+        return
+    from slimserve.core.progress import plain_reporter
+
+    report = plain_reporter(lambda line: console.print(line, highlight=False), label)
+    report("started", None)
+    yield report

@@ -8,7 +8,15 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from slimserve.cli.base import app, console, err_console, print_stages, print_table, user_errors
+from slimserve.cli.base import (
+    activity,
+    app,
+    console,
+    err_console,
+    print_stages,
+    print_table,
+    user_errors,
+)
 from slimserve.core.errors import SlimserveError
 
 
@@ -80,8 +88,8 @@ def demo(
     if example == "minilm" and anchors:
         from slimserve.examples.minilm_anchors import HEADERS, compare
 
-        with console.status("comparing with the anchors") as status:
-            result = compare(out / recipe.name, rounds=1, log=status.update)
+        with activity("comparing with the anchors") as update:
+            result = compare(out / recipe.name, rounds=1, log=lambda m: update(m, None))
         print_table(
             "Against the one-line recipes (anchors), interleaved in this run; "
             "256 held-out sentences, 2 threads",
@@ -174,8 +182,8 @@ def tune(
         budget_s=_seconds(budget),
         runtimes=allowed,  # type: ignore[arg-type]
     )
-    with console.status("tuning") as status:
-        result = run_tune(spec, out, lambda message, fraction: status.update(message))
+    with activity("tune") as update:
+        result = run_tune(spec, out, update)
     print_table(
         f"tune: {result.metric} baseline {result.baseline_metric:.4f}, objective {objective}",
         ("candidate", result.metric, "size", "b1 p50 ms", "b32 items/s", "status"),

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from slimserve.cli.base import app, console, err_console, print_table, user_errors
+from slimserve.cli.base import activity, app, console, err_console, print_table, user_errors
 from slimserve.core.errors import SlimserveError
 
 
@@ -314,7 +314,8 @@ def preflight(
     from slimserve.measure.preflight import preflight as run_preflight
 
     dataset = load_data(parse_data_spec(data)) if data else None
-    with console.status("measuring candidates on this machine"):
+    with activity("preflight") as update:
+        update("measuring candidates on this machine", None)
         result = run_preflight(_load_any(model), dataset, repeats)
     print_table(
         "This machine",

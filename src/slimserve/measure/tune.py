@@ -185,9 +185,7 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
             candidate.status = "skipped: time budget spent"
             continue
         if progress:
-            progress(
-                f"tune: {candidate.name} ({index + 1}/{len(candidates)})", index / len(candidates)
-            )
+            progress(f"{candidate.name} ({index + 1}/{len(candidates)})", index / len(candidates))
         t0 = time.perf_counter()
         try:
             if candidate.runtimes is not None:
