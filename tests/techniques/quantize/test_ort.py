@@ -61,6 +61,20 @@ def test_unknown_excluded_node_is_an_error(digits_onnx) -> None:  # type: ignore
         ss.quantize_onnx(digits_onnx, ss.DynamicQuantizeConfig(exclude=(name + "x",)))
 
 
+def test_a_module_name_excludes_the_nodes_exported_from_it(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
+    # the model's last Linear is the module 'fc_out' (its ONNX node: 'node_linear_1')
+    def static(*exclude: str) -> ss.OnnxModel:
+        config = ss.StaticQuantizeConfig(exclude=exclude)
+        return ss.quantize_onnx(digits_onnx, config, digits_train.take(64))
+
+    gemms = [n.name for n in digits_onnx.proto.graph.node if n.op_type == "Gemm"]
+    by_module, by_node, everything = static("fc_out"), static(gemms[-1]), static()
+    ops = [[n.op_type for n in m.proto.graph.node] for m in (by_module, by_node, everything)]
+    assert ops[0] == ops[1] != ops[2]  # the same node stayed float
+    with pytest.raises(ss.RecipeError, match=r"neither a node nor a module.*'fc_out'"):
+        ss.quantize_onnx(digits_onnx, ss.DynamicQuantizeConfig(exclude=("fc_outt",)))
+
+
 def test_static_needs_calibration_data(digits_onnx, digits_train) -> None:  # type: ignore[no-untyped-def]
     config = ss.StaticQuantizeConfig()
     with pytest.raises(ss.DataError, match="needs calibration data"):
@@ -152,3 +166,12 @@ def test_debug_metadata_is_dropped(digits_onnx, digits_train) -> None:  # type: 
     quantized = ss.quantize_onnx(digits_onnx, ss.StaticQuantizeConfig(), digits_train)
     assert not any(n.metadata_props for n in quantized.proto.graph.node)
     assert len(quantized.to_bytes()) <= 0.27 * len(digits_onnx.to_bytes())
+
+
+def test_module_names_of_a_hugging_face_export_are_found(tiny_bert) -> None:  # type: ignore[no-untyped-def]
+    from slimserve.techniques.quantize.exclude import resolve_exclusions
+
+    model = ss.load(tiny_bert)
+    onnx_model = ss.ExportConfig().apply(model, ss.Context())  # TorchScript: /a/b/Op names
+    nodes = resolve_exclusions(onnx_model, ("model.encoder.layer.0.attention.self.query",))
+    assert nodes and all("/layer.0/attention/self/query/" in n for n in nodes)

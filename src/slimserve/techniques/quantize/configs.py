@@ -23,7 +23,13 @@ OpTypes = Annotated[
     tuple[str, ...] | None,
     Field(description="Operator types to quantize (default: all ORT supports)."),
 ]
-Exclude = Annotated[tuple[str, ...], Field(description="Node names kept in float.")]
+Exclude = Annotated[
+    tuple[str, ...],
+    Field(
+        description="Kept in float: ONNX node names, or PyTorch module names (fc1) as pruning "
+        "takes them, meaning every node exported from that module."
+    ),
+]
 Preprocess = Annotated[bool, Field(description="Shape inference + graph optimization first.")]
 Fallback = Annotated[
     Literal["none", "auto"],

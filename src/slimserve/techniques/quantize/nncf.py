@@ -31,9 +31,12 @@ def quantize_nncf(model: OnnxModel, config: NncfQuantizeConfig, data: Dataset) -
         AdvancedSmoothQuantParameters,
     )
 
+    from slimserve.techniques.quantize.exclude import resolve_exclusions
+
     samples = calibration_samples(data, model.input_names)
     if not samples:
         raise DataError("quantize mode nncf needs calibration data: the split is empty.")
+    exclude = resolve_exclusions(model, config.exclude)
     advanced = AdvancedQuantizationParameters()
     if config.smooth_quant_alpha is not None:
         advanced = AdvancedQuantizationParameters(
@@ -47,7 +50,7 @@ def quantize_nncf(model: OnnxModel, config: NncfQuantizeConfig, data: Dataset) -
             subset_size=min(config.subset_size, len(samples)),
             fast_bias_correction=config.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if config.model_type == "transformer" else None,
-            ignored_scope=nncf.IgnoredScope(names=list(config.exclude)) if config.exclude else None,
+            ignored_scope=nncf.IgnoredScope(names=list(exclude)) if exclude else None,
             advanced_parameters=advanced,
         )
     except Exception as exc:  # NNCF's own failures (a graph its passes mis-handle)

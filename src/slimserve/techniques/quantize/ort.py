@@ -49,7 +49,9 @@ def quantize_onnx(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
-    _check_exclusions(model, config.exclude)
+    from slimserve.techniques.quantize.exclude import resolve_exclusions
+
+    config = config.model_copy(update={"exclude": resolve_exclusions(model, config.exclude)})
     if config.mode == "weight_only":
         return _weight_only(model, config)
     if config.mode == "fp16":
@@ -240,20 +242,6 @@ def gemm_to_matmul(proto: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return proto
-
-
-def _check_exclusions(model: OnnxModel, exclude: tuple[str, ...]) -> None:
-    import difflib
-
-    names = [n.name for n in model.proto.graph.node]
-    for name in exclude:
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise RecipeError(
-                f"quantize.exclude names node '{name}', which the model does not have.{hint} "
-                "List node names with: slimserve inspect MODEL"
-            )
 
 
 def _preprocess(model: OnnxModel, path: Path) -> Path:
