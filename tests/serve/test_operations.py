@@ -224,3 +224,32 @@ def test_serving_onnx_never_imports_torch(served_artifact: Path, tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_taken_port_is_named_before_the_server_announces_itself(served_artifact: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["serve", str(served_artifact), "--port", str(port), "--http-only"]
+        )
+    assert result.exit_code == 2, result.output
+    assert (
+        f"The HTTP port {port} on 127.0.0.1 is taken" in result.output and "--port" in result.output
+    )
+    assert f"Serving {served_artifact}" not in result.output
+
+
+def test_grpc_without_tritonclient_is_named_before_serving(
+    served_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tritonclient", None)  # as if not installed
+    result = CliRunner().invoke(app, ["serve", str(served_artifact), "--port", "0"])
+    assert result.exit_code == 2, result.output
+    assert "slimserve[serve]" in result.output and "--http-only" in result.output
+    assert f"Serving {served_artifact}" not in result.output

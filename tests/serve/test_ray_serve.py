@@ -63,3 +63,12 @@ def test_ray_serve_deployment_answers_v2_infer(served_artifact: Path, digits_onn
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_without_ray_nothing_is_announced(
+    served_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if [ray] were not installed
+    result = runner.invoke(app, ["serve", str(served_artifact), "--ray", "--http-only"])
+    assert result.exit_code == 2 and "slimserve[ray]" in result.output
+    assert f"Serving {served_artifact}" not in result.output

@@ -104,12 +104,17 @@ def serve(
     if ray:
         from slimserve.serve.ray_serve import run_ray
 
-        console.print(
-            f"Serving {path} on Ray Serve, {replicas} replica(s), http://{host}:{port}/v2 "
-            "(Ctrl+C or SIGTERM stops)",
-            highlight=False,
+        run_ray(
+            path,
+            config,
+            replicas,
+            ray_address,
+            announce=lambda: console.print(
+                f"Serving {path} on Ray Serve, {replicas} replica(s), http://{host}:{port}/v2 "
+                "(Ctrl+C or SIGTERM stops)",
+                highlight=False,
+            ),
         )
-        run_ray(path, config, replicas, ray_address)
         return
     if replicas != 1 or ray_address is not None:
         raise SlimserveError("--replicas and --ray-address go with --ray.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,16 @@ from slimserve.serve.config import ServeConfig
 APP_NAME = "slimserve"
 
 
-def run_ray(path: str | Path, config: ServeConfig, replicas: int, address: str | None) -> None:
+def run_ray(
+    path: str | Path,
+    config: ServeConfig,
+    replicas: int,
+    address: str | None,
+    announce: Callable[[], None] | None = None,
+) -> None:
     """Deploy ``path``'s models on Ray Serve with ``replicas`` replicas and block until
-    SIGTERM or Ctrl+C, then take the application down (the cluster stays)."""
+    SIGTERM or Ctrl+C, then take the application down (the cluster stays). ``announce``
+    runs once the application answers (the banner: never before a failure)."""
     ray: Any = require("ray", "ray", "Serving on Ray (--ray)")
     serve: Any = importlib.import_module("ray.serve")
 
@@ -58,6 +66,8 @@ def run_ray(path: str | Path, config: ServeConfig, replicas: int, address: str |
         ray_actor_options={"num_cpus": 0},  # ORT threads are set by --threads
     )
     serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
+    if announce is not None:
+        announce()
     try:
         stop.wait()
     except KeyboardInterrupt:
