@@ -75,6 +75,26 @@ def test_steep_ramp_is_diagnosed(digits_torch, digits_train, digits_test) -> Non
     assert any("goal allows" in n for n in log.notes)
 
 
+def test_one_shot_pruning_that_hurts_suggests_a_gradual_schedule_that_fits(
+    digits_torch, digits_train, digits_test
+) -> None:  # type: ignore[no-untyped-def]
+    _, log = prune({"sparsity": 0.97, "scope": "global"}, digits_torch, digits_train, digits_test)
+    note = next(n for n in log.notes if "goal allows" in n)
+    steps = -(-len(digits_train) // 64) * 3
+    assert "pruned in one shot without fine-tuning" in note
+    assert f"final_sparsity: 0.97, end_step: {2 * steps // 3}" in note
+    assert f"{len(digits_train)} train samples" in note and "finetune: {epochs: 3}" in note
+    # the advice is a valid step: pasted into a recipe, it parses and fits the training
+    import re
+
+    body = re.search(r"prune: (\{schedule: .*\}\})\. With", note)
+    assert body is not None
+    import yaml
+
+    config = ss.PruneConfig.model_validate(yaml.safe_load(body.group(1)))
+    assert config.finetune is not None and config.schedule is not None
+
+
 def test_schedule_longer_than_training_is_an_error(digits_torch, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     config = {
         "schedule": {"polynomial_decay": {"final_sparsity": 0.5, "end_step": 5000}},

@@ -61,8 +61,15 @@ def _layers_lost_most(
     return []
 
 
-def diagnose(config: Any, details: dict[str, Any], metric: str, max_drop: float) -> list[str]:
-    """Warnings (empty when pruning went fine) that say what happened and what to try."""
+def diagnose(
+    config: Any,
+    details: dict[str, Any],
+    metric: str,
+    max_drop: float,
+    train_samples: int | None = None,
+) -> list[str]:
+    """Warnings (empty when pruning went fine) that say what happened and what to try,
+    in the step's own keys (values computed from the training data where it helps)."""
     notes = []
     schedule = config.schedule.schedule if config.schedule is not None else None
     end_step = getattr(schedule, "end_step", None)
@@ -74,7 +81,7 @@ def diagnose(config: Any, details: dict[str, Any], metric: str, max_drop: float)
         fixes = [
             f"a later end_step (now {end_step})" if end_step else "a gradual schedule",
             "a lower final_sparsity",
-            "more fine-tuning epochs",
+            "more finetune.epochs",
         ]
         if layers:
             fixes.append(f"exclude: {[n for n, _ in layers[:2]]}")
@@ -89,10 +96,43 @@ def diagnose(config: Any, details: dict[str, Any], metric: str, max_drop: float)
         )
     before, after = details.get("metric_before", math.nan), details.get("metric_after", math.nan)
     if not (math.isnan(before) or math.isnan(after)) and before - after > max_drop:
-        notes.append(
+        dropped = (
             f"Warning: after pruning, {metric} is {after:.4f} against {before:.4f} before "
-            f"(drop {before - after:.4f}, goal allows {max_drop:.4f}). Try a lower "
-            "final_sparsity, more fine-tuning epochs, distillation (finetune.distill), or "
-            "excluding the most sensitive layers."
+            f"(drop {before - after:.4f}, goal allows {max_drop:.4f})."
         )
+        if config.finetune is None:
+            notes.append(f"{dropped} {_gradual_advice(config, train_samples)}")
+        else:
+            target = "schedule's final_sparsity" if schedule is not None else "sparsity"
+            notes.append(
+                f"{dropped} Try a lower {target}, more finetune.epochs (now "
+                f"{config.finetune.epochs}), distillation (finetune.distill: 0.5), or "
+                "exclude: [the most sensitive layers]."
+            )
     return notes
+
+
+def _gradual_advice(config: Any, train_samples: int | None) -> str:
+    """For one-shot pruning: the gradual schedule with fine-tuning, TF-MOT's way, with
+    an end_step that leaves the last third of the training to recover."""
+    schedule = config.schedule.schedule if config.schedule is not None else None
+    sparsity = getattr(schedule, "final_sparsity", None) or config.sparsity or 0.5
+    if not train_samples:
+        return (
+            "It was pruned in one shot without fine-tuning: add data.train and prune "
+            "gradually while fine-tuning (prune: {schedule: {polynomial_decay: "
+            f"{{final_sparsity: {sparsity:g}, end_step: ..., frequency: ...}}}}, "
+            "finetune: {epochs: 3})."
+        )
+    epochs, batch = 3, 64
+    steps = math.ceil(train_samples / batch) * epochs
+    end_step = max(1, (2 * steps) // 3)
+    frequency = max(1, end_step // 10)
+    return (
+        "It was pruned in one shot without fine-tuning: prune gradually while fine-tuning "
+        f"instead, e.g. prune: {{schedule: {{polynomial_decay: {{final_sparsity: "
+        f"{sparsity:g}, end_step: {end_step}, frequency: {frequency}}}}}, finetune: "
+        f"{{epochs: {epochs}}}}}. With {train_samples} train samples and batch_size {batch}, "
+        f"{epochs} epochs are {steps} steps; end_step {end_step} leaves the last third to "
+        "recover."
+    )

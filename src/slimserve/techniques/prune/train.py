@@ -298,4 +298,6 @@ def _record(
             for u in pruner.updates
         ]
     ctx.log.details.update(details)
-    ctx.log.notes.extend(diagnose(config, details, ctx.goal_metric, ctx.max_drop))
+    train = ctx.split("train")
+    samples = len(train) if train is not None else None
+    ctx.log.notes.extend(diagnose(config, details, ctx.goal_metric, ctx.max_drop, samples))
