@@ -44,6 +44,7 @@ def test_run_recipe_records_every_step(tmp_path: Path) -> None:
     assert again == recipe
     report = (tmp_path / "digits-test" / "report.md").read_text()
     assert "| quantize static int8 | onnx |" in report and "Goal" in report
+    assert "from `example: digits`" in report and "task" not in manifest.source.spec  # a CNN
 
 
 def test_failed_run_leaves_previous_artifact(tmp_path: Path) -> None:

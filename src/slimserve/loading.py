@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimserve.core.callables import resolve_callable
 from slimserve.core.errors import ModelLoadError
@@ -56,6 +56,15 @@ def parse_model_spec(text: str) -> ModelSpec:
     raise ModelLoadError(
         f"'{text}' is neither a file, 'example:NAME' nor a 'pkg.module:function' factory."
     )
+
+
+def source_record(spec: ModelSpec) -> dict[str, Any]:
+    """The model block as the manifest and report show it: ``task`` only for text
+    models (it means nothing for a CNN)."""
+    record = spec.model_dump(mode="json", exclude_none=True)
+    if spec.hf is None and spec.example not in TEXT_EXAMPLES:
+        record.pop("task", None)
+    return record
 
 
 def tokenizer_folder(spec: ModelSpec) -> Path | None:

@@ -48,6 +48,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     from slimserve.core.errors import MissingExtraError
     from slimserve.core.version import __version__
     from slimserve.loading import load as load_model
+    from slimserve.loading import source_record
     from slimserve.measure.report import build_report
     from slimserve.measure.summary import model_bytes
     from slimserve.models import OnnxModel
@@ -165,7 +166,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         slimserve_version=__version__,
         source=SourceRecord(
-            spec=recipe.model.model_dump(mode="json", exclude_none=True),
+            spec=source_record(recipe.model),
             sha256=_sha256(model_bytes(model)),
         ),
         parent=str(recipe.model.path) if recipe.model.path and recipe.model.path.is_dir() else None,

@@ -86,6 +86,8 @@ def test_cli_inspects_and_evaluates_a_keras_file(tmp_path: Path) -> None:
     shown = runner.invoke(app, ["inspect", str(tmp_path / "digits.keras")], terminal_width=200)
     assert shown.exit_code == 0, shown.output
     assert "logits" in shown.output and "650 parameters" in shown.output  # counted once
+    # shapes as a served model has them: a dynamic batch, and the output's own shape
+    assert "['batch', 1, 8, 8]" in shown.output and "['batch', 10]" in shown.output
     scored = runner.invoke(
         app, ["eval", str(tmp_path / "digits.keras"), "--data", "example:digits:test"]
     )

@@ -61,6 +61,39 @@ class Summary:
         return zeros / self.params if self.params else 0.0
 
 
+def _torch_io(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inputs and outputs of a PyTorch (or Keras) model as ONNX shows them: dims from
+    the example inputs (outputs from one run on them), dynamic axes by name."""
+    import torch
+
+    def row(name: str, tensor: Any, axes: dict[int, str]) -> dict[str, Any]:
+        shape: list[Any] = [axes.get(i, d) for i, d in enumerate(tensor.shape)]
+        return {"name": name, "dtype": str(tensor.dtype).removeprefix("torch."), "shape": shape}
+
+    unknown = {"dtype": "float32", "shape": []}
+    if not model.example_inputs:
+        return (
+            [{"name": n, **unknown} for n in model.input_names],
+            [{"name": n, **unknown} for n in model.output_names],
+        )
+    dynamic = model.dynamic_axes or {}
+    inputs = [
+        row(n, t, {0: "batch"} | dynamic.get(n, {}))
+        for n, t in zip(model.input_names, model.example_inputs, strict=False)
+    ]
+    try:
+        with torch.no_grad():
+            result = model.module(*model.example_inputs)
+    except Exception:  # a model that needs more than its examples: shapes stay unknown
+        return inputs, [{"name": n, **unknown} for n in model.output_names]
+    values = result if isinstance(result, (tuple, list)) else (result,)
+    outputs = [
+        row(n, torch.as_tensor(v), {0: "batch"})
+        for n, v in zip(model.output_names, values, strict=False)
+    ]
+    return inputs, outputs
+
+
 def summarize(model: Model) -> Summary:
     """Describe a model: its I/O, layers with weights, and its size."""
     raw, compressed = model_size(model)
@@ -72,13 +105,7 @@ def summarize(model: Model) -> Summary:
         inputs, outputs = io["inputs"], io["outputs"]
     else:
         layers = _torch_layers(model.module)
-        inputs = [{"name": n, "dtype": "float32", "shape": []} for n in model.input_names]
-        if model.example_inputs:
-            inputs = [
-                {"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-                for n, t in zip(model.input_names, model.example_inputs, strict=False)
-            ]
-        outputs = [{"name": n, "dtype": "float32", "shape": []} for n in model.output_names]
+        inputs, outputs = _torch_io(model)
     params = sum(layer.params for layer in layers)
     return Summary(model.format, inputs, outputs, layers, params, raw, compressed)
 
