@@ -19,23 +19,6 @@ runner = CliRunner()
 WIDE = {"COLUMNS": "200"}
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    recipe = {
-        "name": "digits-q",
-        "model": {"example": "digits"},
-        "data": {
-            "calibration": {"example": "digits", "split": "train", "samples": 128},
-            "eval": {"example": "digits", "split": "test"},
-        },
-        "steps": [{"quantize": {"mode": "static"}}],
-        "bench": {"batch_sizes": [1, 16], "warmup": 2, "repeats": 5},
-    }
-    ss.run_recipe(ss.parse_recipe(recipe), out)
-    return out / "digits-q"
-
-
 def test_eval_with_labels_and_reference(artifact: Path) -> None:
     result = runner.invoke(
         app,

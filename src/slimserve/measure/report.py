@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from slimserve.artifact import Manifest
-from slimserve.measure.plots import pruning_plots, sensitivity_plots, tradeoff_plot
+from slimserve.measure.plots import pruning_plots, qat_plots, sensitivity_plots, tradeoff_plot
 
 HONESTY_NOTES = {
     "unstructured": (
@@ -240,7 +240,12 @@ def render_html(markdown_text: str, plots: dict[str, bytes], title: str) -> str:
 
 def build_report(manifest: Manifest) -> dict[str, bytes]:
     """Every report file of an artifact: report.md, report.html and the plots."""
-    plots = {**tradeoff_plot(manifest), **pruning_plots(manifest), **sensitivity_plots(manifest)}
+    plots = {
+        **tradeoff_plot(manifest),
+        **pruning_plots(manifest),
+        **sensitivity_plots(manifest),
+        **qat_plots(manifest),
+    }
     markdown_text = render_markdown(manifest, plots)
     html_text = render_html(markdown_text, plots, f"slimserve report: {manifest.name}")
     return {"report.md": markdown_text.encode(), "report.html": html_text.encode(), **plots}

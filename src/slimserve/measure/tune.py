@@ -331,31 +331,44 @@ def _explain(
 def _pareto_plot(
     candidates: list[Candidate], metric: str, objective: Objective, path: Path
 ) -> None:
-    from slimserve.measure.plots import draw_front, figure_png, pareto_front, pyplot
+    from slimserve.measure.plots import (
+        draw_front,
+        figure_png,
+        label_table,
+        pareto_front,
+        place_labels,
+        pyplot,
+        scatter_panel,
+    )
 
     points = [c for c in candidates if c.metric is not None and c.size_bytes is not None]
     if not points:
         return
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = plt.figure(figsize=(11, 4.4), layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.3, 1))
+    ax, table = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
 
     def cost(c: Candidate) -> float:
         if objective == "size" or c.latency_ms is None:
             return (c.size_bytes or 0) / 1e3
         return c.latency_ms
 
-    for c in points:
-        color = "#55a868" if c.status == "accepted" else "#c44e52"
-        ax.scatter([cost(c)], [c.metric], color=color, zorder=3)
-        ax.annotate(
-            c.name, (cost(c), c.metric), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
-    front = pareto_front([(cost(c), c.metric or 0) for c in points if c.status == "accepted"])
-    if front:
-        draw_front(ax, front, "Pareto front of accepted")
-        ax.legend(fontsize=8, loc="best")
+    labels = [str(i + 1) for i in range(len(points))]
+    colors = ["#55a868" if c.status == "accepted" else "#c44e52" for c in points]
+    shown = scatter_panel(
+        ax, labels, [cost(c) for c in points], [c.metric or 0 for c in points], colors
+    )
+    accepted = [(cost(c), y) for c, y in zip(points, shown, strict=True) if c.status == "accepted"]
+    if accepted:
+        draw_front(ax, pareto_front(accepted), "Pareto front of accepted")
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("model size (KB)" if objective == "size" else "batch-1 p50 latency (ms)")
     ax.set_ylabel(metric)
     ax.set_title("tune: green accepted, red rejected")
-    ax.grid(alpha=0.3)
+    label_table(
+        table,
+        [(n, c.name, f"{c.metric:.4f}") for n, c in zip(labels, points, strict=True)],
+    )
+    place_labels(fig)
     path.write_bytes(figure_png(fig))

@@ -93,3 +93,7 @@ def test_qat_recipe_step_replaces_export(tmp_path) -> None:  # type: ignore[no-u
     assert [s.name for s in result.stages] == ["baseline", "qat int8"]
     assert result.stages[-1].metrics["accuracy"] > 0.9
     assert np.isfinite(result.stages[-1].metrics["cosine_mean"])
+    # the report has QAT's own plot: the training curve and the learned ranges
+    manifest = result.artifact.manifest
+    assert "plots/step1-qat.png" in manifest.files
+    assert (result.artifact.path / "plots" / "step1-qat.png").stat().st_size > 10_000

@@ -226,6 +226,7 @@ def quantization_aware_training(model: TorchModel, config: QATConfig, ctx: Conte
         {
             "learned_ranges": {k: list(v) for k, v in ranges.items()},
             "losses": history.losses[:: max(1, len(history.losses) // 400)],
+            "loss_stride": max(1, len(history.losses) // 400),
             "metric_after": metric_fn(float_model.module),
         }
     )
