@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
@@ -109,3 +109,38 @@ def test_widths_run_apart_and_an_oversized_request_runs_alone() -> None:
     runs, total_rows = _runs_and_rows(metrics)
     assert total_rows == 13
     assert runs >= 3  # the 9 rows alone, width 7 apart from width 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 8), st.integers(1, 64)), min_size=1, max_size=40),
+    st.integers(64, 2048),
+)
+def test_token_budget_groups_never_exceed_the_budget(
+    items: list[tuple[int, int]], budget: int
+) -> None:
+    from slimserve.serve.batching import budget_groups
+
+    rows, lengths = [r for r, _ in items], [n for _, n in items]
+    groups = budget_groups(rows, lengths, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(items)))  # each once
+    for group in groups:
+        padded = sum(rows[i] for i in group) * max(lengths[i] for i in group)
+        assert padded <= budget or len(group) == 1  # only a lone item may be over
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=64), st.integers(16, 1024))
+def test_openai_splits_texts_to_fit_the_budget(lengths: list[int], budget: int) -> None:
+    from slimserve.serve.openai import fit_budget
+
+    width = max(lengths)
+    mask = np.zeros((len(lengths), width), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    parts = fit_budget({"input_ids": mask * 3, "attention_mask": mask}, budget)
+    assert sum(len(p["attention_mask"]) for p in parts) == len(lengths)  # in order, all
+    np.testing.assert_array_equal(
+        np.concatenate([p["attention_mask"].sum(1) for p in parts]), lengths
+    )
+    assert all(p["attention_mask"].size <= budget or len(p["attention_mask"]) == 1 for p in parts)

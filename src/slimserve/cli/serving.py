@@ -56,6 +56,17 @@ def serve(
     allow_nonfinite: bool = typer.Option(
         False, "--allow-nonfinite", help="Accept NaN/infinity in float inputs (400 otherwise)."
     ),
+    max_batch_tokens: int | None = typer.Option(
+        None,
+        "--max-batch-tokens",
+        min=16,
+        help="Text models: most tokens (rows x padded length) per model run, as TEI's.",
+    ),
+    truncate: bool = typer.Option(
+        True,
+        "--truncate/--no-truncate",
+        help="Cut texts over the model's token limit (default), or refuse them with 400.",
+    ),
     log_format: str = typer.Option("text", "--log-format", help="Server log lines: text or json."),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log every inference request (costs throughput)."
@@ -99,6 +110,8 @@ def serve(
         max_request_rows=max_request_rows,
         max_text_chars=max_text_chars,
         reject_nonfinite=not allow_nonfinite,
+        truncate_text=truncate,
+        max_batch_tokens=max_batch_tokens,
     )
     logs.configure("json" if log_format == "json" else "text")
     if ray:

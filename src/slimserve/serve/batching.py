@@ -47,6 +47,9 @@ class BatchLimits:
     max_delay_ms: float = 2.0
     max_queue: int = 256  # requests waiting or running; more are refused
     timeout_s: float | None = None  # longest wait in the queue before the model runs
+    # Text models: the most tokens (rows x padded length) one model run may hold, as
+    # text-embeddings-inference's --max-batch-tokens; None: rows alone bound a batch.
+    max_batch_tokens: int | None = None
 
 
 @dataclass
@@ -85,8 +88,31 @@ def length_groups(lengths: Sequence[int]) -> list[list[int]]:
     return groups
 
 
-def _length_groups(items: list[_Item]) -> list[list[_Item]]:
-    return [[items[i] for i in g] for g in length_groups([i.length for i in items])]
+def budget_groups(rows: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Positions split into runs, in length order, each holding at most ``budget`` tokens
+    once padded (its rows x its longest length); one item over the budget runs alone."""
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    total, longest = 0, 0
+    for i in order:
+        if groups and (total + rows[i]) * max(longest, lengths[i]) <= budget:
+            groups[-1].append(i)
+            total, longest = total + rows[i], max(longest, lengths[i])
+        else:
+            groups.append([i])
+            total, longest = rows[i], lengths[i]
+    return groups
+
+
+def _length_groups(items: list[_Item], budget: int | None = None) -> list[list[_Item]]:
+    groups = [[items[i] for i in g] for g in length_groups([i.length for i in items])]
+    if budget is None:
+        return groups
+    return [
+        [group[i] for i in g]
+        for group in groups
+        for g in budget_groups([i.rows for i in group], [i.length for i in group], budget)
+    ]
 
 
 def _pad_merge(group: list[_Item]) -> dict[str, np.ndarray]:
@@ -116,6 +142,7 @@ class Batcher:
         self.max_delay = limits.max_delay_ms / 1000
         self.max_queue = limits.max_queue
         self.timeout = limits.timeout_s
+        self.max_batch_tokens = limits.max_batch_tokens
         self.executor = executor
         self.enabled = limits.max_batch_size > 1 and model.batched
         self.in_flight = 0  # requests queued or running (what max_queue bounds)
@@ -169,6 +196,22 @@ class Batcher:
         if self.full():
             _call(done, None, self.refusal())
             return
+        budget = self.max_batch_tokens
+        if budget is not None and self.padded:
+            tokens = _rows(inputs) * int(next(iter(inputs.values())).shape[1])
+            if tokens > budget:
+                from slimserve.serve.infer import TooLarge
+
+                _call(
+                    done,
+                    None,
+                    TooLarge(
+                        f"The request holds {tokens} tokens once padded, over the "
+                        f"{budget}-token batch budget (--max-batch-tokens): send fewer or "
+                        "shorter texts per request."
+                    ),
+                )
+                return
         self.in_flight += 1
         done = self._counted(done)
         rows = _rows(inputs)
@@ -283,7 +326,7 @@ class Batcher:
         groups = [
             group
             for same in by_signature.values()
-            for group in (_length_groups(same) if same[0].padded else [same])
+            for group in (_length_groups(same, self.max_batch_tokens) if same[0].padded else [same])
         ]
         for group in groups:
             if group[0].padded:

@@ -51,6 +51,18 @@ class ServeConfig(BaseModel):
     reject_nonfinite: bool = Field(
         True, description="Answer 400 to float inputs holding NaN or infinity."
     )
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Text models: the most tokens (rows x padded length) in one model run; "
+        "a request over it is refused with 413 (the OpenAI route splits its texts to fit). "
+        "None: batches are bounded by rows only.",
+    )
+    truncate_text: bool = Field(
+        True,
+        description="Cut a text longer than the model's max_length tokens (as the OpenAI "
+        "route and sentence-transformers do); False: refuse it with 400.",
+    )
 
     @field_validator("token")
     @classmethod

@@ -42,7 +42,11 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     metrics = Metrics.create()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-ort")
     limits = BatchLimits(
-        config.max_batch_size, config.max_delay_ms, config.queue_limit, config.request_timeout_s
+        config.max_batch_size,
+        config.max_delay_ms,
+        config.queue_limit,
+        config.request_timeout_s,
+        config.max_batch_tokens,
     )
     batchers = {
         (name, version): Batcher(model, limits, executor, metrics)
@@ -224,7 +228,17 @@ class _Front:
         path = scope.get("path", "")
         refused = refusal(self.server.config, headers, check_token=path != "/v2/health/live")
         if refused is not None:
+            if path.startswith("/v1/"):  # OpenAI clients read OpenAI's error shape
+                from slimserve.serve.openai import error_body
+
+                status = refused[0]
+                json = [(b"content-type", b"application/json")]
+                await _respond(send, status, error_body(status, refused[1]), json)
+                return
             await _error(send, *refused)
+            return
+        if path.startswith("/v1/"):
+            await self._openai(scope["method"], path, receive, send)
             return
         target = infer_target(scope["method"], path)
         if target is None:
@@ -232,25 +246,51 @@ class _Front:
             return
         await self._infer(target, headers, receive, send)
 
-    async def _infer(
-        self, target: tuple[str, str | None], headers: dict[bytes, bytes], receive: Any, send: Any
-    ) -> None:
+    async def _read_body(self, receive: Any, send: Any) -> bytes | None:
+        """The whole body, or None once the client left or the body went over the limit
+        (then a 413 was sent)."""
         limit = self.server.config.max_body_bytes
         chunks, size = [], 0
         while True:  # the body may arrive in pieces (chunked, or large)
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 await _error(send, 413, f"Request body is over the {limit}-byte limit.")
-                return
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _infer(
+        self, target: tuple[str, str | None], headers: dict[bytes, bytes], receive: Any, send: Any
+    ) -> None:
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
         status, payload, response_headers = await answer_infer(
             self.server, target, headers.get(HEADER_LENGTH), body
         )
         await _respond(send, status, payload, response_headers)
+
+    async def _openai(self, method: str, path: str, receive: Any, send: Any) -> None:
+        """The OpenAI-compatible routes (``serve.openai``), errors in OpenAI's shape."""
+        from slimserve.serve import openai
+
+        json = [(b"content-type", b"application/json")]
+        if (method, path) == ("GET", openai.MODELS_PATH):
+            await _respond(send, 200, openai.models_body(self.server), json)
+        elif (method, path) == ("POST", openai.EMBEDDINGS_PATH):
+            body = await self._read_body(receive, send)
+            if body is not None:
+                status, payload = await openai.answer_embeddings(self.server, body)
+                await _respond(send, status, payload, json)
+        else:
+            message = (
+                f"No route {method} {path}: this server offers POST /v1/embeddings and "
+                "GET /v1/models."
+            )
+            await _respond(send, 404, openai.error_body(404, message), json)

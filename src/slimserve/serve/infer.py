@@ -83,12 +83,27 @@ def tokenize_request(
         texts = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in strings]
     except UnicodeDecodeError:
         raise ProtocolError(f"Input '{TEXT_INPUT}' holds bytes that are not UTF-8.") from None
+    if not config.truncate_text:
+        refuse_long_texts(model, texts)
     encoded = tokenize(model.text.tokenizer, texts, model.text.max_length)
     if size > LARGE_TEXT:
         from slimserve.runtime import trim_memory
 
         trim_memory()
     return {k: v for k, v in encoded.items() if k in model.input_checks}
+
+
+def refuse_long_texts(model: Any, texts: list[str]) -> None:
+    """A ProtocolError naming the first text over the model's token limit (for servers
+    started with truncation off)."""
+    limit = model.text.max_length
+    lengths = [len(ids) for ids in model.text.tokenizer(texts, truncation=False)["input_ids"]]
+    for index, length in enumerate(lengths):
+        if length > limit:
+            raise ProtocolError(
+                f"Text {index} is {length} tokens, over the model's {limit}-token limit, and "
+                "the server does not truncate (--no-truncate): send shorter texts."
+            )
 
 
 class TooLarge(ProtocolError):

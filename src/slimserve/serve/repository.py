@@ -18,6 +18,7 @@ class TextInput:
 
     tokenizer: Any
     max_length: int
+    task: str = "feature-extraction"  # feature-extraction models get the OpenAI route
 
 
 @dataclass
@@ -67,7 +68,8 @@ def _served(
 
         record = artifact.manifest.text
         tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
-        text = TextInput(tokenizer, int(record["max_length"]))
+        task = str(record.get("task") or "feature-extraction")
+        text = TextInput(tokenizer, int(record["max_length"]), task)
     predictor = (
         for_artifact(artifact, threads, spinning)
         if artifact

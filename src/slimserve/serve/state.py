@@ -4,6 +4,7 @@ their batchers, metrics and the config."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class ServerState:
     http_connections: Any = None
     http_waiting: int = 0
     tokenizer_pool: Any = None  # one thread: text requests are tokenized off the loop
+    started_at: float = field(default_factory=time.time)  # /v1/models' "created"
 
     def __post_init__(self) -> None:
         # A request without a version gets the highest: found once, not per request.
