@@ -1,0 +1,263 @@
+"""Embedding servers under load: slimserve's OpenAI route serving the bundled MiniLM
+artifact against infinity-emb serving the same model (its torch and optimum/ONNX
+engines), on the same machine and the same real sentences, in interleaved rounds.
+
+    python benchmarks/embed_serve.py [--update BENCHMARKS.md] [--artifact DIR]
+        [--rounds 3] [--requests 64] [--no-infinity]
+
+The artifact is `src/slimserve/examples/minilm.yaml`'s (built into runs/bench/ when
+--artifact is not given). infinity-emb runs in its own virtual environment under
+runs/bench/ (its pins clash with ours; torch pinned to the CPU build), created here.
+The load generator is its own process: threads with one keep-alive connection each,
+OpenAI embedding requests of 1 and of 16 sentences at concurrency 1, 8 and 32.
+Fidelity: each server's embeddings of the 256 eval sentences against PyTorch fp32.
+The in-process ceiling: the same artifact's predictor on the same sentences, batches
+of 32 padded to their longest, no HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _record import update
+
+import slimserve as ss
+from serve import free_port
+from slimserve.core.cpu import cpu_features
+from slimserve.measure.report import markdown_table
+
+BENCH = Path("runs/bench")
+INFINITY_VENV = BENCH / "infinity-venv"
+INFINITY_PINS = ["infinity-emb[server,torch,optimum]"]
+SHAPES = ((1, 1), (8, 1), (32, 1), (8, 16), (32, 16))  # (concurrency, sentences/request)
+
+
+def infinity_python() -> Path:
+    """infinity-emb's interpreter, its virtual environment created on first use."""
+    python = INFINITY_VENV / "bin" / "python"
+    if not python.exists():
+        BENCH.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
+        pins = BENCH / "infinity-constraints.txt"
+        pins.write_text("torch==2.13.0\n")  # the CPU wheel; never a CUDA build
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-c", str(pins), *INFINITY_PINS],
+            check=True,
+        )
+    return python
+
+
+def start(command: list[str], url: str, probe: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(1200):
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited: {process.stderr.read().decode()[-800:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(url + probe, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise RuntimeError(f"{command[0]} did not become ready")
+
+
+def embed(url: str, route: str, model: str, texts: list[str]) -> np.ndarray:
+    """The server's embeddings of ``texts`` (OpenAI request), in order."""
+    rows = []
+    with httpx.Client(timeout=120) as client:
+        for start in range(0, len(texts), 16):
+            reply = client.post(
+                url + route, json={"model": model, "input": texts[start : start + 16]}
+            )
+            reply.raise_for_status()
+            rows += [d["embedding"] for d in sorted(reply.json()["data"], key=lambda d: d["index"])]
+    return np.asarray(rows, dtype=np.float32)
+
+
+LOAD = r"""
+import json, sys, threading, time, httpx
+url, model, concurrency, per, requests = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+texts = json.loads(sys.stdin.read())
+latencies, lock = [], threading.Lock()
+def client(index):
+    with httpx.Client(timeout=120) as http:
+        for n in range(index, requests, concurrency):
+            batch = [texts[(n * per + i) % len(texts)] for i in range(per)]
+            t0 = time.perf_counter()
+            reply = http.post(url, json={"model": model, "input": batch})
+            reply.raise_for_status()
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+t0 = time.perf_counter()
+threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(json.dumps({"wall": time.perf_counter() - t0, "latencies": latencies}))
+"""
+
+
+def load(
+    url: str, model: str, texts: list[str], concurrency: int, per: int, requests: int
+) -> dict[str, float]:
+    """One load run in its own process: sentences/s, p50 and p99 latency (ms)."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD, url, model, str(concurrency), str(per), str(requests)],
+        input=json.dumps(texts).encode(),
+        capture_output=True,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    latencies = np.array(result["latencies"]) * 1e3
+    return {
+        "rate": requests * per / result["wall"],
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+    }
+
+
+def ceiling(artifact: Path, batches: list[dict[str, np.ndarray]], rounds: int) -> float:
+    """Sentences/s of the artifact's own predictor, in process (batches of 32)."""
+    predictor = ss.load_predictor(artifact)
+    names = predictor.input_names
+    predictor.predict({n: batches[0][n] for n in names})
+    rates = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for batch in batches:
+            predictor.predict({n: batch[n] for n in names})
+        rates.append(sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--update", type=Path)
+    parser.add_argument("--artifact", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=64, help="Requests per load run.")
+    parser.add_argument("--no-infinity", action="store_true")
+    args = parser.parse_args()
+    from slimserve.data import english_split
+    from slimserve.examples.minilm import model_folder
+    from slimserve.examples.minilm_anchors import torch_runner
+    from slimserve.models.hf import load_tokenizer, tokenize
+
+    artifact = args.artifact
+    if artifact is None:
+        artifact = BENCH / "minilm"
+        if not (artifact / "manifest.json").exists():
+            recipe = ss.load_recipe(Path(ss.__file__).parent / "examples" / "minilm.yaml")
+            ss.run_recipe(recipe, BENCH)
+    texts = english_split("eval")
+    tokenizer = load_tokenizer(model_folder())
+    batches = [tokenize(tokenizer, texts[i : i + 32], 256) for i in range(0, len(texts), 32)]
+    reference_run, _ = torch_runner(torch.float32)
+    reference = np.concatenate([reference_run(b) for b in batches])
+
+    servers: dict[str, tuple[str, str, str]] = {}  # label: (url, route, model id)
+    processes = []
+    try:
+        port = free_port()
+        slimserve_bin = Path(sys.executable).parent / "slimserve"
+        processes.append(
+            start(
+                [str(slimserve_bin), "serve", str(artifact), "--port", str(port), "--http-only"],
+                f"http://127.0.0.1:{port}",
+                "/v2/health/ready",
+            )
+        )
+        name = ss.load_artifact(artifact).manifest.name
+        servers["slimserve (OpenAI route)"] = (f"http://127.0.0.1:{port}", "/v1/embeddings", name)
+        if not args.no_infinity:
+            python = infinity_python()
+            for engine in ("optimum", "torch"):
+                port = free_port()
+                command = [str(python), "-m", "infinity_emb.infinity_server", "v2"]
+                command += ["--model-id", str(model_folder()), "--engine", engine]
+                command += ["--port", str(port), "--device", "cpu", "--no-model-warmup"]
+                try:
+                    processes.append(start(command, f"http://127.0.0.1:{port}", "/health"))
+                except RuntimeError as exc:
+                    print(f"infinity-emb {engine}: {exc}")
+                    continue
+                servers[f"infinity-emb {engine}"] = (
+                    f"http://127.0.0.1:{port}",
+                    "/embeddings",
+                    str(model_folder()),
+                )
+        fidelity = {}
+        for label, (url, route, model) in servers.items():
+            got = embed(url, route, model, texts)
+            got /= np.linalg.norm(got, axis=1, keepdims=True)
+            fidelity[label] = np.sum(got * reference, axis=1)
+        runs: dict[tuple[str, int, int], list[dict[str, float]]] = {}
+        for _ in range(args.rounds):  # interleaved: every server in every round
+            for shape in SHAPES:
+                for label, (url, route, model) in servers.items():
+                    runs.setdefault((label, *shape), []).append(
+                        load(url + route, model, texts, *shape, args.requests)
+                    )
+        top = ceiling(artifact, batches, args.rounds)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+
+    def median(label: str, c: int, per: int, key: str) -> float:
+        return float(statistics.median(r[key] for r in runs[(label, c, per)]))
+
+    rows = []
+    for label in servers:
+        cosine = fidelity[label]
+        rows.append(
+            [label, f"{cosine.mean():.4f} / {cosine.min():.4f}"]
+            + [f"{median(label, c, per, 'rate'):.0f}" for c, per in SHAPES]
+            + [f"{median(label, 8, 1, 'p50'):.1f} / {median(label, 8, 1, 'p99'):.1f}"]
+        )
+    headers = ["server", "cosine mean / min"]
+    headers += [f"c={c} x{per} sent/s" for c, per in SHAPES] + ["c=8 x1 p50 / p99 ms"]
+    table = markdown_table(headers, rows)
+    ours = "slimserve (OpenAI route)"
+    others = [s for s in servers if s != ours]
+    best = max(others, key=lambda s: median(s, 32, 16, "rate"), default=None)
+    verdict = f"In-process ceiling of the artifact: {top:.0f} sentences/s (batches of 32). "
+    verdict += f"slimserve at c=32 x16: {median(ours, 32, 16, 'rate') / top:.2f}x the ceiling"
+    if best is not None:
+        rate = median(ours, 32, 16, "rate") / median(best, 32, 16, "rate")
+        tail = median(ours, 8, 1, "p99") / median(best, 8, 1, "p99")
+        verdict += (
+            f"; {rate:.2f}x {best}'s sentences/s (goal >= 2x); p99 at c=8 x1 {tail:.2f}x "
+            "its p99 (goal <= 0.5x)."
+        )
+    else:
+        verdict += "; infinity-emb was not run."
+    print(table)
+    print(verdict)
+    if args.update:
+        body = (
+            "Command: `python benchmarks/embed_serve.py --update BENCHMARKS.md` (run by "
+            f"`make bench`). {args.rounds} interleaved rounds of {args.requests} requests per "
+            "server and shape, medians; the 256 `english` eval sentences; servers and the "
+            "load generator share the machine's 2 cores.\n\n"
+            + table
+            + "\n\n"
+            + verdict
+            + f"\n\nCPU flags: {', '.join(sorted(cpu_features())) or 'none of note'}."
+        )
+        update(args.update, "embed_serve", body)
+
+
+if __name__ == "__main__":
+    main()
