@@ -59,8 +59,36 @@ def infinity_python() -> Path:
     return python
 
 
+def infinity_model(python: Path) -> Path:
+    """The packaged MiniLM folder with the ONNX file infinity's optimum engine loads,
+    exported by optimum-cli as a user of infinity would (plain fp32 export)."""
+    import os
+    import shutil
+
+    from slimserve.examples.minilm import model_folder
+
+    folder = BENCH / "minilm-hf-onnx"
+    if not (folder / "model.onnx").exists():
+        shutil.copytree(model_folder(), folder, dirs_exist_ok=True)
+        export = BENCH / "minilm-optimum-export"
+        subprocess.run(
+            [
+                *(str(python.parent / "optimum-cli"), "export", "onnx", "--model", str(folder)),
+                *("--task", "feature-extraction", str(export)),
+            ],
+            check=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+        )
+        shutil.copyfile(export / "model.onnx", folder / "model.onnx")
+    return folder.resolve()
+
+
 def start(command: list[str], url: str, probe: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}  # nothing leaves
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     for _ in range(1200):
         if process.poll() is not None:
             raise RuntimeError(f"{command[0]} exited: {process.stderr.read().decode()[-800:]}")  # type: ignore[union-attr]
@@ -127,6 +155,12 @@ def load(
     }
 
 
+def requests(shape: tuple[int, int], sentences: int) -> int:
+    """Requests in one load run: ``sentences`` sentences, at least two per client."""
+    concurrency, per = shape
+    return max(2 * concurrency, sentences // per)
+
+
 def ceiling(artifact: Path, batches: list[dict[str, np.ndarray]], rounds: int) -> float:
     """Sentences/s of the artifact's own predictor, in process (batches of 32)."""
     predictor = ss.load_predictor(artifact)
@@ -146,7 +180,12 @@ def main() -> None:
     parser.add_argument("--update", type=Path)
     parser.add_argument("--artifact", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=64, help="Requests per load run.")
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=256,
+        help="Sentences per load run (at least 2 requests per client).",
+    )
     parser.add_argument("--no-infinity", action="store_true")
     args = parser.parse_args()
     from slimserve.data import english_split
@@ -182,10 +221,11 @@ def main() -> None:
         servers["slimserve (OpenAI route)"] = (f"http://127.0.0.1:{port}", "/v1/embeddings", name)
         if not args.no_infinity:
             python = infinity_python()
+            folder = infinity_model(python)
             for engine in ("optimum", "torch"):
                 port = free_port()
-                command = [str(python), "-m", "infinity_emb.infinity_server", "v2"]
-                command += ["--model-id", str(model_folder()), "--engine", engine]
+                command = [str(python.parent / "infinity_emb"), "v2"]
+                command += ["--model-id", str(folder), "--engine", engine]
                 command += ["--port", str(port), "--device", "cpu", "--no-model-warmup"]
                 try:
                     processes.append(start(command, f"http://127.0.0.1:{port}", "/health"))
@@ -195,7 +235,7 @@ def main() -> None:
                 servers[f"infinity-emb {engine}"] = (
                     f"http://127.0.0.1:{port}",
                     "/embeddings",
-                    str(model_folder()),
+                    str(folder),
                 )
         fidelity = {}
         for label, (url, route, model) in servers.items():
@@ -207,7 +247,7 @@ def main() -> None:
             for shape in SHAPES:
                 for label, (url, route, model) in servers.items():
                     runs.setdefault((label, *shape), []).append(
-                        load(url + route, model, texts, *shape, args.requests)
+                        load(url + route, model, texts, *shape, requests(shape, args.sentences))
                     )
         top = ceiling(artifact, batches, args.rounds)
     finally:
@@ -248,7 +288,7 @@ def main() -> None:
     if args.update:
         body = (
             "Command: `python benchmarks/embed_serve.py --update BENCHMARKS.md` (run by "
-            f"`make bench`). {args.rounds} interleaved rounds of {args.requests} requests per "
+            f"`make bench`). {args.rounds} interleaved rounds of {args.sentences} sentences per "
             "server and shape, medians; the 256 `english` eval sentences; servers and the "
             "load generator share the machine's 2 cores.\n\n"
             + table
