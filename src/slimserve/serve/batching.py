@@ -200,7 +200,7 @@ class Batcher:
         if budget is not None and self.padded:
             tokens = _rows(inputs) * int(next(iter(inputs.values())).shape[1])
             if tokens > budget:
-                from slimserve.serve.infer import TooLarge
+                from slimserve.serve.v2codec import TooLarge
 
                 _call(
                     done,

@@ -16,6 +16,7 @@ from slimserve.serve.config import ServeConfig
 from slimserve.serve.v2codec import (
     NUMPY_TO_V2,
     ProtocolError,
+    TooLarge,
     encode_response,
     parse_request,
     v2_datatype,
@@ -104,10 +105,6 @@ def refuse_long_texts(model: Any, texts: list[str]) -> None:
                 f"Text {index} is {length} tokens, over the model's {limit}-token limit, and "
                 "the server does not truncate (--no-truncate): send shorter texts."
             )
-
-
-class TooLarge(ProtocolError):
-    """A request over a size limit: answered 413."""
 
 
 LARGE_TEXT = 1 << 20  # bytes of text after which freed memory is handed back to the OS

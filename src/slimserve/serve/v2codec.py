@@ -38,6 +38,10 @@ class ProtocolError(Exception):
     """A bad request: the message goes back to the client as {"error": ...} with 400."""
 
 
+class TooLarge(ProtocolError):
+    """A request over a size limit: answered 413."""
+
+
 MAX_RANK = 16
 MAX_DIM = 2**31 - 1  # what ONNX Runtime and numpy index with; larger is no real tensor
 
