@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/text_memory.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/noise.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/shape_cache.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/embed_serve.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-static --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-heads --update BENCHMARKS.md

@@ -40,7 +40,18 @@ from slimserve.measure.report import markdown_table
 
 BENCH = Path("runs/bench")
 INFINITY_VENV = BENCH / "infinity-venv"
-INFINITY_PINS = ["infinity-emb[server,torch,optimum]"]
+INFINITY_PINS = ["infinity-emb[server,torch,optimum]==0.0.78", "optimum[onnxruntime]==1.24.0"]
+# What infinity-emb 0.0.78 was built against: its optimum engine calls ORTOptimizer with
+# OptimizationConfig(optimize_with_onnxruntime_only=...), which optimum 2 removed (the
+# engine then serves the unoptimized graph); numpy < 2 is its own pin.
+INFINITY_CONSTRAINTS = (
+    "torch==2.13.0",  # the CPU wheel; never a CUDA build
+    "numpy<2",
+    "transformers==4.48.3",
+    "optimum==1.24.0",
+    "pandas<2.3",  # the last releases built for numpy 1
+    "pyarrow<19",
+)
 SHAPES = ((1, 1), (8, 1), (32, 1), (8, 16), (32, 16))  # (concurrency, sentences/request)
 
 
@@ -51,7 +62,7 @@ def infinity_python() -> Path:
         BENCH.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
         pins = BENCH / "infinity-constraints.txt"
-        pins.write_text("torch==2.13.0\n")  # the CPU wheel; never a CUDA build
+        pins.write_text("\n".join(INFINITY_CONSTRAINTS) + "\n")
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "-c", str(pins), *INFINITY_PINS],
             check=True,
@@ -84,11 +95,15 @@ def infinity_model(python: Path) -> Path:
     return folder.resolve()
 
 
-def start(command: list[str], url: str, probe: str) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], url: str, probe: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     import os
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}  # nothing leaves
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd
+    )
     for _ in range(1200):
         if process.poll() is not None:
             raise RuntimeError(f"{command[0]} exited: {process.stderr.read().decode()[-800:]}")  # type: ignore[union-attr]
@@ -206,6 +221,7 @@ def main() -> None:
     reference = np.concatenate([reference_run(b) for b in batches])
 
     servers: dict[str, tuple[str, str, str]] = {}  # label: (url, route, model id)
+    failed: list[str] = []
     processes = []
     try:
         port = free_port()
@@ -224,18 +240,24 @@ def main() -> None:
             folder = infinity_model(python)
             for engine in ("optimum", "torch"):
                 port = free_port()
-                command = [str(python.parent / "infinity_emb"), "v2"]
-                command += ["--model-id", str(folder), "--engine", engine]
+                # Run from the model folder as "--model-id .": infinity hands optimum the
+                # ONNX file's path as found under the model id, and optimum matches it
+                # against paths relative to the folder (an absolute id never matches).
+                command = [str(python.parent.resolve() / "infinity_emb"), "v2"]
+                command += ["--model-id", ".", "--engine", engine]
                 command += ["--port", str(port), "--device", "cpu", "--no-model-warmup"]
                 try:
-                    processes.append(start(command, f"http://127.0.0.1:{port}", "/health"))
+                    processes.append(
+                        start(command, f"http://127.0.0.1:{port}", "/health", cwd=folder)
+                    )
                 except RuntimeError as exc:
                     print(f"infinity-emb {engine}: {exc}")
+                    failed.append(f"infinity-emb's {engine} engine did not start: {exc}")
                     continue
                 servers[f"infinity-emb {engine}"] = (
                     f"http://127.0.0.1:{port}",
                     "/embeddings",
-                    str(folder),
+                    ".",
                 )
         fidelity = {}
         for label, (url, route, model) in servers.items():
@@ -290,11 +312,12 @@ def main() -> None:
             "Command: `python benchmarks/embed_serve.py --update BENCHMARKS.md` (run by "
             f"`make bench`). {args.rounds} interleaved rounds of {args.sentences} sentences per "
             "server and shape, medians; the 256 `english` eval sentences; servers and the "
-            "load generator share the machine's 2 cores.\n\n"
+            f"load generator share the machine's 2 cores. Artifact: `{artifact}`.\n\n"
             + table
             + "\n\n"
             + verdict
             + f"\n\nCPU flags: {', '.join(sorted(cpu_features())) or 'none of note'}."
+            + "".join(f"\n\n{line}" for line in failed)
         )
         update(args.update, "embed_serve", body)
 

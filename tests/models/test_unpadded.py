@@ -44,8 +44,10 @@ def keep_heads(attention: torch.nn.Module, heads: list[int]) -> None:
     own.all_head_size = len(heads) * size
 
 
-@pytest.mark.parametrize("pruned_heads", [False, True])
-def test_unpadded_encoder_equals_the_padded_model(tiny_bert: Path, pruned_heads: bool) -> None:
+@pytest.mark.parametrize(("pruned_heads", "token_bucket"), [(False, 1), (True, 1), (False, 8)])
+def test_unpadded_encoder_equals_the_padded_model(
+    tiny_bert: Path, pruned_heads: bool, token_bucket: int
+) -> None:
     from transformers import BertModel
 
     from slimserve.models.hf import additive_mask
@@ -58,11 +60,33 @@ def test_unpadded_encoder_equals_the_padded_model(tiny_bert: Path, pruned_heads:
     ids, mask = ragged_batch(model.config.vocab_size, (3, 11, 1, 7))
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=additive_mask(mask))[0]
-        got = UnpaddedEncoder(model)(ids, mask)
+        got = UnpaddedEncoder(model, token_bucket)(ids, mask)
     real = mask.bool()
     assert got.shape == expected.shape
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
     assert float(got[~real].abs().max()) == 0.0  # padding positions carry nothing
+
+
+@pytest.mark.parametrize(
+    ("lengths", "bucket", "rows"), [((3, 11, 1, 7), 8, 24), ((3, 11, 1, 7), 1, 22), ((2, 3), 16, 6)]
+)
+def test_the_linear_layers_run_on_a_multiple_of_the_token_bucket(
+    tiny_bert: Path, lengths: tuple[int, ...], bucket: int, rows: int
+) -> None:
+    """22 real tokens in a 4 x 11 batch run as 24 rows with buckets of 8; a batch with
+    fewer positions than the bucket runs on all its positions."""
+    from transformers import BertModel
+
+    from slimserve.models.unpadded import UnpaddedEncoder
+
+    model = BertModel.from_pretrained(tiny_bert, attn_implementation="eager").eval()
+    seen: list[int] = []
+    query = model.encoder.layer[0].attention.self.query
+    query.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    ids, mask = ragged_batch(model.config.vocab_size, lengths)
+    with torch.no_grad():
+        UnpaddedEncoder(model, bucket)(ids, mask)
+    assert seen == [rows]
 
 
 def test_a_model_without_bert_layers_is_refused_by_name() -> None:

@@ -144,3 +144,28 @@ def test_openai_splits_texts_to_fit_the_budget(lengths: list[int], budget: int) 
         np.concatenate([p["attention_mask"].sum(1) for p in parts]), lengths
     )
     assert all(p["attention_mask"].size <= budget or len(p["attention_mask"]) == 1 for p in parts)
+
+
+def test_a_padding_free_text_model_runs_sentences_of_any_length_together() -> None:
+    """Length groups split a 4-token and a 40-token request into two runs; a model built
+    with the unpad step (its linear layers skip padding) gets them in one run."""
+    from slimserve.serve.repository import TextInput
+
+    runs = {}
+    requests = [np.ones((1, 4), np.float32), np.ones((1, 40), np.float32)]
+    for padding_free in (False, True):
+        served = _served("m", "1", _summing_model(), threads=1, spinning=False)
+        served.text = TextInput(tokenizer=None, max_length=64, padding_free=padding_free)
+        metrics = Metrics.create()
+        batcher = Batcher(
+            served, BatchLimits(8, 10_000), ThreadPoolExecutor(max_workers=1), metrics
+        )
+
+        async def main(batcher: Batcher = batcher) -> list[dict[str, np.ndarray]]:
+            batcher.no_more_company = lambda: len(batcher.pending) == 2
+            return await asyncio.gather(*(batcher.infer({"x": r}) for r in requests))
+
+        answers = asyncio.run(main())
+        assert [float(a["y"][0, 0]) for a in answers] == [4.0, 40.0]  # zero padding adds 0
+        runs[padding_free] = _runs_and_rows(metrics)
+    assert runs == {False: [2, 2], True: [1, 2]}

@@ -10,6 +10,13 @@ plain tensor ops (Gather, NonZero, CumSum) that every ONNX runtime runs on CPU.
 
 The weights are the Hugging Face model's own modules: nothing is copied or retrained, so
 the outputs equal the padded model's up to float rounding (a test checks 1e-5).
+
+Token buckets: the rows the linear layers run on are rounded up to a multiple of
+``token_bucket`` (padding positions fill the rest; attention masks them as keys and the
+output zeroes them). A runtime that compiles kernels per shape (OpenVINO's CPU plugin
+builds its kernels for each new row count: a stream of new shapes ran 1.77x slower,
+BENCHMARKS.md, section shape_cache) then sees a few dozen row counts instead of one per
+batch, and caches them.
 """
 
 from __future__ import annotations
@@ -62,12 +69,16 @@ def check_bert_like(encoder: torch.nn.Module) -> None:
 
 
 class UnpaddedEncoder(torch.nn.Module):
-    """``encoder``'s forward with the linear layers on real tokens; returns the last
-    hidden state in the padded layout [batch, length, hidden] (zeros at padding)."""
+    """``encoder``'s forward with the linear layers on real tokens (rounded up to a
+    multiple of ``token_bucket``; 1: exactly the real ones); returns the last hidden state
+    in the padded layout [batch, length, hidden] (zeros at padding)."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module, token_bucket: int = 1) -> None:
         super().__init__()
         check_bert_like(encoder)
+        if token_bucket < 1:
+            raise ValueError(f"token_bucket must be at least 1, not {token_bucket}")
+        self.token_bucket = token_bucket
         self.embeddings = _get(encoder, "embeddings")
         self.layers = _get(encoder, "encoder.layer")
         act = _get(self.layers[0], "intermediate").intermediate_act_fn
@@ -83,10 +94,19 @@ class UnpaddedEncoder(torch.nn.Module):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         width = hidden.shape[-1]
         real = attention_mask.reshape(-1) > 0
-        rows = torch.nonzero(real).squeeze(1)  # [tokens]: where real tokens sit
+        selected = real
+        if self.token_bucket > 1:
+            # The first padding positions join the real ones until the count is a
+            # multiple of the bucket (or all positions): tensor ops only, so it exports.
+            count = real.to(torch.int64).sum()
+            rounded = (count + self.token_bucket - 1) // self.token_bucket * self.token_bucket
+            spare = rounded - count
+            padding_rank = torch.cumsum((~real).to(torch.int64), 0) - 1
+            selected = real | (padding_rank < spare)
+        rows = torch.nonzero(selected).squeeze(1)  # [tokens]: the positions computed
         tokens = rows.shape[0]
-        # position -> its token's row, or the extra zero row for padding
-        back = torch.where(real, torch.cumsum(real.to(torch.int64), 0) - 1, tokens)
+        # position -> its token's row, or the extra zero row for the rest
+        back = torch.where(selected, torch.cumsum(selected.to(torch.int64), 0) - 1, tokens)
         scores_mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * -10000.0
         x = hidden.reshape(batch * length, width).index_select(0, rows)
 
@@ -112,4 +132,6 @@ class UnpaddedEncoder(torch.nn.Module):
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
             inner = self.act(layer.intermediate.dense(x))
             x = layer.output.LayerNorm(layer.output.dense(inner) + x)
+        if self.token_bucket > 1:  # the padding positions computed for the bucket
+            return padded(x) * attention_mask[:, :, None].to(x.dtype)
         return padded(x)

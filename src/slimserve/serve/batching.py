@@ -104,8 +104,15 @@ def budget_groups(rows: Sequence[int], lengths: Sequence[int], budget: int) -> l
     return groups
 
 
-def _length_groups(items: list[_Item], budget: int | None = None) -> list[list[_Item]]:
-    groups = [[items[i] for i in g] for g in length_groups([i.length for i in items])]
+def _length_groups(
+    items: list[_Item], budget: int | None = None, spread: bool = True
+) -> list[list[_Item]]:
+    """``items`` in the runs the model gets: split by length (``spread``) and by the
+    token budget."""
+    if spread:
+        groups = [[items[i] for i in g] for g in length_groups([i.length for i in items])]
+    else:
+        groups = [items]
     if budget is None:
         return groups
     return [
@@ -150,6 +157,9 @@ class Batcher:
         self.refused_full = metrics.rejected.labels(model.name, "queue_full")
         self.refused_late = metrics.rejected.labels(model.name, "deadline")
         self.padded = model.text is not None
+        # A padding-free encoder loses little to padding and a lot to one more run (each
+        # run is a round of the model's fixed cost, and later groups wait for earlier ones).
+        self.split_lengths = not getattr(model.text, "padding_free", False)
         # check_inputs fixes every axis the model fixes: when only the batch axis (and a
         # text model's sequence axis) may vary, all requests merge without comparing shapes.
         skip = 2 if self.padded else 1
@@ -326,7 +336,11 @@ class Batcher:
         groups = [
             group
             for same in by_signature.values()
-            for group in (_length_groups(same, self.max_batch_tokens) if same[0].padded else [same])
+            for group in (
+                _length_groups(same, self.max_batch_tokens, self.split_lengths)
+                if same[0].padded
+                else [same]
+            )
         ]
         for group in groups:
             if group[0].padded:

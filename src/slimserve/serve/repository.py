@@ -19,6 +19,9 @@ class TextInput:
     tokenizer: Any
     max_length: int
     task: str = "feature-extraction"  # feature-extraction models get the OpenAI route
+    # The encoder's linear layers run on real tokens only (the unpad step): padding
+    # costs it little, so the batcher merges sequences of any length into one run.
+    padding_free: bool = False
 
 
 @dataclass
@@ -69,7 +72,8 @@ def _served(
         record = artifact.manifest.text
         tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
         task = str(record.get("task") or "feature-extraction")
-        text = TextInput(tokenizer, int(record["max_length"]), task)
+        padding_free = any(step.name == "unpad" for step in artifact.manifest.steps)
+        text = TextInput(tokenizer, int(record["max_length"]), task, padding_free)
     predictor = (
         for_artifact(artifact, threads, spinning)
         if artifact

@@ -28,6 +28,14 @@ class UnpadConfig(BaseModel):
     trains: ClassVar[bool] = False
 
     atol: float = Field(1e-4, gt=0, description="Parity: largest allowed max abs error.")
+    token_bucket: int = Field(
+        16,
+        ge=1,
+        le=512,
+        description="Round the rows the linear layers run on up to a multiple of this "
+        "(padding fills the rest): runtimes that compile kernels per shape (OpenVINO) "
+        "then reuse them across batches. 1: real tokens only.",
+    )
 
     def describe(self) -> str:
         """A short label for tables."""
@@ -44,7 +52,7 @@ class UnpadConfig(BaseModel):
         if module.encoder is not None:
             return model
         try:
-            encoder = UnpaddedEncoder(module.model)
+            encoder = UnpaddedEncoder(module.model, self.token_bucket)
         except Exception as exc:
             raise ExportError(str(exc)) from None
         unpadded = TaskModel(module.model, pool=True, encoder=encoder).eval()
