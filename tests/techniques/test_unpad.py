@@ -55,3 +55,12 @@ def test_a_recipe_can_try_unpadded_and_padded_chains(tiny_bert: Path) -> None:
         ss.parse_recipe(
             {"name": "t", "model": {"hf": str(tiny_bert)}, "steps": [{"export": {}}, {"unpad": {}}]}
         )
+
+
+def test_a_token_bucket_below_one_is_refused_by_its_recipe_path(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: t\nmodel: {example: minilm}\nsteps:\n  - unpad: {token_bucket: 0}\n  - export: {}\n"
+    )
+    with pytest.raises(ss.RecipeError, match=r"steps\[0\].*token_bucket"):
+        ss.load_recipe(recipe)
