@@ -46,7 +46,7 @@ INFINITY_CACHE = BENCH / "infinity-cache"
 INFINITY_PINS = [
     "infinity-emb[server,torch,optimum]==0.0.78",
     "optimum[onnxruntime]==1.24.0",
-    "onnxscript",  # torch 2.13's ONNX exporter, which optimum-cli calls
+    "onnxscript",  # torch 2.13's torch.onnx needs it, for the export below too
 ]
 # What infinity-emb 0.0.78 was built against: its optimum engine calls ORTOptimizer with
 # OptimizationConfig(optimize_with_onnxruntime_only=...), which optimum 2 removed (the
@@ -77,37 +77,54 @@ def infinity_python() -> Path:
     return python
 
 
+# The export optimum 1.24 (what infinity-emb 0.0.78 was built against) makes: transformers'
+# layout, its input and output names, TorchScript exporter. optimum-cli itself cannot make
+# it under torch 2.13, whose default exporter is the torch.export one and writes its
+# weights beside the graph under a name optimum 1.24 does not look for.
+EXPORT_TRANSFORMERS_LAYOUT = """
+import sys, torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1]).eval()
+ids = torch.ones(2, 8, dtype=torch.long)
+axes = {0: "batch_size", 1: "sequence_length"}
+names = ["input_ids", "attention_mask", "token_type_ids"]
+with torch.no_grad():
+    torch.onnx.export(
+        model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), sys.argv[2],
+        input_names=names, output_names=["last_hidden_state"],
+        dynamic_axes={name: axes for name in [*names, "last_hidden_state"]},
+        opset_version=17, dynamo=False,
+    )
+"""
+
+
 def infinity_model(python: Path) -> tuple[Path, str | None]:
-    """The packaged MiniLM folder with the ONNX file infinity's optimum engine loads,
-    exported by optimum-cli as a user of infinity would (plain fp32 export)."""
+    """The packaged MiniLM folder with the ONNX file infinity's optimum engine loads: a
+    plain fp32 export in transformers' layout (last_hidden_state), the one that engine
+    pools. A sentence-transformers export puts its already pooled outputs first, and
+    infinity then pools those again (cosine 0.42)."""
     import os
     import shutil
 
     from slimserve.examples.minilm import model_folder
 
     folder = BENCH / "minilm-hf-onnx"
-    layout = folder / ".export-layout"  # which optimum-cli export model.onnx is
-    if not layout.exists() or layout.read_text() != "transformers":
+    layout = folder / ".export-layout"  # which export model.onnx is
+    if not layout.exists() or layout.read_text() != "transformers-torchscript":
         shutil.copytree(model_folder(), folder, dirs_exist_ok=True)
         shutil.rmtree(INFINITY_CACHE, ignore_errors=True)  # its optimized copy of the old one
-        export = BENCH / "minilm-optimum-export"
+        exported = folder / "model.onnx.partial"
         done = subprocess.run(
-            [
-                *(str(python.parent / "optimum-cli"), "export", "onnx", "--model", str(folder)),
-                # transformers' layout (last_hidden_state), the one infinity's optimum
-                # engine pools: a sentence-transformers export puts its already pooled
-                # outputs first, and infinity then pools those again (cosine 0.42).
-                *("--task", "feature-extraction", "--library-name", "transformers"),
-                str(export),
-            ],
+            [str(python), "-c", EXPORT_TRANSFORMERS_LAYOUT, str(folder), str(exported)],
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
             capture_output=True,
         )
         if done.returncode != 0:
             last = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            return folder.resolve(), f"`optimum-cli export onnx` failed ({' '.join(last)})"
-        shutil.copyfile(export / "model.onnx", folder / "model.onnx")
-        layout.write_text("transformers")
+            failure = " ".join(last)
+            return folder.resolve(), f"the transformers-layout ONNX export failed ({failure})"
+        exported.replace(folder / "model.onnx")
+        layout.write_text("transformers-torchscript")
     return folder.resolve(), None
 
 

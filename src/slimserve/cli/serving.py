@@ -62,6 +62,12 @@ def serve(
         min=16,
         help="Text models: most tokens (rows x padded length) per model run, as TEI's.",
     ),
+    warmup_tokens: int = typer.Option(
+        1024,
+        "--warmup-tokens",
+        min=0,
+        help="Padding-free text models: run each token bucket up to N tokens first (0: off).",
+    ),
     truncate: bool = typer.Option(
         True,
         "--truncate/--no-truncate",
@@ -112,6 +118,7 @@ def serve(
         reject_nonfinite=not allow_nonfinite,
         truncate_text=truncate,
         max_batch_tokens=max_batch_tokens,
+        warmup_tokens=warmup_tokens,
     )
     logs.configure("json" if log_format == "json" else "text")
     if ray:

@@ -58,6 +58,13 @@ class ServeConfig(BaseModel):
         "a request over it is refused with 413 (the OpenAI route splits its texts to fit). "
         "None: batches are bounded by rows only.",
     )
+    warmup_tokens: int = Field(
+        1024,
+        ge=0,
+        description="Padding-free text models (the unpad step): before the server reports "
+        "ready, run each token bucket up to this many real tokens once, so no request pays "
+        "OpenVINO's first-run kernel build for a new shape. 0: no warm-up.",
+    )
     truncate_text: bool = Field(
         True,
         description="Cut a text longer than the model's max_length tokens (as the OpenAI "

@@ -50,8 +50,11 @@ def run_ray(
     def build_app() -> Any:
         from slimserve.serve.http import create_app
         from slimserve.serve.repository import load_repository
+        from slimserve.serve.warmup import warm_up
 
-        return create_app(load_repository(repository, config.threads, config.ort_spinning), config)
+        models = load_repository(repository, config.threads, config.ort_spinning)
+        warm_up(models, config)
+        return create_app(models, config)
 
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     # After ray.init (which installs its own exit-on-SIGTERM handler), before the app

@@ -22,6 +22,9 @@ class TextInput:
     # The encoder's linear layers run on real tokens only (the unpad step): padding
     # costs it little, so the batcher merges sequences of any length into one run.
     padding_free: bool = False
+    # Its row counts are multiples of this (the unpad step's token_bucket; 1: exact
+    # counts, 0: not padding-free): what serve's warm-up runs through.
+    token_bucket: int = 0
 
 
 @dataclass
@@ -72,8 +75,10 @@ def _served(
         record = artifact.manifest.text
         tokenizer = load_tokenizer(artifact.path / record["tokenizer"])
         task = str(record.get("task") or "feature-extraction")
-        padding_free = any(step.name == "unpad" for step in artifact.manifest.steps)
-        text = TextInput(tokenizer, int(record["max_length"]), task, padding_free)
+        unpad = [step for step in artifact.manifest.steps if step.name == "unpad"]
+        # Artifacts made before token buckets ran exact counts (bucket 1).
+        bucket = int(unpad[-1].config.get("token_bucket", 1)) if unpad else 0
+        text = TextInput(tokenizer, int(record["max_length"]), task, bool(unpad), bucket)
     predictor = (
         for_artifact(artifact, threads, spinning)
         if artifact
