@@ -89,21 +89,27 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def text_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT exported and fused, with its tokenizer: raw text in, embeddings out."""
-    out = tmp_path_factory.mktemp("text")
+def build_text_artifact(model: Path, out: Path, name: str, steps: list[object]) -> Path:
+    """``steps`` run on the Hugging Face model at ``model``, with its tokenizer: raw text
+    in, embeddings out; evaluated on TEXTS."""
     texts = out / "texts.txt"
     texts.write_text("\n".join(TEXTS * 4))
     recipe = ss.parse_recipe(
         {
-            "name": "tiny-text",
-            "model": {"hf": str(tiny_bert)},
+            "name": name,
+            "model": {"hf": str(model)},
             "data": {"eval": {"text": str(texts)}},
-            "steps": [{"export": {}}, {"fuse": {}}],
+            "steps": steps,
             "goal": {"metric": "cosine_mean"},
             "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
         }
     )
     ss.run_recipe(recipe, out)
-    return out / "tiny-text"
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def text_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT exported and fused."""
+    steps: list[object] = [{"export": {}}, {"fuse": {}}]
+    return build_text_artifact(tiny_bert, tmp_path_factory.mktemp("text"), "tiny-text", steps)

@@ -11,29 +11,16 @@ import pytest
 
 pytest.importorskip("transformers")
 
-import slimserve as ss
 from slimserve.serve.config import ServeConfig
 from slimserve.serve.repository import load_repository
 from slimserve.serve.warmup import warm_up
-from tests.serve.conftest import TEXTS, start
+from tests.serve.conftest import TEXTS, build_text_artifact, start
 from tests.serve.test_text import expected_embeddings
 
 
 def padding_free_artifact(tiny_bert: Path, out: Path, bucket: int) -> Path:
-    texts = out / "texts.txt"
-    texts.write_text("\n".join(TEXTS * 4))
-    recipe = ss.parse_recipe(
-        {
-            "name": "tiny-unpad",
-            "model": {"hf": str(tiny_bert)},
-            "data": {"eval": {"text": str(texts)}},
-            "steps": [{"unpad": {"token_bucket": bucket}}, {"export": {}}],
-            "goal": {"metric": "cosine_mean"},
-            "bench": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
-        }
-    )
-    ss.run_recipe(recipe, out)
-    return out / "tiny-unpad"
+    steps: list[object] = [{"unpad": {"token_bucket": bucket}}, {"export": {}}]
+    return build_text_artifact(tiny_bert, out, "tiny-unpad", steps)
 
 
 def record_runs(models: dict[str, dict[str, Any]]) -> list[dict[str, np.ndarray]]:
