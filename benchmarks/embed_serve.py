@@ -101,8 +101,7 @@ with torch.no_grad():
 def infinity_model(python: Path) -> tuple[Path, str | None]:
     """The packaged MiniLM folder with the ONNX file infinity's optimum engine loads: a
     plain fp32 export in transformers' layout (last_hidden_state), the one that engine
-    pools. A sentence-transformers export puts its already pooled outputs first, and
-    infinity then pools those again (cosine 0.42)."""
+    pools (a sentence-transformers export puts its already pooled outputs first)."""
     import os
     import shutil
 
@@ -283,6 +282,10 @@ def main() -> None:
                 # against paths relative to the folder (an absolute id never matches).
                 command = [str(python.parent.resolve() / "infinity_emb"), "v2"]
                 command += ["--model-id", ".", "--engine", engine]
+                # The model's own pooling (1_Pooling: mean). infinity's optimum engine
+                # pools the CLS token unless told, whatever the model says (cosine 0.42
+                # to fp32); its torch engine reads the pooling from sentence-transformers.
+                command += ["--pooling-method", "mean"]
                 command += ["--port", str(port), "--device", "cpu", "--no-model-warmup"]
                 try:
                     processes.append(
@@ -352,7 +355,9 @@ def main() -> None:
             "Command: `python benchmarks/embed_serve.py --update BENCHMARKS.md` (run by "
             f"`make bench`). {args.rounds} interleaved rounds of {args.sentences} sentences per "
             "server and shape, medians; the 256 `english` eval sentences; servers and the "
-            f"load generator share the machine's 2 cores. Artifact: `{artifact}`.\n\n"
+            f"load generator share the machine's 2 cores. Artifact: `{artifact}`. "
+            "infinity-emb 0.0.78 runs with `--pooling-method mean` (the model's pooling), "
+            "its optimum engine on a plain fp32 ONNX export in transformers' layout.\n\n"
             + table
             + "\n\n"
             + verdict
