@@ -79,13 +79,17 @@ ENGLISH_SPLITS = {"train": (0, -512), "calibration": (-512, -256), "eval": (-256
 
 
 def english_split(split: str | None) -> list[str]:
-    """The 'english' example's sentences: eval is the last 256, calibration the 256
-    before, train the rest (eval shares nothing with calibration or training)."""
-    from slimserve.examples.minilm import english_sentences
+    """The 'english' example's sentences: eval is the last 256 of Python's docs,
+    calibration the 256 before, train the rest (eval shares nothing with calibration or
+    training); 'other' is another source, scikit-learn's dataset descriptions (~135),
+    for what a model keeps on text unlike anything it was tuned on."""
+    from slimserve.examples.minilm import english_sentences, other_source_sentences
 
+    if split == "other":
+        return other_source_sentences()
     if split not in ENGLISH_SPLITS:
         raise DataError(
-            f"The english example has splits {', '.join(ENGLISH_SPLITS)}, not '{split}'."
+            f"The english example has splits {', '.join(ENGLISH_SPLITS)}, other, not '{split}'."
         )
     start, stop = ENGLISH_SPLITS[split]
     return english_sentences()[start:stop]

@@ -21,6 +21,18 @@ def test_english_splits_are_disjoint() -> None:
     assert not set(evaluation) & (set(train) | set(calibration))
 
 
+def test_the_other_split_is_prose_from_another_source() -> None:
+    other = english_split("other")
+    assert len(other) >= 100
+    pydoc = set(english_split("train")) | set(english_split("calibration"))
+    assert not set(other) & (pydoc | set(english_split("eval")))
+    # sentences, not the descriptions' tables or directives
+    assert all(not s.startswith(("..", "=", ":")) and len(s.split()) >= 4 for s in other)
+    assert any("iris" in s.lower() for s in other)
+    with pytest.raises(ss.DataError, match="splits train, calibration, eval, other"):
+        english_split("unseen")
+
+
 @pytest.mark.slow
 def test_minilm_recipe_matches_sentence_transformers(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer

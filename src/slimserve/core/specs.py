@@ -84,7 +84,8 @@ class DataSpec(Frozen):
     example: str | None = Field(
         None,
         description="A bundled example dataset: 'digits' (images), 'english' (sentences "
-        "from Python's docs; splits train, calibration, eval).",
+        "from Python's docs; splits train, calibration, eval, and other: scikit-learn's dataset "
+        "descriptions, another source).",
     )
     npz: Path | None = Field(None, description="A .npz file with input arrays and labels.")
     python: str | None = Field(

