@@ -85,3 +85,13 @@ def test_a_warmed_server_answers_as_the_model_does(bucketed: Path) -> None:
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=30)
+
+
+def test_a_negative_warm_up_is_refused_by_the_cli(served_artifact: Path) -> None:
+    from typer.testing import CliRunner
+
+    from slimserve.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(served_artifact), "--warmup-tokens", "-1"])
+    assert result.exit_code == 2
+    assert "--warmup-tokens" in result.output and "greater than or equal to 0" in result.output
