@@ -24,11 +24,11 @@ from _record import update
 
 import slimserve as ss
 from serve import ARTIFACT, BIN
+from slimserve.check import Bounds, check_artifact
 from slimserve.core.cpu import cpu_features
 from slimserve.core.specs import DataSpec
 from slimserve.data import load_data
 from slimserve.measure.bench import bench_interleaved
-from slimserve.measure.check import Bounds, check_artifact
 from slimserve.measure.report import markdown_table
 
 EXPLAINED = (

@@ -1,10 +1,13 @@
-"""The server past its capacity: does the queue limit keep admitted requests fast?
+"""The server past its capacity: does admission keep admitted requests fast?
 
     python benchmarks/overload.py [--update BENCHMARKS.md] [--seconds 10] [--rounds 2]
 
-For the demo CNN artifact and the wide MLP of benchmarks/serve.py, each served by
-`slimserve serve` in its own process with the default limits (--max-queue: two batches,
-64) and with --max-queue 256, in interleaved rounds:
+For the demo CNN artifact, the wide MLP of benchmarks/serve.py and the MiniLM artifact
+(`src/slimserve/examples/minilm.yaml`, built into runs/bench/minilm when absent; its V2
+route and its OpenAI embeddings route), each served by `slimserve serve` in its own
+process with the default admission (--max-queue-ms: the measured model time queued ahead
+of a request, at most 8 single-row runs) and with the count limit alone
+(--max-queue-ms 0: two batches, 64 requests), in interleaved rounds:
 
 1. unloaded p99: `slimserve loadtest` closed loop at concurrency 1;
 2. capacity: closed loop at concurrency 32 (requests/s);
@@ -44,14 +47,15 @@ EXPLAINED = (
     "limit can bound their latency; the 503s are answered from the request head to make "
     "them as cheap as possible. The soak after each overload shows the server recovered."
 )
-QUEUES = (None, 256)  # None: the default, 2 x --max-batch-size = 64
+ADMISSIONS = ("time", "count")  # the default, and --max-queue-ms 0 (the count limit alone)
+MINILM = Path("runs/bench/minilm")
 
 
-def start(served: Path, name: str, max_queue: int | None) -> tuple[subprocess.Popen[bytes], str]:
+def start(served: Path, name: str, admission: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [str(BIN / "slimserve"), "serve", str(served), "--port", str(port), "--http-only"]
-    if max_queue is not None:
-        command += ["--max-queue", str(max_queue)]
+    if admission == "count":
+        command += ["--max-queue-ms", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(process, url, name)
@@ -67,15 +71,16 @@ def loadtest(url: str, name: str, *args: str) -> dict[str, object]:
     return summary
 
 
-def measure(url: str, name: str, seconds: float) -> dict[str, float]:
-    unloaded = loadtest(url, name, "-c", "1", "-n", "1000000", "--duration", "3")
-    capacity = loadtest(url, name, "-c", "32", "-n", "1000000", "--duration", "4")
+def measure(url: str, name: str, seconds: float, route: str) -> dict[str, float]:
+    on = ("--route", route)
+    unloaded = loadtest(url, name, *on, "-c", "1", "-n", "1000000", "--duration", "3")
+    capacity = loadtest(url, name, *on, "-c", "32", "-n", "1000000", "--duration", "4")
     rate = 2 * float(capacity["requests_per_s"])  # type: ignore[arg-type]
     over = loadtest(
-        url, name, "--rate", f"{rate:.0f}", "-n", "10000000", "--duration", str(seconds)
+        url, name, *on, "--rate", f"{rate:.0f}", "-n", "10000000", "--duration", str(seconds)
     )
     codes: dict[str, int] = over["codes"]  # type: ignore[assignment]
-    soak = loadtest(url, name, "-c", "16", "-n", "10000", "--duration", "120")
+    soak = loadtest(url, name, *on, "-c", "16", "-n", "2000", "--duration", "60")
     row = {
         "unloaded_p99": float(unloaded["p99_ms"]),  # type: ignore[arg-type]
         "capacity": float(capacity["requests_per_s"]),  # type: ignore[arg-type]
@@ -103,24 +108,30 @@ def main() -> None:
     if not (ARTIFACT / "manifest.json").is_file():
         subprocess.run([str(BIN / "slimserve"), "demo", "--repeats", "20"], check=True)
     wide_mlp(args.mlp_hidden)
-    models = {
-        "demo CNN": (ARTIFACT, ss.load_artifact(ARTIFACT).manifest.name),
-        "wide MLP": (WIDE_MLP, WIDE_MLP.stem),
+    if not (MINILM / "manifest.json").is_file():
+        recipe = ss.load_recipe(Path(ss.__file__).parent / "examples" / "minilm.yaml")
+        ss.run_recipe(recipe, MINILM.parent)
+    minilm = ss.load_artifact(MINILM).manifest.name
+    models = {  # label: (artifact, model name, route)
+        "demo CNN": (ARTIFACT, ss.load_artifact(ARTIFACT).manifest.name, "v2"),
+        "wide MLP": (WIDE_MLP, WIDE_MLP.stem, "v2"),
+        "MiniLM, V2": (MINILM, minilm, "v2"),
+        "MiniLM, OpenAI route": (MINILM, minilm, "openai"),
     }
-    results: dict[tuple[str, int | None], list[dict[str, float]]] = {}
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for label, (served, name) in models.items():
-            for max_queue in QUEUES:
-                process, url = start(served, name, max_queue)
+        for label, (served, name, route) in models.items():
+            for admission in ADMISSIONS:
+                process, url = start(served, name, admission)
                 try:
-                    results.setdefault((label, max_queue), []).append(
-                        measure(url, name, args.seconds)
+                    results.setdefault((label, admission), []).append(
+                        measure(url, name, args.seconds, route)
                     )
                 finally:
                     process.terminate()
                     process.wait(timeout=60)
     rows = []
-    for (label, max_queue), runs in results.items():
+    for (label, admission), runs in results.items():
 
         def m(field: str, runs: list[dict[str, float]] = runs) -> float:
             return median(runs, field)
@@ -129,7 +140,7 @@ def main() -> None:
         rows.append(
             [
                 label,
-                "64 (default)" if max_queue is None else str(max_queue),
+                "time (default)" if admission == "time" else "count only (--max-queue-ms 0)",
                 f"{m('unloaded_p99'):.2f}",
                 f"{m('capacity'):,.0f}",
                 f"{m('offered'):,.0f}",
@@ -144,7 +155,7 @@ def main() -> None:
         )
     headers = [
         "model",
-        "--max-queue",
+        "admission",
         "unloaded p99 ms (c=1)",
         "capacity req/s (c=32)",
         "offered req/s (open loop)",

@@ -22,7 +22,7 @@ from slimserve.models.onnx import describe_io  # noqa: E402
 
 @pytest.fixture(scope="session")
 def digits_torch() -> ss.TorchModel:
-    model = ss.load("example:digits")
+    model = ss.load_model("example:digits")
     assert isinstance(model, ss.TorchModel)
     return model
 

@@ -36,3 +36,9 @@ def test_version_matches_the_package_metadata() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     assert slimserve.__version__ == pyproject["project"]["version"]
+
+
+def test_the_old_name_of_load_model_still_works() -> None:
+    # ss.load was renamed ss.load_model (it loads a model; ss.load_predictor and
+    # ss.load_artifact load the other two things); the old name stays for one release.
+    assert slimserve.load is slimserve.load_model

@@ -22,13 +22,13 @@ if _typing.TYPE_CHECKING:
         SlimserveError,
     )
     from slimserve.data import Dataset, load_data
-    from slimserve.loading import load
+    from slimserve.loading import load_model
+    from slimserve.loading import load_model as load
     from slimserve.measure.summary import summarize
     from slimserve.models import OnnxModel, TorchModel
     from slimserve.pipeline import RunResult, run_recipe
     from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
-    from slimserve.runtime import Predictor
-    from slimserve.runtime import load as load_predictor
+    from slimserve.runtime import Predictor, load_predictor
     from slimserve.techniques.export import ExportConfig, check_parity, export_onnx
     from slimserve.techniques.finetune import FinetuneConfig
     from slimserve.techniques.prune.api import (
@@ -37,9 +37,9 @@ if _typing.TYPE_CHECKING:
         strip_pruning,
         update_pruning_step,
     )
+    from slimserve.techniques.prune.config import PruneConfig
     from slimserve.techniques.prune.masks import Pruner
     from slimserve.techniques.prune.schedules import ConstantSparsity, PolynomialDecay
-    from slimserve.techniques.prune.train import PruneConfig
     from slimserve.techniques.quantize.api import quantize
     from slimserve.techniques.quantize.configs import (
         CalibrationConfig,
@@ -73,7 +73,8 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "FinetuneConfig": ("slimserve.techniques.finetune", "FinetuneConfig"),
     "OnnxModel": ("slimserve.models", "OnnxModel"),
     "TorchModel": ("slimserve.models", "TorchModel"),
-    "load": ("slimserve.loading", "load"),
+    "load": ("slimserve.loading", "load_model"),  # the name before load_model
+    "load_model": ("slimserve.loading", "load_model"),
     "ExportConfig": ("slimserve.techniques.export", "ExportConfig"),
     "check_parity": ("slimserve.techniques.export", "check_parity"),
     "export_onnx": ("slimserve.techniques.export", "export_onnx"),
@@ -86,7 +87,7 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "Pruner": ("slimserve.techniques.prune.masks", "Pruner"),
     "ConstantSparsity": ("slimserve.techniques.prune.schedules", "ConstantSparsity"),
     "PolynomialDecay": ("slimserve.techniques.prune.schedules", "PolynomialDecay"),
-    "PruneConfig": ("slimserve.techniques.prune.train", "PruneConfig"),
+    "PruneConfig": ("slimserve.techniques.prune.config", "PruneConfig"),
     "CalibrationConfig": ("slimserve.techniques.quantize.configs", "CalibrationConfig"),
     "DynamicQuantizeConfig": ("slimserve.techniques.quantize.configs", "DynamicQuantizeConfig"),
     "Fp16QuantizeConfig": ("slimserve.techniques.quantize.configs", "Fp16QuantizeConfig"),
@@ -110,7 +111,7 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "load_recipe": ("slimserve.recipe", "load_recipe"),
     "parse_recipe": ("slimserve.recipe", "parse_recipe"),
     "Predictor": ("slimserve.runtime", "Predictor"),
-    "load_predictor": ("slimserve.runtime", "load"),
+    "load_predictor": ("slimserve.runtime", "load_predictor"),
     "summarize": ("slimserve.measure.summary", "summarize"),
 }
 
@@ -168,6 +169,7 @@ __all__ = [
     "load",
     "load_artifact",
     "load_data",
+    "load_model",
     "load_predictor",
     "load_recipe",
     "parse_recipe",

@@ -37,6 +37,11 @@ SIGNING_KEY_ENV = "SLIMSERVE_SIGNING_KEY"
 PROGRAM_FILE = "model.pt2"  # the torch program (torch_program.py), when runtime is torch
 
 
+def is_artifact(path: str | Path) -> bool:
+    """True when ``path`` is a slimserve artifact folder (it holds a manifest)."""
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -205,7 +210,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         return
-    if not (target / MANIFEST_FILE).is_file():
+    if not is_artifact(target):
         raise ArtifactError(
             f"'{target}' exists and is not a slimserve artifact; refusing to replace it. "
             "Choose another output folder."
@@ -233,7 +238,7 @@ def recover(target: Path, clean: bool = False) -> None:
     if not parent.is_dir():
         return
     olds = sorted(parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not target.exists() and olds and (olds[-1] / MANIFEST_FILE).is_file():
+    if not target.exists() and olds and is_artifact(olds[-1]):
         os.replace(olds[-1], target)
         olds = olds[:-1]
     if clean and target.exists():
@@ -274,7 +279,18 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     if verify:
         verify_listed(folder, manifest)
         verify_files(folder, manifest, skip=(MODEL_FILE,))
-    model_bytes = (folder / MODEL_FILE).read_bytes()
+        verify_nothing_else(folder, manifest)
+    model_path = folder / MODEL_FILE
+    if not model_path.is_file():
+        raise ArtifactError(
+            f"'{model_path}' is missing from the artifact. Restore it or re-run optimize."
+        )
+    model_bytes = model_path.read_bytes()
+    if verify and MODEL_FILE not in manifest.files:
+        raise ArtifactError(
+            f"{manifest_path} does not list {MODEL_FILE}, which the runtime would read "
+            "unchecked. Refusing the artifact: re-save it with 'slimserve optimize'."
+        )
     if verify and sha256_bytes(model_bytes) != manifest.files[MODEL_FILE].sha256:
         raise _tampered(folder / MODEL_FILE)  # hashed as read: no swap after the check
     import onnx
@@ -297,8 +313,10 @@ def verify_signature(folder: Path, manifest_bytes: bytes) -> None:
             f"'{folder}' has no {SIGNATURE_FILE}, and {SIGNING_KEY_ENV} is set: refusing an "
             "unsigned artifact. Re-save it with the key set, or unset the key."
         )
-    supplied = signature_path.read_bytes().strip().decode("ascii", "replace")
-    if not hmac.compare_digest(supplied, sign(manifest_bytes, key)):
+    # Compared as bytes: a damaged file may hold anything, and compare_digest refuses
+    # strings that are not ASCII.
+    supplied = signature_path.read_bytes().strip()
+    if not hmac.compare_digest(supplied, sign(manifest_bytes, key).encode()):
         raise ArtifactError(
             f"'{folder}/{MANIFEST_FILE}' does not match its signature: it was changed after "
             f"signing, or signed with another key. Refusing it; check {SIGNING_KEY_ENV}."
@@ -332,6 +350,24 @@ def verify_listed(folder: Path, manifest: Manifest) -> None:
             f"{folder}/{MANIFEST_FILE} does not list {unlisted}, which the runtime would "
             "read unchecked. Refusing the artifact: re-save it with 'slimserve optimize' "
             "(every runtime file is hashed)."
+        )
+
+
+def verify_nothing_else(folder: Path, manifest: Manifest) -> None:
+    """Refuse a file in the folder that the manifest does not cover: nothing in an
+    artifact goes unchecked (a runtime or a person could take it for part of it)."""
+    covered = {*manifest.files, MANIFEST_FILE, SIGNATURE_FILE}
+    extra = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if not p.is_dir() and p.relative_to(folder).as_posix() not in covered
+    )
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ArtifactError(
+            f"'{folder}' holds {shown}, which its manifest does not list or hash. Refusing "
+            "the artifact: remove what does not belong to it (keep notes beside the "
+            "folder, not in it), or re-save it with 'slimserve optimize'."
         )
 
 

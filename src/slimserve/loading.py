@@ -19,7 +19,7 @@ TEXT_EXAMPLES = {"minilm": "slimserve.examples.minilm:model_folder"}
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".ts")
 
 
-def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> Model:
+def load_model(source: ModelSpec | str | Path, weights: str | Path | None = None) -> Model:
     """Load a model from a recipe spec, a path, ``"pkg.module:function"`` or ``example:NAME``.
 
     Paths: ``.onnx``; TorchScript ``.pt``; ``torch.export`` ``.pt2``; Keras 3 ``.keras``;
@@ -39,7 +39,7 @@ def load(source: ModelSpec | str | Path, weights: str | Path | None = None) -> M
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """A recipe's model block for a command-line source, read as ``load`` reads it:
+    """A recipe's model block for a command-line source, read as ``load_model`` reads it:
     ``example:NAME``; an existing path (a ``.keras`` file as ``keras``, anything else as
     ``path``, made absolute); otherwise a ``pkg.module:function`` factory."""
     if text.startswith("example:"):
@@ -108,18 +108,16 @@ def _load_spec(spec: ModelSpec) -> Model:
 
 def is_hf_folder(path: Path) -> bool:
     """A folder ``save_pretrained`` wrote (config.json), not a slimserve artifact."""
-    return (
-        path.is_dir()
-        and (path / "config.json").is_file()
-        and not (path / "manifest.json").is_file()
-    )
+    from slimserve.artifact import is_artifact
+
+    return path.is_dir() and (path / "config.json").is_file() and not is_artifact(path)
 
 
 def _load_path(path: Path) -> Model:
     if path.is_dir():
-        if (path / "manifest.json").is_file():
-            from slimserve.artifact import load_artifact
+        from slimserve.artifact import is_artifact, load_artifact
 
+        if is_artifact(path):
             return load_artifact(path).model
         if is_hf_folder(path):  # save_pretrained's folder: as {hf: path}
             from slimserve.models.hf import load_hf
@@ -154,4 +152,4 @@ def _load_path(path: Path) -> Model:
     )
 
 
-__all__ = ["EXAMPLES", "TEXT_EXAMPLES", "load", "tokenizer_folder"]
+__all__ = ["EXAMPLES", "TEXT_EXAMPLES", "load_model", "tokenizer_folder"]

@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimserve.core.context import Context, StepLog
+from slimserve.core.context import Context
+from slimserve.serving_runtime import Candidate, choose_serving_runtime, goal_verdict
 from slimserve.stages import (
-    Candidate,
     Stage,
     bench_stages,
-    choose_serving,
-    goal_verdict,
     openvino_stage,
     outputs,
     quality,
     torch_program_stage,
 )
+from slimserve.steps import StepRun, run_steps
 
 if TYPE_CHECKING:
+    import numpy as np
     from rich.console import Console
 
-    from slimserve.artifact import Artifact
+    from slimserve.artifact import Artifact, StepRecord
     from slimserve.data import Dataset
-    from slimserve.models import Model
+    from slimserve.models import Model, OnnxModel
     from slimserve.recipe import Recipe
     from slimserve.techniques import Technique
 
@@ -41,170 +39,223 @@ class RunResult:
     notes: list[str]
 
 
+@dataclass
+class ChainEnd:
+    """Where one chain of steps (the recipe's steps, or one alternative) ended: its ONNX
+    model, that model's stage, and the records of every step that led there."""
+
+    model: OnnxModel
+    stage: Stage
+    records: list[StepRecord]
+
+
+@dataclass
+class Run:
+    """What running a recipe's steps gave, before the choice of what serves."""
+
+    source: Model
+    eval_data: Dataset | None
+    reference: np.ndarray | None  # the source model's outputs on eval_data
+    stages: list[Stage]
+    notes: list[str]
+    shared_stages: int = 1  # the baseline and the steps every chain shares
+    ends: list[ChainEnd] = field(default_factory=list)
+    # What may serve: each chain's ONNX model in ONNX Runtime (the first is the
+    # reference the others are compared with), then the runtime stages.
+    onnx: list[Candidate] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    program: tuple[Stage, bytes] | None = None  # the torch program's stage and file
+
+
 def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> RunResult:
-    """Run every step of ``recipe`` and save the artifact to ``out_dir/<recipe.name>``."""
-    from slimserve.artifact import Manifest, SourceRecord, StepRecord, save_artifact
-    from slimserve.core.cpu import cpu_features
-    from slimserve.core.errors import MissingExtraError
-    from slimserve.core.version import __version__
-    from slimserve.loading import load as load_model
-    from slimserve.loading import source_record
-    from slimserve.measure.report import build_report
-    from slimserve.measure.summary import model_bytes
-    from slimserve.models import OnnxModel
-    from slimserve.models.onnx import describe_io
-    from slimserve.models.onnx import precision as onnx_precision
+    """Run every step of ``recipe`` and save the artifact to ``out_dir/<recipe.name>``:
+    plan the chains of steps, run them, choose the serving runtime, record the artifact."""
     from slimserve.recipe import plan_chains, shared_length
-    from slimserve.runtime.openvino import precision_name
 
     out = Path(out_dir)
     chains = plan_chains(recipe)
     shared = shared_length(chains)
-    threads = recipe.bench.threads
     total = shared + sum(len(c) - shared for c in chains)
     with _progress(console, total + 3) as advance:
-        advance("loading data")
-        data = recipe_data(recipe)
-        advance("loading model")
-        model = load_model(recipe.model)
-        model = with_example_inputs(model, data)
-        eval_data = _eval_split(data, model)
-        baseline = Stage("baseline", model)
-        reference = outputs(model, eval_data, threads) if eval_data is not None else None
-        baseline.metrics = quality(model, eval_data, None, threads)
-        ctx = Context(
-            data=data,
-            reference=model,
-            work_dir=out.parent if out.parent.exists() else Path("."),
-            seed=recipe.seed,
-            threads=threads,
-            progress=lambda message, fraction: advance(message, fraction),
-            goal_metric=recipe.goal.metric,
-            max_drop=recipe.goal.max_drop,
-        )
-        stages = [baseline]
-        notes: list[str] = []
-
-        def run_steps(
-            steps: tuple[Any, ...], current: Model, prefix: str = ""
-        ) -> tuple[Model, list[Any]]:
-            records = []
-            for step in steps:
-                advance(f"step {step.name}")
-                started = time.perf_counter()
-                source = copy.deepcopy(current) if current.format == "torch" else current
-                log = StepLog()
-                current = step.apply(source, replace(ctx, log=log))
-                duration = time.perf_counter() - started
-                notes.extend(n for n in log.notes if n not in notes)
-                stage = Stage(_stage_name(step, [s.name for s in stages], prefix), current)
-                stage.metrics = quality(current, eval_data, reference, threads)
-                stages.append(stage)
-                records.append(
-                    StepRecord(
-                        name=step.name,
-                        config=step.model_dump(mode="json"),
-                        duration_s=round(duration, 3),
-                        metrics=stage.metrics,
-                        notes=log.notes,
-                        details=log.details,
-                    )
-                )
-            return current, records
-
-        common, common_records = run_steps(chains[0][:shared], model)
-        common_stages = list(stages)
-        ends: list[tuple[OnnxModel, Stage, list[Any]]] = []  # each chain's ONNX model
-        for number, chain in enumerate(chains):
-            try:
-                prefix = f"alt {number + 1}: " if len(chains) > 1 else ""
-                end, records = run_steps(chain[shared:], common, prefix)
-            except MissingExtraError as exc:
-                if len(chains) == 1 or (number == len(chains) - 1 and not ends):
-                    raise
-                notes.append(f"Alternative {number + 1} was not tried: {exc}")
-                continue
-            assert isinstance(end, OnnxModel)
-            end_stage = next(s for s in reversed(stages) if s.model is end)
-            ends.append((end, end_stage, common_records + records))
-        candidates = [Candidate("onnx", stage, i) for i, (_, stage, _) in enumerate(ends)]
-        first = candidates[0]
-        if "onnx" not in recipe.runtimes.candidates:
-            candidates = []
-        program = None
-        if "torch" in recipe.runtimes.candidates:
-            advance("torch program")
-            program = torch_program_stage(
-                recipe, common_stages, eval_data, reference, threads, notes
-            )
-            if program is not None:
-                stages.append(program[0])
-                candidates.append(Candidate("torch", program[0]))
-        if "openvino" in recipe.runtimes.candidates:
-            advance("OpenVINO")
-            for i, (end, end_stage, _) in enumerate(ends):
-                label = end_stage.name if len(ends) > 1 else ""
-                ov = openvino_stage(recipe, end, eval_data, reference, threads, notes, label)
-                if ov is not None:
-                    stages.append(ov)
-                    candidates.append(Candidate("openvino", ov, i))
+        run = run_chains(recipe, chains, out, advance)
+        add_runtime_stages(recipe, run, advance)
         advance("benchmarking every stage")
-        bench_stages(stages, eval_data, recipe)
-    chosen, why = choose_serving(recipe, baseline, candidates or [first], first)
-    runtime = chosen.runtime
-    served = chosen.stage
-    current, _, records = ends[chosen.chain]
-    if len(ends) > 1:
+        bench_stages(run.stages, run.eval_data, recipe)
+    reference = run.onnx[0]
+    candidates = run.candidates or [reference]
+    chosen, why = choose_serving_runtime(recipe, run.stages[0], candidates, reference)
+    artifact = record_artifact(recipe, run, chosen, why, out)
+    return RunResult(artifact, run.stages, artifact.manifest.notes)
+
+
+def run_chains(
+    recipe: Recipe, chains: tuple[tuple[Technique, ...], ...], out: Path, advance: Any
+) -> Run:
+    """Load the data and the model, score the baseline, run the steps the chains share
+    once and each chain's own steps after them, scoring the model after every step."""
+    from slimserve.core.errors import MissingExtraError
+    from slimserve.loading import load_model
+    from slimserve.models import OnnxModel
+    from slimserve.recipe import shared_length
+
+    threads = recipe.bench.threads
+    advance("loading data")
+    data = recipe_data(recipe)
+    advance("loading model")
+    model = with_example_inputs(load_model(recipe.model), data)
+    eval_data = _eval_split(data, model)
+    baseline = Stage("baseline", model)
+    reference = outputs(model, eval_data, threads) if eval_data is not None else None
+    baseline.metrics = quality(model, eval_data, None, threads)
+    ctx = Context(
+        data=data,
+        reference=model,
+        work_dir=out.parent if out.parent.exists() else Path("."),
+        seed=recipe.seed,
+        threads=threads,
+        progress=lambda message, fraction: advance(message, fraction),
+        goal_metric=recipe.goal.metric,
+        max_drop=recipe.goal.max_drop,
+    )
+    run = Run(model, eval_data, reference, [baseline], [])
+    records: list[StepRecord] = []
+    prefix = [""]
+
+    def done(step: StepRun) -> None:
+        from slimserve.artifact import StepRecord
+
+        run.notes.extend(n for n in step.log.notes if n not in run.notes)
+        stage = Stage(_stage_name(step.step, [s.name for s in run.stages], prefix[0]), step.model)
+        stage.metrics = quality(step.model, eval_data, reference, threads)
+        run.stages.append(stage)
+        records.append(
+            StepRecord(
+                name=step.step.name,
+                config=step.step.model_dump(mode="json"),
+                duration_s=round(step.seconds, 3),
+                metrics=stage.metrics,
+                notes=step.log.notes,
+                details=step.log.details,
+            )
+        )
+
+    def starting(step: Technique) -> None:
+        advance(f"step {step.name}")
+
+    shared = shared_length(chains)
+    common = run_steps(chains[0][:shared], model, ctx, starting, done)
+    common_records = list(records)
+    run.shared_stages = len(run.stages)
+    for number, chain in enumerate(chains):
+        prefix[0] = f"alt {number + 1}: " if len(chains) > 1 else ""
+        del records[len(common_records) :]
+        try:
+            end = run_steps(chain[shared:], common, ctx, starting, done)
+        except MissingExtraError as exc:
+            if len(chains) == 1 or (number == len(chains) - 1 and not run.ends):
+                raise
+            run.notes.append(f"Alternative {number + 1} was not tried: {exc}")
+            continue
+        assert isinstance(end, OnnxModel)
+        end_stage = next(s for s in reversed(run.stages) if s.model is end)
+        run.ends.append(ChainEnd(end, end_stage, list(records)))
+    run.onnx = [Candidate("onnx", e.stage, i) for i, e in enumerate(run.ends)]
+    if "onnx" in recipe.runtimes.candidates:
+        run.candidates = list(run.onnx)
+    return run
+
+
+def add_runtime_stages(recipe: Recipe, run: Run, advance: Any) -> None:
+    """The other runtimes that may serve, each a stage scored like the steps: the last
+    PyTorch model as a torch program, each chain's ONNX model in OpenVINO."""
+    threads, eval_data, reference = recipe.bench.threads, run.eval_data, run.reference
+    if "torch" in recipe.runtimes.candidates:
+        advance("torch program")
+        shared = run.stages[: run.shared_stages]
+        run.program = torch_program_stage(recipe, shared, eval_data, reference, threads, run.notes)
+        if run.program is not None:
+            run.stages.append(run.program[0])
+            run.candidates.append(Candidate("torch", run.program[0]))
+    if "openvino" in recipe.runtimes.candidates:
+        advance("OpenVINO")
+        for i, end in enumerate(run.ends):
+            label = end.stage.name if len(run.ends) > 1 else ""
+            ov = openvino_stage(recipe, end.model, eval_data, reference, threads, run.notes, label)
+            if ov is not None:
+                run.stages.append(ov)
+                run.candidates.append(Candidate("openvino", ov, i))
+
+
+def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: Path) -> Artifact:
+    """Save the chosen runtime's model with its manifest, report and extra files."""
+    from slimserve.artifact import Manifest, SourceRecord, save_artifact
+    from slimserve.core.cpu import cpu_features
+    from slimserve.core.version import __version__
+    from slimserve.loading import source_record
+    from slimserve.measure.report import build_report
+    from slimserve.measure.summary import model_bytes
+    from slimserve.models.onnx import describe_io
+
+    end = run.ends[chosen.chain]
+    if len(run.ends) > 1:
         why += (
-            f" {len(ends)} alternatives were tried on this machine (CPU flags: "
+            f" {len(run.ends)} alternatives were tried on this machine (CPU flags: "
             f"{', '.join(sorted(cpu_features())) or 'none of note'}); every one is a stage "
             "of the report."
         )
-    notes = [goal_verdict(recipe, stages[0], served).describe(), *([why] if why else []), *notes]
+    served, baseline = chosen.stage, run.stages[0]
+    verdict = goal_verdict(recipe, baseline, served).describe()
+    notes = [verdict, *([why] if why else []), *run.notes]
     manifest = Manifest(
         name=recipe.name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         slimserve_version=__version__,
         source=SourceRecord(
             spec=source_record(recipe.model),
-            sha256=_sha256(model_bytes(model)),
+            sha256=_sha256(model_bytes(run.source)),
         ),
         parent=str(recipe.model.path) if recipe.model.path and recipe.model.path.is_dir() else None,
         recipe=recipe.resolved(),
-        steps=records,
-        io=describe_io(current.proto),
+        steps=end.records,
+        io=describe_io(end.model.proto),
         baseline=baseline.metrics,
         final=served.metrics,
-        stages=[s.row() for s in stages],
+        stages=[s.row() for s in run.stages],
         notes=notes,
         packages=_packages(),
-        runtime=runtime,
-        runtime_precision=recipe.runtimes.openvino_precision if runtime == "openvino" else None,
-        precision=(
-            served.name.removeprefix("torch program ")
-            if runtime == "torch"
-            else precision_name(
-                served.name.removeprefix("openvino "), onnx_precision(current.proto)
-            )
-            if runtime == "openvino"
-            else onnx_precision(current.proto)
+        runtime=chosen.runtime,
+        runtime_precision=(
+            recipe.runtimes.openvino_precision if chosen.runtime == "openvino" else None
         ),
+        precision=served_precision(chosen, end.model),
         cpu_features=sorted(cpu_features()),
     )
     files: dict[str, bytes] = {}
-    hf_folder = getattr(model, "hf_folder", None)
+    hf_folder = getattr(run.source, "hf_folder", None)
     if hf_folder is not None:  # a text model: its tokenizer travels with it
         from slimserve.models.hf import text_record, tokenizer_files
 
         manifest = manifest.model_copy(update={"text": text_record(hf_folder, recipe.model.task)})
         files = tokenizer_files(hf_folder)
-    if program is not None:
+    if run.program is not None:
         from slimserve.artifact import PROGRAM_FILE
 
-        files[PROGRAM_FILE] = program[1]
+        files[PROGRAM_FILE] = run.program[1]
     files.update(build_report(manifest))
-    artifact = save_artifact(out / recipe.name, current, manifest, files)
-    return RunResult(artifact, stages, notes)
+    return save_artifact(out / recipe.name, end.model, manifest, files)
+
+
+def served_precision(chosen: Candidate, model: OnnxModel) -> str:
+    """The precision the artifact is served in: the torch program's dtype, OpenVINO's
+    inference precision on the ONNX model's, or the ONNX model's own."""
+    from slimserve.models.onnx import precision
+    from slimserve.runtime.openvino import precision_name
+
+    if chosen.runtime == "torch":
+        return chosen.stage.name.removeprefix("torch program ")
+    if chosen.runtime == "openvino":
+        return precision_name(chosen.stage.name.removeprefix("openvino "), precision(model.proto))
+    return precision(model.proto)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from slimserve.core.errors import RecipeError
 from slimserve.core.specs import DataSpec, Frozen, ModelSpec
 from slimserve.techniques.export import ExportConfig
 from slimserve.techniques.fuse import FuseConfig
-from slimserve.techniques.prune.train import PruneConfig
+from slimserve.techniques.prune.config import PruneConfig
 from slimserve.techniques.quantize.configs import QuantizeConfig
 from slimserve.techniques.quantize.qat import QATConfig
 from slimserve.techniques.torch_program import RuntimeChoice

@@ -1,5 +1,6 @@
 """The stages of a run: the model after each step (and the runtimes that may serve the
-last one), each scored and timed in one interleaved run, and the choice of what serves."""
+last one), each scored and timed in one interleaved run. Which of them serves is
+``serving_runtime.py``'s choice."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from slimserve.core.errors import DataError
 
 if TYPE_CHECKING:
     from slimserve.data import Dataset
-    from slimserve.measure.verdict import Verdict
     from slimserve.models import Model, OnnxModel
     from slimserve.recipe import Recipe
 
@@ -40,9 +40,9 @@ class Stage:
 
 
 def outputs(model: Model, data: Dataset, threads: int) -> np.ndarray:
-    from slimserve.runtime import load, predict_all
+    from slimserve.runtime import load_predictor, predict_all
 
-    return predict_all(load(model, threads), data)
+    return predict_all(load_predictor(model, threads), data)
 
 
 def quality(
@@ -51,10 +51,10 @@ def quality(
     if data is None:
         return {}
     from slimserve.measure.evaluate import evaluate
-    from slimserve.runtime import load
+    from slimserve.runtime import load_predictor
 
     try:
-        return evaluate(load(model, threads), data, reference)
+        return evaluate(load_predictor(model, threads), data, reference)
     except DataError:
         raise
     except Exception as exc:
@@ -68,14 +68,15 @@ def bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> N
     from slimserve.measure.bench import bench_interleaved
     from slimserve.measure.summary import model_size
     from slimserve.measure.timing import TIMED_SPINNING
-    from slimserve.runtime import load
+    from slimserve.runtime import load_predictor
 
     for stage in stages:
         stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
     if data is None:
         return
     predictors = {
-        s.name: load(s.model, recipe.bench.threads, spinning=TIMED_SPINNING) for s in stages
+        s.name: load_predictor(s.model, recipe.bench.threads, spinning=TIMED_SPINNING)
+        for s in stages
     }
     timings = bench_interleaved(
         predictors, data, recipe.bench.batch_sizes, recipe.bench.warmup, recipe.bench.repeats
@@ -149,71 +150,3 @@ def openvino_stage(
     stage = Stage(f"{label}, {name}" if label else name, model)
     stage.metrics = quality(model, eval_data, reference, threads)
     return stage
-
-
-RuntimeName = Literal["onnx", "torch", "openvino"]
-RUNTIME_LABELS: dict[str, str] = {
-    "onnx": "ONNX Runtime",
-    "torch": "PyTorch",
-    "openvino": "OpenVINO",
-}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What may serve: a stage in a runtime, from one chain of steps (``chain`` indexes
-    the recipe's alternatives; 0 without them)."""
-
-    runtime: RuntimeName
-    stage: Stage
-    chain: int = 0
-
-
-def choose_serving(
-    recipe: Recipe, baseline: Stage, candidates: list[Candidate], reference: Candidate
-) -> tuple[Candidate, str]:
-    """Among ``candidates`` (each chain's ONNX model in ONNX Runtime and OpenVINO, the
-    torch program), the fastest at the largest bench batch of those that meet the goal;
-    ``reference`` (the first chain's ONNX model in ONNX Runtime) when none does. Returns
-    the choice and a note saying why, with the ratios measured in this run."""
-    if len(candidates) == 1 and candidates[0] is not reference:
-        only = candidates[0]
-        return only, f"Serving the {only.stage.name}: the one runtime asked for."
-    if len(candidates) == 1:
-        return reference, ""
-    batch = max(recipe.bench.batch_sizes)
-    chains = len({c.chain for c in candidates}) > 1
-
-    def label(c: Candidate) -> str:
-        if c.runtime != "onnx":
-            return c.stage.name
-        if c is reference and not chains:
-            return "ONNX model in ONNX Runtime"
-        return f"{c.stage.name} in ONNX Runtime"
-
-    def speed(c: Candidate) -> float:
-        return float(c.stage.timings.get(batch, {}).get("items_per_s", 0.0))
-
-    meets = {id(c): goal_verdict(recipe, baseline, c.stage).met for c in candidates}
-    base = speed(reference)
-    ratios = ", ".join(
-        f"{label(c)} {speed(c) / base:.2f}x" + ("" if meets[id(c)] else " (misses the goal)")
-        for c in candidates
-        if c is not reference and base
-    )
-    passing = [c for c in candidates if meets[id(c)]]
-    best = max(passing, key=speed) if passing else reference
-    where = f"batch-{batch} throughput vs the {label(reference)}, same run: {ratios}"
-    if best is reference:
-        why = "" if passing else "; none of the others meets the goal"
-        return best, f"Serving the {label(best)} ({where}{why})."
-    return best, f"Serving the {label(best)}, the fastest within the goal ({where})."
-
-
-def goal_verdict(recipe: Recipe, baseline: Stage, stage: Stage) -> Verdict:
-    from slimserve.measure.verdict import verdict
-
-    metric = recipe.goal.metric
-    return verdict(
-        metric, baseline.metrics.get(metric), stage.metrics.get(metric), recipe.goal.max_drop
-    )

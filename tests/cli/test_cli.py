@@ -114,19 +114,19 @@ def test_check_measures_the_torch_program_an_artifact_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import slimserve.runtime as runtime
-    from slimserve.measure.check import Bounds, check_artifact
+    from slimserve.check import Bounds, check_artifact
     from slimserve.runtime import TorchPredictor
 
     artifact = torch_program_artifact(tmp_path, "float32")
     served: list[object] = []
-    real = runtime.load
+    real = runtime.load_predictor
 
     def recording(source, threads=2, spinning=True):  # type: ignore[no-untyped-def]
         predictor = real(source, threads, spinning)
         served.append(predictor)
         return predictor
 
-    monkeypatch.setattr(runtime, "load", recording)  # records; the real runtime runs
+    monkeypatch.setattr(runtime, "load_predictor", recording)  # records; the real runtime runs
     result = check_artifact(artifact.path, Bounds(repeats=3))
     # The program (no example inputs: loaded from model.pt2) was measured, not model.onnx.
     assert any(isinstance(p, TorchPredictor) and p.model.example_inputs is None for p in served)

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 import slimserve as ss
+from slimserve.check import CheckResult, _check_speedup
 from slimserve.cli import UNDECIDED_EXIT, app
 from slimserve.measure.bench import bench_interleaved
-from slimserve.measure.check import CheckResult, _check_speedup
 from slimserve.measure.timing import CpuMeter, Ratio
-from slimserve.measure.tune import Candidate, pick_best
+from slimserve.tune import Candidate, pick_best
 
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
@@ -114,10 +114,10 @@ def test_a_speed_bound_is_passed_failed_or_undecided(ratio: Ratio, verdict: str)
 def test_check_exits_3_when_too_noisy_to_decide(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import slimserve.measure.check
+    import slimserve.check
 
     undecided = CheckResult("accuracy", 0.98, 0.98, 1.5, 0.5, 32, undecided=["too noisy to decide"])
-    monkeypatch.setattr(slimserve.measure.check, "check_artifact", lambda path, bounds: undecided)
+    monkeypatch.setattr(slimserve.check, "check_artifact", lambda path, bounds: undecided)
     result = CliRunner().invoke(app, ["check", str(tmp_path), "--min-speedup", "1.5"])
     assert result.exit_code == UNDECIDED_EXIT
     assert "check undecided: too noisy to decide" in result.output

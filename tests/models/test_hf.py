@@ -247,5 +247,5 @@ def test_head_and_ffn_pruning_keeps_the_hf_model_exportable_and_fusable(
 def test_a_hugging_face_folder_loads_as_hf(tiny_bert: Path) -> None:
     import slimserve as ss
 
-    model = ss.load(tiny_bert)  # a save_pretrained folder, no {hf: ...} needed
+    model = ss.load_model(tiny_bert)  # a save_pretrained folder, no {hf: ...} needed
     assert model.format == "torch" and getattr(model, "hf_folder", None) == tiny_bert

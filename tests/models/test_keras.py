@@ -26,12 +26,12 @@ def small_model() -> object:
 def test_a_keras_file_loads_as_a_torch_model_and_exports(tmp_path: Path) -> None:
     model = small_model()
     model.save(tmp_path / "m.keras")
-    loaded = ss.load(str(tmp_path / "m.keras"))
+    loaded = ss.load_model(str(tmp_path / "m.keras"))
     assert isinstance(loaded, ss.TorchModel)
     assert loaded.example_inputs is not None and loaded.example_inputs[0].shape == (2, 6)
     onnx_model = ss.ExportConfig().apply(loaded, ss.Context())
     x = np.random.default_rng(1).standard_normal((5, 6)).astype("float32")
-    got = ss.runtime.load(onnx_model).predict({"input": x})[0]
+    got = ss.runtime.load_predictor(onnx_model).predict({"input": x})[0]
     np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
 
 
@@ -50,7 +50,7 @@ def test_unreadable_and_keras_2_files_are_refused(tmp_path: Path) -> None:
     legacy = tmp_path / "model.h5"
     small_model().save(legacy)  # Keras 3 still writes the legacy HDF5 format
     with pytest.raises(ModelLoadError, match=r"legacy HDF5 \(Keras 2 / tf.keras\)"):
-        ss.load(str(legacy))
+        ss.load_model(str(legacy))
     saved_model = tmp_path / "exported"
     saved_model.mkdir()
     (saved_model / "saved_model.pb").write_bytes(b"")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -36,6 +37,17 @@ def start(path: Path, **options: object) -> tuple[object, threading.Thread, str]
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     return server, thread, f"127.0.0.1:{bound_port(server)}"
+
+
+@contextlib.contextmanager
+def running(path: Path, **options: object) -> Iterator[tuple[object, str]]:
+    """A server on ``path`` for the duration of a ``with`` block: (server, host:port)."""
+    server, thread, url = start(path, **options)
+    try:
+        yield server, url
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
 
 
 def infer_once(artifact: Path, model: str, inputs: np.ndarray, name: str = "input") -> np.ndarray:

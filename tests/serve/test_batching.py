@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import slimserve as ss
-from slimserve.serve.batching import LENGTH_SPREAD, Batcher, BatchLimits, length_groups
+from slimserve.serve.batching import Batcher, BatchLimits
+from slimserve.serve.merging import LENGTH_SPREAD, length_groups
 from slimserve.serve.metrics import Metrics
 from slimserve.serve.repository import _served
 
@@ -119,7 +120,7 @@ def test_widths_run_apart_and_an_oversized_request_runs_alone() -> None:
 def test_token_budget_groups_never_exceed_the_budget(
     items: list[tuple[int, int]], budget: int
 ) -> None:
-    from slimserve.serve.batching import budget_groups
+    from slimserve.serve.merging import budget_groups
 
     rows, lengths = [r for r, _ in items], [n for _, n in items]
     groups = budget_groups(rows, lengths, budget)

@@ -100,6 +100,7 @@ def test_pipelined_requests_are_answered_in_order(server: str, digits_onnx, digi
     np.testing.assert_allclose(first["outputs"][0]["data"], expected[0], atol=1e-5)
     np.testing.assert_allclose(second["outputs"][0]["data"], expected[1], atol=1e-5)
     assert "Unknown model 'nope'" in unknown["error"]
+    assert answers  # all() of nothing would pass
     assert all(a[1]["content-type"] == "application/json" for a in answers)
 
 

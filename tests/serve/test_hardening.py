@@ -365,13 +365,14 @@ def test_health_answers_while_long_texts_are_tokenized(text_artifact: Path) -> N
     server, thread, url = start(text_artifact, max_text_chars=20_000_000, max_batch_size=64)
     texts = [" ".join(["serving quantized models on small machines"] * 1500)] * 64  # 4.3 MB
     probes: list[float] = []
+    statuses: list[int] = []  # checked here: an assert in the probe's thread would only end it
     done = threading.Event()
 
     def probe() -> None:
         with httpx.Client() as client:
             while not done.is_set():
                 started = time.perf_counter()
-                assert client.get(f"http://{url}/v2/health/live", timeout=30).status_code == 200
+                statuses.append(client.get(f"http://{url}/v2/health/live", timeout=30).status_code)
                 probes.append(time.perf_counter() - started)
                 time.sleep(0.02)
 
@@ -389,9 +390,10 @@ def test_health_answers_while_long_texts_are_tokenized(text_artifact: Path) -> N
     finally:
         done.set()
         stop(server, thread)
-    # The request took long (tokenizing, then the model), yet no probe waited for it.
-    assert took > 0.3 and len(probes) > 3
-    assert max(probes) < 0.1, (max(probes), took)  # the bound: < 100 ms
+    # The request took long (tokenizing, then the model), yet no probe waited for it: a
+    # relative bound (an absolute one flakes on a loaded 2-core machine).
+    assert took > 0.3 and len(probes) > 3 and set(statuses) == {200}
+    assert max(probes) < took / 3, (max(probes), took)
 
 
 # --- shutdown -------------------------------------------------------------------------

@@ -152,3 +152,39 @@ def test_a_token_budget_refuses_a_v2_request_over_it_and_splits_openai_lists(
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=30)
+
+
+def test_dimensions_equal_to_the_models_width_are_accepted(server: str) -> None:
+    api = client(server)
+    width = len(api.embeddings.create(model="tiny-text", input="x").data[0].embedding)
+    same = api.embeddings.create(model="tiny-text", input="x", dimensions=width)
+    assert len(same.data[0].embedding) == width
+    with pytest.raises(openai.BadRequestError, match=f"send {width}"):
+        api.embeddings.create(model="tiny-text", input="x", dimensions=width // 2)
+
+
+def test_the_text_limit_holds_per_request_not_per_chunk(text_artifact: Path) -> None:
+    srv, thread, url = start(text_artifact, max_batch_size=4, max_text_chars=2000)
+    try:
+        api = client(f"http://{url}")
+        texts = ["word " * 80] * 8  # 400 characters each: 3,200 in all, 1,600 per 4 rows
+        with pytest.raises(openai.APIStatusError, match="3200 characters of text") as refused:
+            api.embeddings.create(model="tiny-text", input=texts)
+        assert refused.value.status_code == 413
+        assert len(api.embeddings.create(model="tiny-text", input=texts[:4]).data) == 4
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
+
+
+def test_loadtest_drives_the_openai_route(server: str) -> None:
+    from typer.testing import CliRunner
+
+    from slimserve.cli import app
+    from slimserve.serve.loadtest import LoadTestConfig, load_test
+
+    config = LoadTestConfig(concurrency=4, requests=24, batch=3, route="openai")
+    result = load_test(server, "tiny-text", config)
+    assert result.errors == 0 and result.requests == 24, result.first_error
+    refused = CliRunner().invoke(app, ["loadtest", server, "-m", "tiny-text", "--route", "grpc"])
+    assert refused.exit_code != 0 and "route" in refused.output and "openai" in refused.output

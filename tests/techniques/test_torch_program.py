@@ -68,7 +68,7 @@ def test_a_torch_only_artifact_serves_its_program(tmp_path: Path) -> None:
     x, _ = load_split("test")
     predictor = ss.load_predictor(artifact.path)
     assert isinstance(predictor, TorchPredictor)
-    torch_model = ss.load("example:digits")
+    torch_model = ss.load_model("example:digits")
     with torch.no_grad():
         expected = torch_model.module(torch.from_numpy(x)).numpy()  # type: ignore[union-attr]
     # The program matches the precision it records: float32 exactly, bf16 to its ~3 digits.
@@ -90,7 +90,7 @@ def test_bfloat16_programs_stay_close_and_say_when_emulated(tmp_path: Path) -> N
     auto, _ = resolve_dtype("auto")
     assert auto == (torch.bfloat16 if cpu_bf16_flags() else torch.float32)
 
-    model = ss.load("example:digits")
+    model = ss.load_model("example:digits")
     assert isinstance(model, ss.TorchModel)
     program, data = export_program(model, torch.bfloat16)
     x = torch.from_numpy(load_split("test")[0][:64])

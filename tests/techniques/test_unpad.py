@@ -19,7 +19,7 @@ def english(tiny_bert: Path, count: int) -> ss.Dataset:
 
 
 def test_unpadded_onnx_model_equals_the_padded_torch_model(tiny_bert: Path) -> None:
-    model = ss.load(tiny_bert)
+    model = ss.load_model(tiny_bert)
     data = english(tiny_bert, 24)
     ctx = ss.Context(data={"calibration": data})
     unpadded = ss.UnpadConfig().apply(model, ctx)

@@ -153,8 +153,8 @@ def tune(
 ) -> None:
     """Try configurations; keep the best inside the tolerance; write best-recipe.yaml."""
     from slimserve.loading import parse_model_spec
-    from slimserve.measure.tune import TuneSpec
-    from slimserve.measure.tune import tune as run_tune
+    from slimserve.tune import TuneSpec
+    from slimserve.tune import tune as run_tune
 
     track = mlflow or mlflow_uri is not None
     if track:

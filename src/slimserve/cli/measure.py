@@ -18,7 +18,7 @@ def inspect(
     model: str = typer.Argument(..., help="Model file, 'pkg.mod:fn' factory, or artifact."),
 ) -> None:
     """Show a model's inputs/outputs, a per-layer table and its size raw and compressed."""
-    from slimserve.loading import load
+    from slimserve.loading import load_model
     from slimserve.measure.report import human_bytes
     from slimserve.measure.summary import summarize
 
@@ -35,7 +35,7 @@ def inspect(
         )
         loaded: Any = artifact.model
     else:
-        loaded = load(model)
+        loaded = load_model(model)
     summary = summarize(loaded)
     columns = ("kind", "name", "dtype", "shape")
     print_table(
@@ -67,13 +67,13 @@ def inspect(
 
 def _load_any(source: str) -> Any:
     """A model to run: an artifact gives the model it is served with (ONNX or torch)."""
-    from slimserve.artifact import MANIFEST_FILE, load_artifact
-    from slimserve.loading import load
+    from slimserve.artifact import is_artifact, load_artifact
+    from slimserve.loading import load_model
     from slimserve.runtime import served_model
 
-    if (Path(source) / MANIFEST_FILE).is_file():
+    if is_artifact(source):
         return served_model(load_artifact(source))
-    return load(source)
+    return load_model(source)
 
 
 @app.command("eval")
@@ -98,14 +98,14 @@ def eval_command(
 
     from slimserve.data import load_data, parse_data_spec
     from slimserve.measure.evaluate import evaluate
-    from slimserve.runtime import load, predict_all
+    from slimserve.runtime import load_predictor, predict_all
 
     dataset = load_data(parse_data_spec(data))
-    predictor = load(_load_any(model), threads)
+    predictor = load_predictor(_load_any(model), threads)
     dataset = dataset.renamed(predictor.input_names)
     expected = None
     if reference is not None:
-        expected = predict_all(load(_load_any(reference), threads), dataset)
+        expected = predict_all(load_predictor(_load_any(reference), threads), dataset)
     if dataset.labels is None and expected is None and metric is None:
         raise SlimserveError(
             "Nothing to measure: the data has no labels and no --reference or --metric was "
@@ -206,13 +206,17 @@ def report(
     path: Path = typer.Argument(..., help="An artifact folder, or a run folder of artifacts."),
 ) -> None:
     """Write report.md and a self-contained report.html (plots embedded) again."""
-    from slimserve.artifact import MANIFEST_FILE, MODEL_FILE, load_artifact, save_artifact
+    from slimserve.artifact import (
+        MANIFEST_FILE,
+        MODEL_FILE,
+        is_artifact,
+        load_artifact,
+        save_artifact,
+    )
     from slimserve.measure.report import build_report
 
     folders = (
-        [path]
-        if (path / MANIFEST_FILE).is_file()
-        else sorted(p.parent for p in path.glob(f"*/{MANIFEST_FILE}"))
+        [path] if is_artifact(path) else sorted(p.parent for p in path.glob(f"*/{MANIFEST_FILE}"))
     )
     if not folders:
         raise SlimserveError(
@@ -260,8 +264,8 @@ def check(
     import json
     import time
 
+    from slimserve.check import Bounds, check_artifact, check_json, junit_xml
     from slimserve.core.files import write_atomic
-    from slimserve.measure.check import Bounds, check_artifact, check_json, junit_xml
 
     bounds = Bounds(max_drop, min_speedup, max_size_ratio, batch_size, repeats)
     started = time.perf_counter()
@@ -310,8 +314,8 @@ def preflight(
 ) -> None:
     """Before a long run: which techniques pay off on this machine, measured now."""
     from slimserve.data import load_data, parse_data_spec
-    from slimserve.measure.preflight import ISA_FLAGS, summary_rows
-    from slimserve.measure.preflight import preflight as run_preflight
+    from slimserve.preflight import ISA_FLAGS, summary_rows
+    from slimserve.preflight import preflight as run_preflight
 
     dataset = load_data(parse_data_spec(data)) if data else None
     with activity("preflight") as update:

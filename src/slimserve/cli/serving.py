@@ -42,6 +42,13 @@ def serve(
         min=1,
         help="Requests queued per model: 503 + Retry-After above (default: 2 x --max-batch-size).",
     ),
+    max_queue_ms: float | None = typer.Option(
+        None,
+        "--max-queue-ms",
+        min=0,
+        help="Model time (ms, measured) a request may find queued ahead of it: 503 + "
+        "Retry-After above (default: 8 single-row runs; 0: off, --max-queue alone).",
+    ),
     request_timeout: float = typer.Option(
         30,
         "--request-timeout",
@@ -112,6 +119,7 @@ def serve(
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
         max_queue=max_queue,
+        max_queue_ms=max_queue_ms,
         request_timeout_s=request_timeout or None,
         max_request_rows=max_request_rows,
         max_text_chars=max_text_chars,
@@ -184,6 +192,12 @@ def loadtest(
         help="Open loop: send this many requests/s whatever the answers (else closed loop, "
         "--concurrency clients back to back).",
     ),
+    route: str = typer.Option(
+        "v2",
+        "--route",
+        help="v2 (the model's V2 infer route) or openai (POST /v1/embeddings, --batch "
+        "English sentences per request).",
+    ),
 ) -> None:
     """Load-test a V2 server: throughput, p50/p95/p99 and errors (bounded)."""
     import json
@@ -203,6 +217,7 @@ def loadtest(
         token=token,
         allow_remote=allow_remote,
         rate=rate,
+        route=route,
     )
     summary = load_test(url, model, config).summary()
     if as_json:

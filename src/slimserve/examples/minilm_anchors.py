@@ -97,7 +97,7 @@ def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
     from slimserve.core.specs import ModelSpec
     from slimserve.data import Dataset, english_split
     from slimserve.examples.minilm import model_folder
-    from slimserve.loading import load
+    from slimserve.loading import load_model
     from slimserve.models.hf import load_tokenizer, tokenize
     from slimserve.models.torch import TorchModel
     from slimserve.runtime import OrtPredictor
@@ -107,7 +107,7 @@ def anchors(threads: int = 2) -> dict[str, tuple[Run, int]]:
     from slimserve.techniques.quantize.ort import quantize_onnx
 
     tokenizer = load_tokenizer(model_folder())
-    hf_model = load(ModelSpec(example="minilm"))
+    hf_model = load_model(ModelSpec(example="minilm"))
     assert isinstance(hf_model, TorchModel)
     plain = ExportConfig().apply(hf_model, Context())
     calibration = Dataset(tokenize(tokenizer, english_split("calibration")[:32], 256))
@@ -190,7 +190,7 @@ def compare(
     from slimserve.data import english_split
     from slimserve.examples.minilm import model_folder
     from slimserve.models.hf import load_tokenizer, tokenize
-    from slimserve.runtime import load as load_predictor
+    from slimserve.runtime import load_predictor
 
     torch.set_num_threads(threads)
     sentences = english_split("eval")
@@ -202,9 +202,9 @@ def compare(
     padded = sum(b["attention_mask"].size for b in batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     # The same sentences batched as slimserve's server batches them: 32 at a time in
-    # length order, each 32 split where lengths spread (batching.length_groups), so a
+    # length order, each 32 split where lengths spread (merging.length_groups), so a
     # sentence pads to a similar one rather than to the longest of 32.
-    from slimserve.serve.batching import length_groups
+    from slimserve.serve.merging import length_groups
 
     lengths = [len(tokenizer(s)["input_ids"]) for s in sentences[:256]]
     order = np.argsort(lengths, kind="stable")

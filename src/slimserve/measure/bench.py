@@ -181,14 +181,14 @@ def bench_models(
 ) -> list[BenchEntry]:
     """Every model's size, memory and timings, measured interleaved in one run."""
     from slimserve.measure.timing import TIMED_SPINNING
-    from slimserve.runtime import load
+    from slimserve.runtime import load_predictor
 
     predictors, memory = {}, {}
     first = next(iter(models.values()))
     data = data if data is not None else synthetic_data(first)
     for name, model in models.items():
         before = rss_bytes()
-        predictors[name] = load(model, threads, spinning=TIMED_SPINNING)
+        predictors[name] = load_predictor(model, threads, spinning=TIMED_SPINNING)
         predictors[name].predict(_named(sample_batch(data, 1), predictors[name].input_names))
         memory[name] = max(0, rss_bytes() - before)
     timings = bench_interleaved(predictors, data, batch_sizes, warmup, repeats)

@@ -1,5 +1,5 @@
 """The model states: ``TorchModel`` (an nn.Module + example inputs + I/O names) and
-``OnnxModel``. Each format's loader is a module here; ``slimserve.loading.load`` is the one
+``OnnxModel``. Each format's loader is a module here; ``slimserve.loading.load_model`` is the one
 entry point that picks among them (and reads artifact folders)."""
 
 from __future__ import annotations

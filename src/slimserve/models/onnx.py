@@ -141,6 +141,21 @@ def index_bounds(proto: onnx.ModelProto) -> dict[str, int]:
     return bounds
 
 
+def position_limit(proto: onnx.ModelProto) -> int | None:
+    """How many tokens a sequence may hold: the rows of the encoder's position-embedding
+    table (an initializer named for it, or a fused EmbedLayerNormalization's position
+    input), or None when the model has none. A longer sequence fails inside the model,
+    and in OpenVINO can leave the compiled model failing for the next request too, so a
+    server refuses it before it runs."""
+    tables = {i.name: int(i.dims[0]) for i in proto.graph.initializer if len(i.dims) == 2}
+    found = [rows for name, rows in tables.items() if "position_embeddings" in name]
+    for node in proto.graph.node:
+        fused = node.op_type == "EmbedLayerNormalization" and len(node.input) > 3
+        if fused and node.input[3] in tables:
+            found.append(tables[node.input[3]])
+    return min(found) if found else None
+
+
 _INT8_OPS = {
     "QuantizeLinear",
     "DequantizeLinear",

@@ -1,4 +1,4 @@
-"""The one place that dispatches on model format: ``load(x) -> Predictor``."""
+"""The one place that dispatches on model format: ``load_predictor(x) -> Predictor``."""
 
 from __future__ import annotations
 
@@ -25,19 +25,21 @@ class Predictor(Protocol):
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def load(source: Model | str | Path, threads: int = 2, spinning: bool = True) -> Predictor:
+def load_predictor(
+    source: Model | str | Path, threads: int = 2, spinning: bool = True
+) -> Predictor:
     """A predictor for a model state, a model file or an artifact folder (which runs in
     the runtime its manifest names: ONNX Runtime, its torch program, or OpenVINO). ``spinning``:
     see ``OrtPredictor``."""
-    from slimserve.artifact import MANIFEST_FILE, load_artifact
-    from slimserve.loading import load as load_model
+    from slimserve.artifact import is_artifact, load_artifact
+    from slimserve.loading import load_model
     from slimserve.models import OnnxModel
 
     if isinstance(source, OnnxModel):  # first: an ONNX model never needs torch imported
         return _onnx_predictor(source, threads, spinning)
     from slimserve.models import TorchModel
 
-    if not isinstance(source, TorchModel) and (Path(source) / MANIFEST_FILE).is_file():
+    if not isinstance(source, TorchModel) and is_artifact(source):
         return for_artifact(load_artifact(source), threads, spinning)
     model = source if isinstance(source, TorchModel) else load_model(source)
     if isinstance(model, OnnxModel):
@@ -93,7 +95,7 @@ def for_artifact(artifact: Artifact, threads: int = 2, spinning: bool = True) ->
     warning = missing_feature_warning(artifact.manifest.precision, artifact.manifest.cpu_features)
     if warning is not None:
         warnings.warn(f"{artifact.path}: {warning}", CpuFeatureWarning, stacklevel=2)
-    return load(served_model(artifact), threads, spinning)
+    return load_predictor(served_model(artifact), threads, spinning)
 
 
 def predict_all(predictor: Predictor, data: Dataset, batch_size: int = 256) -> np.ndarray:
@@ -128,7 +130,7 @@ __all__ = [
     "Predictor",
     "TorchPredictor",
     "for_artifact",
-    "load",
+    "load_predictor",
     "predict_all",
     "served_model",
     "trim_memory",

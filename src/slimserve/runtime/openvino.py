@@ -13,6 +13,7 @@ measured on what runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -50,6 +51,7 @@ class OvPredictor:
         try:
             read = core.read_model(model=model.to_bytes(), weights=b"")
             self.compiled = core.compile_model(read, "CPU", config)
+            self._recompile: Callable[[], Any] = lambda: core.compile_model(read, "CPU", config)
         except Exception as exc:
             raise ModelLoadError(
                 f"OpenVINO could not compile the ONNX model: {first_line(exc)}. Serve it "
@@ -70,7 +72,16 @@ class OvPredictor:
         feeds: dict[str, np.ndarray] = {
             k: np.ascontiguousarray(v, dtype=self._input_types[k]) for k, v in inputs.items()
         }
-        results = self.request.infer(feeds)
+        try:
+            results = self.request.infer(feeds)
+        except Exception:
+            # A failed run can leave the compiled model failing every later run of the
+            # same shape (seen: "Reshape ... conflicts" after a sequence longer than the
+            # position table; a fresh infer request alone does not help): compile it
+            # again, so one bad input costs one recompilation, never the next request.
+            self.compiled = self._recompile()
+            self.request = self.compiled.create_infer_request()
+            raise
         # infer() hands back views of the request's own buffers, which the next run
         # overwrites: copy them out, as ONNX Runtime's results are owned by the caller.
         return [np.array(results[output]) for output in self.compiled.outputs]

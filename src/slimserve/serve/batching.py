@@ -19,16 +19,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from slimserve.serve.admission import RunCost
+from slimserve.serve.merging import Done, Item, pad_merge, split_runs
+from slimserve.serve.repository import ServedModel
+
 log = logging.getLogger("slimserve.serve")
-# Called once per request with (outputs, None) or (None, the model's exception).
-Done = Callable[[dict[str, np.ndarray] | None, BaseException | None], None]
 
 
 class QueueFull(Exception):
@@ -50,99 +52,20 @@ class BatchLimits:
     # Text models: the most tokens (rows x padded length) one model run may hold, as
     # text-embeddings-inference's --max-batch-tokens; None: rows alone bound a batch.
     max_batch_tokens: int | None = None
-
-
-@dataclass
-class _Item:
-    inputs: dict[str, np.ndarray]
-    done: Done
-    rows: int
-    padded: bool = False  # a text model: sequences of any length merge, zero-padded
-    deadline: float = float("inf")  # time.monotonic() after which it is not run
-
-    @property
-    def length(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[1]) if self.padded else 0
-
-    @property
-    def signature(self) -> tuple[Any, ...]:
-        skip = 2 if self.padded else 1
-        return tuple((k, v.dtype.str, v.shape[skip:]) for k, v in sorted(self.inputs.items()))
-
-
-# Text batches: a run of requests is split where the next one is this much longer than
-# the shortest in the run, so short sentences are not padded to a long one's length.
-LENGTH_SPREAD = 1.5
-
-
-def length_groups(lengths: Sequence[int]) -> list[list[int]]:
-    """Positions of ``lengths`` in the groups the batcher runs them in: sorted by length,
-    split where one is more than ``LENGTH_SPREAD`` times its group's shortest."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = [[order[0]]] if order else []
-    for i in order[1:]:
-        if lengths[i] > LENGTH_SPREAD * max(lengths[groups[-1][0]], 1):
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    return groups
-
-
-def budget_groups(rows: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Positions split into runs, in length order, each holding at most ``budget`` tokens
-    once padded (its rows x its longest length); one item over the budget runs alone."""
-    order = sorted(range(len(rows)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    total, longest = 0, 0
-    for i in order:
-        if groups and (total + rows[i]) * max(longest, lengths[i]) <= budget:
-            groups[-1].append(i)
-            total, longest = total + rows[i], max(longest, lengths[i])
-        else:
-            groups.append([i])
-            total, longest = rows[i], lengths[i]
-    return groups
-
-
-def _length_groups(
-    items: list[_Item], budget: int | None = None, spread: bool = True
-) -> list[list[_Item]]:
-    """``items`` in the runs the model gets: split by length (``spread``) and by the
-    token budget."""
-    if spread:
-        groups = [[items[i] for i in g] for g in length_groups([i.length for i in items])]
-    else:
-        groups = [items]
-    if budget is None:
-        return groups
-    return [
-        [group[i] for i in g]
-        for group in groups
-        for g in budget_groups([i.rows for i in group], [i.length for i in group], budget)
-    ]
-
-
-def _pad_merge(group: list[_Item]) -> dict[str, np.ndarray]:
-    """Concatenate along the batch, padding the sequence axis with zeros (pad token,
-    attention mask 0): exact for encoders that honour the attention mask."""
-    longest = max(i.length for i in group)
-    merged = {}
-    for key in group[0].inputs:
-        parts = [
-            np.pad(i.inputs[key], ((0, 0), (0, longest - i.length)))
-            if i.length < longest
-            else i.inputs[key]
-            for i in group
-        ]
-        merged[key] = np.concatenate(parts)
-    return merged
+    # The work a request may find ahead of it, in ms of measured model time (admission.py):
+    # None: automatic (a multiple of a single-row run); 0: no time bound, count only.
+    max_queue_ms: float | None = None
 
 
 class Batcher:
     """Queues one model's requests and runs them merged."""
 
     def __init__(
-        self, model: Any, limits: BatchLimits, executor: ThreadPoolExecutor, metrics: Any
+        self,
+        model: ServedModel,
+        limits: BatchLimits,
+        executor: ThreadPoolExecutor,
+        metrics: Any,
     ) -> None:
         self.model = model
         self.max_batch_size = limits.max_batch_size
@@ -153,6 +76,10 @@ class Batcher:
         self.executor = executor
         self.enabled = limits.max_batch_size > 1 and model.batched
         self.in_flight = 0  # requests queued or running (what max_queue bounds)
+        self.max_queue_ms = limits.max_queue_ms
+        self.cost = RunCost()  # the model's run time in rows, learned from its runs
+        self.run_started: float | None = None  # perf_counter() of the run in progress
+        self.run_rows = 0
         # Labelled children looked up once (labels() takes a lock): refusals must be cheap.
         self.refused_full = metrics.rejected.labels(model.name, "queue_full")
         self.refused_late = metrics.rejected.labels(model.name, "deadline")
@@ -171,7 +98,7 @@ class Batcher:
         # Waiting requests, and what the loop waits on. A request wakes the loop only
         # when it is the first (the loop is idle) or fills the batch; the delay is one
         # timer per batch. (asyncio.Queue with wait_for cost a task per request.)
-        self.pending: deque[_Item] = deque()
+        self.pending: deque[Item] = deque()
         self.pending_rows = 0
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -203,8 +130,9 @@ class Batcher:
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
-        if self.full():
-            _call(done, None, self.refusal())
+        rows = _rows(inputs)
+        if self.full(rows):
+            _call(done, None, self.refusal(rows))
             return
         budget = self.max_batch_tokens
         if budget is not None and self.padded:
@@ -224,7 +152,6 @@ class Batcher:
                 return
         self.in_flight += 1
         done = self._counted(done)
-        rows = _rows(inputs)
         if not self.enabled:
             self.batch_size.observe(rows)
             run = loop.run_in_executor(self.executor, self._run, inputs)
@@ -233,7 +160,7 @@ class Batcher:
         if self.task is None:
             self.task = loop.create_task(self._loop(loop))
         deadline = time.monotonic() + self.timeout if self.timeout is not None else float("inf")
-        self.pending.append(_Item(inputs, done, rows, self.padded, deadline))
+        self.pending.append(Item(inputs, done, rows, self.padded, deadline))
         self.pending_rows += rows
         if (
             len(self.pending) == 1
@@ -242,16 +169,44 @@ class Batcher:
         ):
             self._wake()  # the idle loop's first request, a full batch, or no one left
 
-    def full(self) -> bool:
-        """True when a new request would be over ``max_queue``."""
-        return self.in_flight >= self.max_queue
+    def full(self, rows: int = 1) -> bool:
+        """True when a new request of ``rows`` rows would be over ``max_queue``, or would
+        wait past the time bound behind the work already queued and running."""
+        return self.in_flight >= self.max_queue or self.seconds_ahead(rows) > self.bound()
 
-    def refusal(self) -> QueueFull:
+    def bound(self) -> float:
+        """The time bound in seconds (infinite while off or not yet learned)."""
+        if self.max_queue_ms == 0 or not self.cost.learned:
+            return float("inf")
+        return self.cost.bound(self.max_queue_ms)
+
+    def seconds_ahead(self, rows: int) -> float:
+        """The model time until a new request of ``rows`` rows would be answered: what is
+        left of the run in progress and the queue with it, merged into batches. Zero
+        when nothing is ahead of it (an idle server never refuses)."""
+        started = self.run_started
+        queued = self.pending_rows if self.enabled else self.in_flight
+        if started is None and not queued:
+            return 0.0
+        left = 0.0
+        if started is not None:
+            elapsed = time.perf_counter() - started
+            left = max(0.0, self.cost.run_seconds(self.run_rows) - elapsed)
+        batch = self.max_batch_size if self.enabled else 1
+        return left + self.cost.queue_seconds(queued + rows, batch)
+
+    def refusal(self, rows: int = 1) -> QueueFull:
         """The error a request refused for a full queue gets (and count it)."""
         self.refused_full.inc()
+        if self.in_flight >= self.max_queue:
+            return QueueFull(
+                f"Model '{self.model.name}' has {self.in_flight} requests queued, its limit "
+                f"(--max-queue {self.max_queue}); retry shortly."
+            )
         return QueueFull(
-            f"Model '{self.model.name}' has {self.in_flight} requests queued, its limit "
-            f"(--max-queue {self.max_queue}); retry shortly."
+            f"Model '{self.model.name}' has {self.seconds_ahead(rows) * 1000:.0f} ms of work "
+            f"ahead of this request, over its {self.bound() * 1000:.0f} ms bound "
+            "(--max-queue-ms); retry shortly."
         )
 
     def _counted(self, done: Done) -> Done:
@@ -261,7 +216,7 @@ class Batcher:
 
         return answered
 
-    def _expire(self, items: list[_Item]) -> list[_Item]:
+    def _expire(self, items: list[Item]) -> list[Item]:
         """The items still inside their deadline; the others are answered now."""
         if self.timeout is None:
             return items
@@ -298,7 +253,14 @@ class Batcher:
                 timer.cancel()
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.model.predictor.predict(inputs)
+        rows = _rows(inputs)
+        self.run_rows, started = rows, time.perf_counter()
+        self.run_started = started
+        try:
+            outputs = self.model.predictor.predict(inputs)
+        finally:
+            self.run_started = None
+        self.cost.observe(rows, time.perf_counter() - started)
         return dict(zip(self.model.predictor.output_names, outputs, strict=True))
 
     async def _loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -326,8 +288,8 @@ class Batcher:
             if items:
                 await self._dispatch(loop, items)
 
-    async def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
-        by_signature: dict[tuple[Any, ...], list[_Item]] = {}
+    async def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[Item]) -> None:
+        by_signature: dict[tuple[Any, ...], list[Item]] = {}
         if self.uniform:
             by_signature[()] = items
         else:
@@ -337,14 +299,14 @@ class Batcher:
             group
             for same in by_signature.values()
             for group in (
-                _length_groups(same, self.max_batch_tokens, self.split_lengths)
+                split_runs(same, self.max_batch_tokens, self.split_lengths)
                 if same[0].padded
                 else [same]
             )
         ]
         for group in groups:
             if group[0].padded:
-                merged = _pad_merge(group)
+                merged = pad_merge(group)
             else:
                 merged = {k: np.concatenate([i.inputs[k] for i in group]) for k in group[0].inputs}
             self.batch_size.observe(_rows(merged))

@@ -76,6 +76,8 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
     import orjson
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+    from slimserve.serve.openai import error_body as openai_error
+
     config = state.config
 
     class InferProtocol(HttpToolsProtocol):
@@ -92,12 +94,17 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
         head_bytes: int | None = 0
         read_timer: asyncio.TimerHandle | None = None
         draining = False  # shutdown began: answer what arrives, then close
+        # A request that could not be read was answered and the connection half-closed:
+        # what the client still sends is dropped, never parsed (nor answered twice).
+        discarding = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm(config.header_timeout_s, "head")  # a connection that sends nothing
 
         def data_received(self, data: bytes) -> None:
+            if self.discarding:
+                return
             if self.head_bytes is not None:
                 if self.read_timer is None:  # the first byte of a request: the clock starts
                     self._arm(config.header_timeout_s, "head")
@@ -147,7 +154,11 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
                 self.cycle.keep_alive = False  # an ASGI request is answering: let it end
                 self.transport.close()
                 return
-            body = orjson.dumps({"error": message})
+            body = (
+                openai_error(status, message)
+                if (getattr(self, "url", None) or b"").startswith(b"/v1/")
+                else orjson.dumps({"error": message})
+            )
             self.transport.write(
                 b"".join(
                     [
@@ -166,6 +177,25 @@ def protocol_class(state: ServerState) -> type[asyncio.Protocol]:
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers a request httptools cannot parse (a garbage request line, a
+            # bad or duplicate Content-Length, Content-Length with chunked, a bad chunk
+            # size) in plain text; every other 4xx of this server is JSON.
+            cycle = self.cycle
+            if cycle is not None and not isinstance(cycle, _Answering):
+                if cycle.response_started:  # too late to answer: just end it
+                    cycle.keep_alive = False
+                    self.transport.close()
+                    return
+                cycle.disconnected = True  # the app's answer, if any, goes nowhere
+                cycle.message_event.set()  # and its receive() hears of the disconnect
+                self.cycle = None  # type: ignore[assignment]  # no request is answering now
+            self._fail_read(
+                400,
+                f"{msg} The request is not valid HTTP/1.1 (its request line, headers or "
+                "body framing): check the client.",
+            )
 
         def shutdown(self) -> None:
             # uvicorn closes an idle connection at once, losing a request the client has

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from slimserve.core.errors import require
+from slimserve.serve.state import ServerState
 from slimserve.serve.v2codec import (
     V2_TO_NUMPY,
     ProtocolError,
@@ -104,23 +105,26 @@ _GRPC_STATUS = {
 }
 
 
-def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
+def create_grpc_server(state: ServerState, host: str, port: int) -> tuple[Any, int]:
     """A ``grpc.aio`` server (not started) for the models in ``state`` (a ServerState),
     and the port it bound. Start it from a running event loop."""
     grpc: Any = require("grpc", "serve", "The gRPC endpoint")
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from slimserve.core.version import __version__
-    from slimserve.serve.infer import error_status, input_metadata, tensor_metadata
+    from slimserve.serve.infer import input_metadata, tensor_metadata
+    from slimserve.serve.submit import error_status, infer
 
     class Service(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         async def ServerLive(self, request: Any, context: Any) -> Any:
             return service_pb2.ServerLiveResponse(live=True)
 
         async def ServerReady(self, request: Any, context: Any) -> Any:
-            return service_pb2.ServerReadyResponse(ready=True)
+            return service_pb2.ServerReadyResponse(ready=not state.draining)
 
         async def ModelReady(self, request: Any, context: Any) -> Any:
+            if state.draining:
+                return service_pb2.ModelReadyResponse(ready=False)
             try:
                 state.find(request.name, request.version)
             except LookupError:
@@ -147,6 +151,18 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:
+            if state.draining:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The server is shutting down; retry (another replica will answer).",
+                )
+            state.grpc_in_flight += 1
+            try:
+                return await self.answer_infer(request, context)
+            finally:
+                state.grpc_in_flight -= 1
+
+        async def answer_infer(self, request: Any, context: Any) -> Any:
             started = time.perf_counter()
             try:
                 model = state.find(request.model_name, request.model_version)
@@ -154,7 +170,7 @@ def create_grpc_server(state: Any, host: str, port: int) -> tuple[Any, int]:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             code = 200
             try:
-                outputs = await state.infer(model, _decode(request))
+                outputs = await infer(state, model, _decode(request))
                 wanted = [o.name for o in request.outputs] or list(outputs)
                 unknown = [o for o in wanted if o not in outputs]
                 if unknown:

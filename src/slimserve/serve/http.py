@@ -1,9 +1,11 @@
-"""The V2 server over HTTP/REST: FastAPI on uvicorn and, on the same event loop, gRPC.
+"""The V2 server over HTTP/REST on uvicorn and, on the same event loop, gRPC.
 
 Health, metadata, infer (JSON and the binary tensor extension), Prometheus metrics,
 bearer-token auth and body-size limits. Every HTTP error is ``{"error": "..."}`` with a
-4xx code, as tritonclient expects. The infer route, the hot path, is plain ASGI in
-``_Front``: FastAPI's routing and request objects cost more than the model at batch 1.
+4xx code, as tritonclient expects. Inference never goes through FastAPI: the infer and
+OpenAI routes are plain ASGI in ``_Front`` (FastAPI's routing and request objects cost
+more than the model at batch 1), or the uvicorn fast path (``fastpath.py``) where it
+runs; FastAPI answers the rest (health, metadata, metrics).
 HTTP and gRPC share one batcher per model, so their requests are merged together.
 
 No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
@@ -20,12 +22,13 @@ from typing import Any
 from slimserve.core.errors import require
 from slimserve.serve.config import ServeConfig
 from slimserve.serve.infer import HEADER_LENGTH, answer_infer, input_metadata, tensor_metadata
+from slimserve.serve.repository import ServedModel
 from slimserve.serve.state import ServerState
 
 log = logging.getLogger("slimserve.serve")
 
 
-def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = None) -> Any:
+def create_app(models: dict[str, dict[str, ServedModel]], config: ServeConfig | None = None) -> Any:
     """The ASGI app serving ``models`` ({name: {version: ServedModel}}); when
     ``config.grpc_port`` is set, the gRPC service starts and stops with it."""
     require("fastapi", "serve", "Serving")
@@ -47,6 +50,7 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
         config.queue_limit,
         config.request_timeout_s,
         config.max_batch_tokens,
+        config.max_queue_ms,
     )
     batchers = {
         (name, version): Batcher(model, limits, executor, metrics)
@@ -74,7 +78,7 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
             yield
         finally:
             if grpc_server is not None:
-                await grpc_server.stop(grace=10)
+                await drain_grpc(state, grpc_server, GRPC_GRACE_S)
             log.info("stopped")
 
     app = FastAPI(
@@ -108,13 +112,13 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return error(400, f"Bad request: {exc.errors()[0].get('msg', 'invalid')}")
 
-    def find(name: str, version: str | None) -> Any:
+    def find(name: str, version: str | None) -> ServedModel:
         try:
             return state.find(name, version)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    def metadata(model: Any) -> dict[str, Any]:
+    def metadata(model: ServedModel) -> dict[str, Any]:
         return {
             "name": model.name,
             "versions": list(state.models[model.name]),
@@ -166,6 +170,22 @@ def create_app(models: dict[str, dict[str, Any]], config: ServeConfig | None = N
     return _Front(app, state)
 
 
+GRPC_GRACE_S = 10.0  # how long gRPC calls in flight at shutdown may take to finish
+
+
+async def drain_grpc(state: ServerState, server: Any, grace: float) -> None:
+    """Stop gRPC without cancelling a call: new calls get UNAVAILABLE (the code clients
+    retry), those in flight finish (up to ``grace`` seconds), then the port closes."""
+    import asyncio
+    import time
+
+    state.draining = True
+    deadline = time.monotonic() + grace
+    while state.grpc_in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await server.stop(grace=max(0.0, deadline - time.monotonic()))
+
+
 def infer_target(method: str, path: str) -> tuple[str, str | None] | None:
     """(model, version) of a V2 infer URL, else None."""
     if method != "POST" or not path.startswith("/v2/models/") or not path.endswith("/infer"):
@@ -184,12 +204,21 @@ async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Any, status: int, message: str) -> None:
+async def _refuse(send: Any, path: str, status: int, message: str) -> None:
+    """A refusal from the head or a body over the limit, in the route's error shape
+    (OpenAI's on ``/v1/``, V2's elsewhere). A 413 closes the connection, so the body it
+    refused is not read to its end."""
+    headers = [(b"content-type", b"application/json")]
+    if status == 413:
+        headers.append((b"connection", b"close"))
+    if path.startswith("/v1/"):  # OpenAI clients read OpenAI's error shape
+        from slimserve.serve.openai import error_body
+
+        await _respond(send, status, error_body(status, message), headers)
+        return
     import orjson
 
-    await _respond(
-        send, status, orjson.dumps({"error": message}), [(b"content-type", b"application/json")]
-    )
+    await _respond(send, status, orjson.dumps({"error": message}), headers)
 
 
 def refusal(
@@ -228,14 +257,7 @@ class _Front:
         path = scope.get("path", "")
         refused = refusal(self.server.config, headers, check_token=path != "/v2/health/live")
         if refused is not None:
-            if path.startswith("/v1/"):  # OpenAI clients read OpenAI's error shape
-                from slimserve.serve.openai import error_body
-
-                status = refused[0]
-                json = [(b"content-type", b"application/json")]
-                await _respond(send, status, error_body(status, refused[1]), json)
-                return
-            await _error(send, *refused)
+            await _refuse(send, path, *refused)
             return
         if path.startswith("/v1/"):
             await self._openai(scope["method"], path, receive, send)
@@ -246,9 +268,9 @@ class _Front:
             return
         await self._infer(target, headers, receive, send)
 
-    async def _read_body(self, receive: Any, send: Any) -> bytes | None:
+    async def _read_body(self, receive: Any, send: Any, path: str) -> bytes | None:
         """The whole body, or None once the client left or the body went over the limit
-        (then a 413 was sent)."""
+        (then a 413 was sent, in the route's error shape)."""
         limit = self.server.config.max_body_bytes
         chunks, size = [], 0
         while True:  # the body may arrive in pieces (chunked, or large)
@@ -258,7 +280,7 @@ class _Front:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _error(send, 413, f"Request body is over the {limit}-byte limit.")
+                await _refuse(send, path, 413, f"Request body is over the {limit}-byte limit.")
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -268,7 +290,7 @@ class _Front:
     async def _infer(
         self, target: tuple[str, str | None], headers: dict[bytes, bytes], receive: Any, send: Any
     ) -> None:
-        body = await self._read_body(receive, send)
+        body = await self._read_body(receive, send, "")
         if body is None:
             return
         status, payload, response_headers = await answer_infer(
@@ -284,7 +306,7 @@ class _Front:
         if (method, path) == ("GET", openai.MODELS_PATH):
             await _respond(send, 200, openai.models_body(self.server), json)
         elif (method, path) == ("POST", openai.EMBEDDINGS_PATH):
-            body = await self._read_body(receive, send)
+            body = await self._read_body(receive, send, path)
             if body is not None:
                 status, payload = await openai.answer_embeddings(self.server, body)
                 await _respond(send, status, payload, json)

@@ -45,6 +45,11 @@ class LoadTestConfig(BaseModel):
         description="Open loop: requests/s sent on schedule whatever the answers "
         "(concurrency is then unused).",
     )
+    route: Literal["v2", "openai"] = Field(
+        "v2",
+        description="v2: POST /v2/models/M/infer; openai: POST /v1/embeddings with `batch` "
+        "English sentences per request (a text feature-extraction model).",
+    )
 
 
 @dataclass
@@ -153,11 +158,11 @@ def request_body(metadata: dict[str, Any], batch: int, fmt: str = "binary") -> t
 
 
 def _http_request(
-    base: str, model: str, body: bytes, header_length: int, token: str | None
+    base: str, path: str, body: bytes, header_length: int, token: str | None
 ) -> bytes:
     parsed = urlparse(base)
     lines = [
-        f"POST /v2/models/{model}/infer HTTP/1.1",
+        f"POST {path} HTTP/1.1",
         f"Host: {parsed.netloc}",
         f"Content-Length: {len(body)}",
         # V2 servers other than Triton-style ones (MLServer, KServe) want a content type.
@@ -336,8 +341,16 @@ async def _run(base: str, model: str, config: LoadTestConfig) -> LoadResult:
         raise SlimserveError(
             f"{base}: model '{model}' metadata returned {meta.status_code}: {meta.text[:200]}"
         )
-    body, header_length = request_body(meta.json(), config.batch, config.format)
-    request = _http_request(base, model, body, header_length, token)
+    if config.route == "openai":
+        from slimserve.examples.minilm import english_sentences
+
+        texts = english_sentences(config.batch)
+        body, header_length = json.dumps({"model": model, "input": texts}).encode(), 0
+        path = "/v1/embeddings"
+    else:
+        body, header_length = request_body(meta.json(), config.batch, config.format)
+        path = f"/v2/models/{model}/infer"
+    request = _http_request(base, path, body, header_length, token)
     result = LoadResult(0, 0, 0.0)
     remaining = [config.requests]
     started = time.perf_counter()

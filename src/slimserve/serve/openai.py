@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from slimserve.serve.infer import TEXT_INPUT
+from slimserve.serve.repository import ServedModel
+from slimserve.serve.state import ServerState
+from slimserve.serve.submit import TEXT_INPUT, error_status, infer, tokenize_text
 from slimserve.serve.v2codec import ProtocolError
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -47,7 +49,7 @@ def error_body(
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
-def embedding_models(state: Any) -> list[Any]:
+def embedding_models(state: ServerState) -> list[ServedModel]:
     """The latest version of each served model that produces embeddings."""
     found = []
     for name in state.models:
@@ -57,7 +59,7 @@ def embedding_models(state: Any) -> list[Any]:
     return found
 
 
-def models_body(state: Any) -> bytes:
+def models_body(state: ServerState) -> bytes:
     """``GET /v1/models``: the embedding models, as OpenAI lists models."""
     import orjson
 
@@ -133,7 +135,7 @@ def fit_budget(tokenized: dict[str, np.ndarray], budget: int | None) -> list[dic
     return parts
 
 
-async def answer_embeddings(state: Any, body: bytes) -> tuple[int, bytes]:
+async def answer_embeddings(state: ServerState, body: bytes) -> tuple[int, bytes]:
     """(status, JSON body) for ``POST /v1/embeddings``."""
     started = time.perf_counter()
     name = "-"
@@ -149,12 +151,8 @@ async def answer_embeddings(state: Any, body: bytes) -> tuple[int, bytes]:
     return status, payload
 
 
-async def _embed(state: Any, request: dict[str, Any]) -> bytes:
-    import asyncio
-
+async def _embed(state: ServerState, request: dict[str, Any]) -> bytes:
     import orjson
-
-    from slimserve.serve.infer import error_status
 
     try:
         model = state.find(request["model"], None)
@@ -170,28 +168,30 @@ async def _embed(state: Any, request: dict[str, Any]) -> bytes:
     output = model.outputs[0]
     width = output["shape"][-1] if isinstance(output["shape"][-1], int) else None
     dimensions = request["dimensions"]
-    if dimensions is not None and dimensions != width:
+    if dimensions is not None and width is not None and dimensions != width:
+        raise _wrong_dimensions(model, width)
+    texts = request["texts"]
+    # The limit holds per request, as on the V2 route, not per chunk of texts.
+    chars = sum(len(t) for t in texts)
+    if chars > state.config.max_text_chars:
         raise OpenAIError(
-            400,
-            f"Model '{model.name}' gives {width}-dimensional embeddings and was not trained "
-            "for shorter ones (Matryoshka): leave 'dimensions' out.",
-            "dimensions",
+            413,
+            f"The request holds {chars} characters of text, over the "
+            f"{state.config.max_text_chars}-character limit (--max-text-chars). Send fewer or "
+            "shorter texts per request.",
+            "input",
         )
-    loop = asyncio.get_running_loop()
-    batcher = state.batchers[(model.name, model.version)]
-    texts, rows = request["texts"], state.config.request_rows
+    rows = state.config.request_rows
     vectors, tokens = [], 0
     try:
         for start in range(0, len(texts), rows):  # one batcher request per batch of texts
             chunk = {TEXT_INPUT: np.array(texts[start : start + rows], dtype=object)}
-            tokenized = await loop.run_in_executor(
-                state.tokenizer_pool, state.tokenized, model, chunk
-            )
+            tokenized = await tokenize_text(state, model, chunk)
             mask = tokenized.get("attention_mask")
             counted = mask if mask is not None else next(iter(tokenized.values()))
             tokens += int(np.count_nonzero(counted))
             for part in fit_budget(tokenized, state.config.max_batch_tokens):
-                outputs = await batcher.infer(state.checked(model, part))
+                outputs = await infer(state, model, part)
                 vectors.append(np.asarray(outputs[output["name"]], dtype=np.float32))
     except ProtocolError as exc:
         status, message = error_status(model, exc)
@@ -200,6 +200,8 @@ async def _embed(state: Any, request: dict[str, Any]) -> bytes:
         status, message = error_status(model, exc)
         raise OpenAIError(status, message) from None
     embeddings = np.concatenate(vectors)
+    if dimensions is not None and dimensions != embeddings.shape[1]:  # width known only now
+        raise _wrong_dimensions(model, embeddings.shape[1])
     if request["encoding"] == "base64":  # little-endian float32, as OpenAI encodes
         values: list[Any] = [
             base64.b64encode(row.astype("<f4").tobytes()).decode() for row in embeddings
@@ -215,4 +217,13 @@ async def _embed(state: Any, request: dict[str, Any]) -> bytes:
             "model": model.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+    )
+
+
+def _wrong_dimensions(model: ServedModel, width: int) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"Model '{model.name}' gives {width}-dimensional embeddings and was not trained for "
+        f"other sizes (Matryoshka): leave 'dimensions' out or send {width}.",
+        "dimensions",
     )

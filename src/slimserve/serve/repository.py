@@ -7,9 +7,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimserve.core.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from slimserve.artifact import Artifact
+    from slimserve.models import OnnxModel
 
 
 @dataclass
@@ -37,6 +41,9 @@ class ServedModel:
     text: TextInput | None = None
     # {input: rows of the table it indexes}: ids outside are a 400 before the model runs.
     index_bounds: dict[str, int] = field(default_factory=dict)
+    # The most tokens a sequence may hold (its position table's rows), None if unknown:
+    # a longer token input is a 400 before it reaches a batch.
+    max_tokens: int | None = None
 
     @functools.cached_property
     def input_checks(self) -> dict[str, tuple[Any, tuple[int | None, ...]]]:
@@ -62,9 +69,14 @@ class ServedModel:
 
 
 def _served(
-    name: str, version: str, model: Any, threads: int, spinning: bool, artifact: Any = None
+    name: str,
+    version: str,
+    model: OnnxModel,
+    threads: int,
+    spinning: bool,
+    artifact: Artifact | None = None,
 ) -> ServedModel:
-    from slimserve.models.onnx import describe_io, index_bounds
+    from slimserve.models.onnx import describe_io, index_bounds, position_limit
     from slimserve.runtime import OrtPredictor, for_artifact
 
     io = describe_io(model.proto)
@@ -85,7 +97,14 @@ def _served(
         else OrtPredictor(model, threads, spinning)
     )
     return ServedModel(
-        name, version, predictor, io["inputs"], io["outputs"], text, index_bounds(model.proto)
+        name,
+        version,
+        predictor,
+        io["inputs"],
+        io["outputs"],
+        text,
+        index_bounds(model.proto),
+        position_limit(model.proto),
     )
 
 
@@ -96,14 +115,14 @@ def load_repository(
     between runs (see ``runtime.OrtPredictor``)."""
     from functools import partial
 
-    from slimserve.artifact import MANIFEST_FILE, load_artifact
+    from slimserve.artifact import is_artifact, load_artifact
     from slimserve.models.onnx import load_onnx
 
     served = partial(_served, threads=threads, spinning=spinning)
     root = Path(path)
     if root.is_file() and root.suffix == ".onnx":
         return {root.stem: {"1": served(root.stem, "1", load_onnx(root))}}
-    if (root / MANIFEST_FILE).is_file():
+    if is_artifact(root):
         artifact = load_artifact(root)
         name = artifact.manifest.name
         return {name: {"1": served(name, "1", artifact.model, artifact=artifact)}}
@@ -117,7 +136,7 @@ def load_repository(
         for folder in sorted(
             p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
         ):
-            if (folder / MANIFEST_FILE).is_file():
+            if is_artifact(folder):
                 artifact = load_artifact(folder)
                 models[folder.name] = {
                     "1": served(folder.name, "1", artifact.model, artifact=artifact)
@@ -125,7 +144,7 @@ def load_repository(
                 continue
             versions = {}
             for v in sorted(folder.iterdir()):
-                if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file():
+                if v.is_dir() and v.name.isdigit() and is_artifact(v):
                     artifact = load_artifact(v)
                     versions[v.name] = served(
                         folder.name, v.name, artifact.model, artifact=artifact

@@ -1,5 +1,6 @@
 """What every endpoint shares, whatever transport carried the request: the models,
-their batchers, metrics and the config."""
+their batchers, metrics and the config. Requests go to a model through
+``serve/submit.py``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from slimserve.serve.batching import Batcher
 from slimserve.serve.config import ServeConfig
-from slimserve.serve.infer import TEXT_INPUT, check_inputs, tokenize_request
+from slimserve.serve.repository import ServedModel
 
 log = logging.getLogger("slimserve.serve")
 
@@ -20,19 +20,23 @@ log = logging.getLogger("slimserve.serve")
 class ServerState:
     """What every endpoint shares: the models, their batchers, metrics, the config."""
 
-    models: dict[str, dict[str, Any]]
-    batchers: dict[tuple[str, str], Any]
+    models: dict[str, dict[str, ServedModel]]
+    batchers: dict[tuple[str, str], Batcher]
     metrics: Any
     config: ServeConfig
     grpc_port: int | None = None
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
-    _latest: dict[str, Any] = field(default_factory=dict)
+    _latest: dict[str, ServedModel] = field(default_factory=dict)
     # The HTTP fast path's open connections (uvicorn's set) and how many of them wait for
     # an answer: when all do, no request can join a batch (see no_more_company).
     http_connections: Any = None
     http_waiting: int = 0
     tokenizer_pool: Any = None  # one thread: text requests are tokenized off the loop
     started_at: float = field(default_factory=time.time)  # /v1/models' "created"
+    # Shutdown began: gRPC calls are answered UNAVAILABLE (the code clients retry
+    # elsewhere) while those in flight (counted here) finish.
+    draining: bool = False
+    grpc_in_flight: int = 0
 
     def __post_init__(self) -> None:
         # A request without a version gets the highest: found once, not per request.
@@ -55,7 +59,7 @@ class ServerState:
             and self.http_waiting >= len(connections)
         )
 
-    def find(self, name: str, version: str | None) -> Any:
+    def find(self, name: str, version: str | None) -> ServedModel:
         """The served model, or a LookupError naming what is served."""
         if not version:
             latest = self._latest.get(name)
@@ -96,29 +100,3 @@ class ServerState:
                     "protocol": protocol,
                 },
             )
-
-    async def infer(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Checked inputs through the model's batcher (raw text tokenized first, in the
-        tokenizer's thread)."""
-        import asyncio
-
-        if self.is_text(model, inputs):
-            loop = asyncio.get_running_loop()
-            inputs = await loop.run_in_executor(self.tokenizer_pool, self.tokenized, model, inputs)
-        outputs: dict[str, np.ndarray] = await self.batchers[(model.name, model.version)].infer(
-            self.checked(model, inputs)
-        )
-        return outputs
-
-    @staticmethod
-    def is_text(model: Any, inputs: dict[str, np.ndarray]) -> bool:
-        return model.text is not None and TEXT_INPUT in inputs
-
-    def tokenized(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A text request's token arrays (run off the event loop: tokenizing 1 MB of text
-        takes long enough to stall every other request)."""
-        return tokenize_request(model, inputs, self.config)
-
-    def checked(self, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``inputs`` as the model takes them, or a ProtocolError."""
-        return check_inputs(model, inputs, self.config)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 
 from slimserve.serve.config import ServeConfig
+from slimserve.serve.repository import ServedModel
 
 log = logging.getLogger("slimserve.serve")
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -36,7 +36,7 @@ def warmup_batches(token_bucket: int, max_length: int, limit: int) -> list[dict[
     return batches
 
 
-def warm_up(models: dict[str, dict[str, Any]], config: ServeConfig) -> dict[str, int]:
+def warm_up(models: dict[str, dict[str, ServedModel]], config: ServeConfig) -> dict[str, int]:
     """Run each padding-free text model's token buckets up to ``config.warmup_tokens``
     (and at most the largest run the server makes); {"name/version": batches run}."""
     done: dict[str, int] = {}

@@ -30,3 +30,7 @@ class Technique(Protocol):
     def apply(self, model: Any, ctx: Context) -> Any:
         """The model after the technique."""
         ...
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]:
+        """Its fields as data (pydantic's): what the manifest records of the step."""
+        ...

@@ -119,7 +119,10 @@ def test_the_stripped_model_exports_quantizes_and_serves(
     x, _ = load_split("test")
     reference = keras.saving.load_model(saved).predict(x, verbose=0)
     np.testing.assert_allclose(
-        ss.runtime.load(onnx_model).predict({"input": x})[0], reference, rtol=1e-4, atol=1e-4
+        ss.runtime.load_predictor(onnx_model).predict({"input": x})[0],
+        reference,
+        rtol=1e-4,
+        atol=1e-4,
     )
 
     recipe = tmp_path / "recipe.yaml"

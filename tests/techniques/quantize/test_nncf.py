@@ -80,7 +80,7 @@ def test_smooth_quant_is_exact_in_float(tiny_bert: Path) -> None:
     model computes the same function (1e-5), with smaller activation outliers."""
     from slimserve.techniques.quantize.nncf import smooth_quant
 
-    model = ss.load(tiny_bert)
+    model = ss.load_model(tiny_bert)
     data = ss.load_data({"example": "english", "split": "calibration", "samples": 32}, tiny_bert)
     fp32 = ss.ExportConfig().apply(model, ss.Context(data={"calibration": data}))
     smoothed = smooth_quant(fp32, data, alpha=0.5)
@@ -96,7 +96,7 @@ def test_smooth_quant_is_exact_in_float(tiny_bert: Path) -> None:
 
 
 def test_static_int8_with_smooth_quant_stays_close_to_fp32(tiny_bert: Path) -> None:
-    model = ss.load(tiny_bert)
+    model = ss.load_model(tiny_bert)
     data = ss.load_data({"example": "english", "split": "calibration", "samples": 32}, tiny_bert)
     fp32 = ss.ExportConfig().apply(model, ss.Context(data={"calibration": data}))
     config = ss.StaticQuantizeConfig(smooth_quant_alpha=0.5, op_types=("MatMul",))
@@ -113,7 +113,7 @@ def test_static_int8_with_smooth_quant_stays_close_to_fp32(tiny_bert: Path) -> N
 
 def test_a_graph_nncf_fails_on_gives_a_clear_error(tiny_bert: Path) -> None:
     # NNCF 3.4's full bias correction writes a tensor twice on the padding-free graph
-    model = ss.load(tiny_bert)
+    model = ss.load_model(tiny_bert)
     data = ss.load_data({"example": "english", "split": "calibration", "samples": 16}, tiny_bert)
     ctx = ss.Context(data={"calibration": data})
     onnx_model = ss.ExportConfig().apply(ss.UnpadConfig().apply(model, ctx), ctx)

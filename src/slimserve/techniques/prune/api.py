@@ -25,7 +25,7 @@ _HOOK = "_slimserve_pruner_hook"
 
 def module_to_prune(model: Any) -> nn.Module:
     """The ``nn.Module`` inside what a user passes: a module, or a ``TorchModel`` from
-    ``ss.load``; an ONNX model is refused with the order that works."""
+    ``ss.load_model``; an ONNX model is refused with the order that works."""
     if isinstance(model, nn.Module):
         return model
     inner = getattr(model, "module", None)
@@ -35,11 +35,11 @@ def module_to_prune(model: Any) -> nn.Module:
         raise SlimserveError(
             "prune_low_magnitude prunes a PyTorch model, and this one is ONNX (already "
             "exported or quantized). The right order is prune -> fine-tune -> quantize: "
-            "prune the PyTorch model (ss.load of its factory, weights or Hugging Face "
+            "prune the PyTorch model (ss.load_model of its factory, weights or Hugging Face "
             "folder), fine-tune it, then export and quantize."
         )
     raise SlimserveError(
-        "prune_low_magnitude takes a torch.nn.Module or the TorchModel ss.load returns, "
+        "prune_low_magnitude takes a torch.nn.Module or the TorchModel ss.load_model returns, "
         f"not {type(model).__name__}."
     )
 
@@ -57,7 +57,7 @@ def prune_low_magnitude(
     ``sparsity_m_by_n=(m, n)`` selects N:M pruning as in TF-MOT: m zeros in every n
     consecutive input weights, e.g. ``(2, 4)``.
     The final classifier stays dense; ``exclude`` takes layer-name patterns. Given the
-    ``TorchModel`` that ``ss.load`` returns, its module is pruned and returned.
+    ``TorchModel`` that ``ss.load_model`` returns, its module is pruned and returned.
     """
     module = module_to_prune(module)
     if getattr(module, _ATTR, None) is not None:

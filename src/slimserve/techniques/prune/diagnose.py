@@ -94,8 +94,11 @@ def diagnose(
             + (f". Layers that lost most: {named}" if named else "")
             + f". Try {', '.join(fixes[:-1])} or {fixes[-1]}."
         )
+    from slimserve.core.verdict import Verdict
+
     before, after = details.get("metric_before", math.nan), details.get("metric_after", math.nan)
-    if not (math.isnan(before) or math.isnan(after)) and before - after > max_drop:
+    measured = not (math.isnan(before) or math.isnan(after))
+    if measured and not Verdict(metric, before, after, max_drop).met:
         dropped = (
             f"Warning: after pruning, {metric} is {after:.4f} against {before:.4f} before "
             f"(drop {before - after:.4f}, goal allows {max_drop:.4f})."

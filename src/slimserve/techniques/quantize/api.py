@@ -32,7 +32,7 @@ def quantize(
     if not isinstance(model, OnnxModel):
         raise RecipeError(
             f"quantize takes a TorchModel or OnnxModel, got {type(model).__name__}; "
-            "load it with slimserve.load first."
+            "load it with slimserve.load_model first."
         )
     if config.mode == "nncf":
         if calibration is None:

@@ -43,7 +43,7 @@ class Judge:
 def judge_for(model: OnnxModel, ctx: Context) -> Judge:
     """The goal's metric on (up to 512 samples of) the eval split; fidelity metrics
     compare with the original model's outputs."""
-    from slimserve.runtime import load, predict_all
+    from slimserve.runtime import load_predictor, predict_all
 
     data = ctx.split("eval", "calibration")
     if data is None:
@@ -57,7 +57,7 @@ def judge_for(model: OnnxModel, ctx: Context) -> Judge:
     reference = None
     if metric != "accuracy":
         source = ctx.reference if ctx.reference is not None else model
-        reference = predict_all(load(source, ctx.threads), data)
+        reference = predict_all(load_predictor(source, ctx.threads), data)
     return Judge(data, metric, reference, ctx.threads)
 
 
@@ -155,15 +155,17 @@ def quantize_with_fallback(
 
 def _target(model: OnnxModel, ctx: Context, judge: Judge) -> float:
     """The lowest acceptable score: the original model's minus the goal's max drop."""
-    if judge.metric != "accuracy":
-        return 1.0 - ctx.max_drop
+    from slimserve.core.verdict import lowest_acceptable
+
+    if judge.metric != "accuracy":  # scored against the original's outputs: it scores 1
+        return lowest_acceptable(judge.metric, 1.0, ctx.max_drop)
     from slimserve.core.metrics import score
-    from slimserve.runtime import load, predict_all
+    from slimserve.runtime import load_predictor, predict_all
 
     source = ctx.reference if ctx.reference is not None else model
-    outputs = predict_all(load(source, ctx.threads), judge.data)
+    outputs = predict_all(load_predictor(source, ctx.threads), judge.data)
     baseline = score(outputs, judge.data.labels)["accuracy"]
-    return float(baseline) - ctx.max_drop
+    return lowest_acceptable(judge.metric, float(baseline), ctx.max_drop)
 
 
 def _doubling(limit: int) -> list[int]:

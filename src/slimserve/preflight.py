@@ -117,7 +117,7 @@ def _probe_models(onnx_fp32: Any, torch_model: Any, data: Dataset) -> list[Probe
     if torch_model is not None:
         from slimserve.core.context import Context, StepLog
         from slimserve.techniques.export import ExportConfig
-        from slimserve.techniques.prune.train import PruneConfig
+        from slimserve.techniques.prune.config import PruneConfig
 
         started = time.perf_counter()
         pruned = PruneConfig(sparsity=0.5).apply(copy.deepcopy(torch_model), Context(log=StepLog()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from slimserve.cli import app
-from slimserve.measure.preflight import cpu_features, preflight, ranking
+from slimserve.preflight import cpu_features, preflight, ranking
 
 
 def test_cpu_features_are_read() -> None:

@@ -1,6 +1,8 @@
 """The one goal check: did the metric drop more than the goal allows? Used by the
 pipeline (the report's goal line, runtime choice), ``tune`` (accept or reject a
-candidate) and ``check`` (CI bounds)."""
+candidate), ``check`` (CI bounds) and the techniques that aim at the goal themselves
+(quantization's float fallback, pruning's diagnosis): it sits on the lowest floor so
+that every floor reads the same rule."""
 
 from __future__ import annotations
 
@@ -14,6 +16,13 @@ def baseline_score(metric: str, measured: float | None) -> float | None:
     """What a candidate is compared with: 1.0 for a fidelity metric, else the original's
     measured score (None when there was nothing to measure on)."""
     return 1.0 if metric in FIDELITY_METRICS else measured
+
+
+def lowest_acceptable(metric: str, measured: float, max_drop: float) -> float:
+    """The lowest score that still meets the goal (``measured``: the original's score,
+    ignored for a fidelity metric)."""
+    base = baseline_score(metric, measured)
+    return (measured if base is None else base) - max_drop
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import slimserve as ss
 from slimserve.cli import app
-from slimserve.measure.tune import Candidate, TuneSpec, _explain, pick_best, tune
+from slimserve.tune import Candidate, TuneSpec, _explain, pick_best, tune
 
 DIGITS = {"example": "digits"}
 
@@ -52,6 +52,7 @@ def test_budget_is_respected(tmp_path: Path) -> None:
     data = {"eval": {"example": "digits", "split": "test"}}
     result = tune(TuneSpec(model=DIGITS, data=data, budget_s=0.0), tmp_path)
     assert result.best is None
+    assert result.candidates  # all() of nothing would pass
     assert all(c.status.startswith("skipped") for c in result.candidates)
 
 

@@ -11,15 +11,14 @@ with ``slimserve optimize``'s own code, so the recipe reproduces it.
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from slimserve.core.context import Context, StepLog
+from slimserve.core.context import Context
 from slimserve.core.errors import SlimserveError
 
 Objective = Literal["latency", "throughput", "size"]
@@ -141,16 +140,15 @@ def candidate_list(
 
 def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
     """Search, pick, write ``best-recipe.yaml`` and the winning artifact under ``out``."""
-    from slimserve.loading import load as load_model
+    from slimserve.core.verdict import baseline_score, verdict
+    from slimserve.loading import load_model
     from slimserve.measure.bench import bench_interleaved
     from slimserve.measure.evaluate import evaluate
     from slimserve.measure.summary import model_size
     from slimserve.measure.timing import TIMED_SPINNING
-    from slimserve.measure.verdict import baseline_score, verdict
     from slimserve.pipeline import recipe_data, run_recipe, with_example_inputs
-    from slimserve.recipe import parse_recipe, plan_steps
-    from slimserve.runtime import load as load_predictor
-    from slimserve.runtime import predict_all
+    from slimserve.recipe import parse_recipe
+    from slimserve.runtime import load_predictor, predict_all
 
     started = time.perf_counter()
     base_recipe = parse_recipe({"name": "tune", "model": spec.model, "data": spec.data})
@@ -191,7 +189,7 @@ def tune(spec: TuneSpec, out: Path, progress: Any = None) -> TuneResult:
             if candidate.runtimes is not None:
                 built = _torch_program(model)
             else:
-                built = _build(model, candidate.steps, ctx, plan_steps)
+                built = _build(model, candidate.steps, ctx)
         except SlimserveError as exc:
             candidate.status = f"failed: {exc}"
             continue
@@ -266,15 +264,12 @@ def _no_difference(a: Candidate, b: Candidate, objective: Objective, batch: int)
     return abs(a.objective(objective) - b.objective(objective)) <= abs(b.objective(objective)) * TIE
 
 
-def _build(model: Any, steps: list[dict[str, Any]], ctx: Context, plan_steps: Any) -> Any:
-    from slimserve.recipe import validate_step
+def _build(model: Any, steps: list[dict[str, Any]], ctx: Context) -> Any:
+    from slimserve.recipe import plan_steps, validate_step
+    from slimserve.steps import run_steps
 
     configs = [validate_step(key, body) for step in steps for key, body in step.items()]
-    current = model
-    for config in plan_steps(tuple(configs), model.format):
-        source = copy.deepcopy(current) if current.format == "torch" else current
-        current = config.apply(source, replace(ctx, log=StepLog()))
-    return current
+    return run_steps(plan_steps(tuple(configs), model.format), model, ctx)
 
 
 def _torch_program(model: Any) -> Any:

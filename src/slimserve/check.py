@@ -58,16 +58,15 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
     """Load the artifact (hashes verified) and its source model, measure both on the
     recipe's eval data in one interleaved run, and compare with ``bounds``."""
     from slimserve.artifact import load_artifact
+    from slimserve.core.verdict import verdict
     from slimserve.data import load_data
-    from slimserve.loading import load, tokenizer_folder
+    from slimserve.loading import load_model, tokenizer_folder
     from slimserve.measure.bench import bench_interleaved
     from slimserve.measure.evaluate import evaluate
     from slimserve.measure.summary import model_size
     from slimserve.measure.timing import TIMED_SPINNING
-    from slimserve.measure.verdict import verdict
     from slimserve.recipe import parse_recipe
-    from slimserve.runtime import for_artifact, predict_all
-    from slimserve.runtime import load as load_predictor
+    from slimserve.runtime import for_artifact, load_predictor, predict_all
 
     artifact = load_artifact(path)
     recipe = parse_recipe(artifact.manifest.recipe, source=f"{path}/manifest.json")
@@ -77,7 +76,7 @@ def check_artifact(path: str | Path, bounds: Bounds, threads: int = 2) -> CheckR
             f"{path}: the recipe has no eval data, so there is nothing to re-measure on. "
             "Add data.eval to the recipe and optimize again."
         )
-    baseline = load(recipe.model)
+    baseline = load_model(recipe.model)
     data = load_data(spec, tokenizer_folder(recipe.model) if spec.is_text else None)
     base_predictor = load_predictor(baseline, threads, spinning=TIMED_SPINNING)
     # What is served, as it is served.
