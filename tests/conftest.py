@@ -61,6 +61,26 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama built from a config (random weights, no download), a byte-level
+    tokenizer and a chat template, saved as Hugging Face saves models."""
+    pytest.importorskip("transformers")
+    from slimserve.examples.tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def prose(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Held-out English prose (scikit-learn's dataset descriptions) as a text file."""
+    from slimserve.data import english_split
+
+    path = tmp_path_factory.mktemp("prose") / "prose.txt"
+    path.write_text("\n".join(english_split("other")))
+    return path
+
+
 def manifest_for(model: ss.OnnxModel, runtime: str = "onnx") -> Manifest:
     """A minimal manifest for the digits model saved as an artifact by hand."""
     return Manifest(

@@ -83,7 +83,7 @@ def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
     assert "2 problem(s)" in message
     assert (
         "steps[0].quantize.mode: Input should be "
-        "'dynamic', 'static', 'weight_only', 'fp16' or 'nncf' (got 'int3')" in message
+        "'dynamic', 'static', 'weight_only', 'fp16', 'nncf' or 'llm' (got 'int3')" in message
     )
     assert "bench.threads: Input should be a valid integer" in message
 
@@ -168,7 +168,9 @@ def test_each_quantize_mode_has_only_its_own_keys(tmp_path: Path) -> None:
     with pytest.raises(ss.RecipeError, match="quantize.per_channel: Input should be a valid bool"):
         ss.load_recipe(write(tmp_path, recipe))
     recipe = {**MINIMAL, "steps": [{"quantize": {"mode": "weight_only", "activations": "int8"}}]}
-    with pytest.raises(ss.RecipeError, match="'activations' applies to mode static, not weight_"):
+    with pytest.raises(
+        ss.RecipeError, match="'activations' applies to mode static or llm, not weight_"
+    ):
         ss.load_recipe(write(tmp_path, recipe))
     steps = ss.load_recipe(write(tmp_path, {**MINIMAL, "steps": ["quantize"]})).steps
     assert isinstance(steps[0], ss.DynamicQuantizeConfig)  # no mode: dynamic

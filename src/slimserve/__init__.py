@@ -26,9 +26,10 @@ if _typing.TYPE_CHECKING:
     from slimserve.loading import load_model as load
     from slimserve.measure.summary import summarize
     from slimserve.models import OnnxModel, TorchModel
-    from slimserve.pipeline import RunResult, run_recipe
+    from slimserve.pipeline import run_recipe
     from slimserve.recipe import STEPS, Recipe, load_recipe, parse_recipe
     from slimserve.runtime import Predictor, load_predictor
+    from slimserve.stages import RunResult
     from slimserve.techniques.export import ExportConfig, check_parity, export_onnx
     from slimserve.techniques.finetune import FinetuneConfig
     from slimserve.techniques.prune.api import (
@@ -50,6 +51,7 @@ if _typing.TYPE_CHECKING:
         StaticQuantizeConfig,
         WeightOnlyQuantizeConfig,
     )
+    from slimserve.techniques.quantize.llm import LlmQuantizeConfig
     from slimserve.techniques.quantize.ort import quantize_onnx
     from slimserve.techniques.quantize.qat import QATConfig
     from slimserve.techniques.quantize.torch_dynamic import quantize_dynamic_torch
@@ -78,7 +80,7 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "ExportConfig": ("slimserve.techniques.export", "ExportConfig"),
     "check_parity": ("slimserve.techniques.export", "check_parity"),
     "export_onnx": ("slimserve.techniques.export", "export_onnx"),
-    "RunResult": ("slimserve.pipeline", "RunResult"),
+    "RunResult": ("slimserve.stages", "RunResult"),
     "run_recipe": ("slimserve.pipeline", "run_recipe"),
     "get_pruner": ("slimserve.techniques.prune.api", "get_pruner"),
     "prune_low_magnitude": ("slimserve.techniques.prune.api", "prune_low_magnitude"),
@@ -112,6 +114,10 @@ _LAZY = {  # name: (module, attribute), imported on first use (PEP 562)
     "parse_recipe": ("slimserve.recipe", "parse_recipe"),
     "Predictor": ("slimserve.runtime", "Predictor"),
     "load_predictor": ("slimserve.runtime", "load_predictor"),
+    "GenerationParams": ("slimserve.runtime.generation", "GenerationParams"),
+    "Generator": ("slimserve.runtime.generation", "Generator"),
+    "load_generator": ("slimserve.runtime.generation", "load_generator"),
+    "LlmQuantizeConfig": ("slimserve.techniques.quantize.llm", "LlmQuantizeConfig"),
     "summarize": ("slimserve.measure.summary", "summarize"),
 }
 
@@ -143,6 +149,9 @@ __all__ = [
     "ExportError",
     "FinetuneConfig",
     "Fp16QuantizeConfig",
+    "GenerationParams",
+    "Generator",
+    "LlmQuantizeConfig",
     "Manifest",
     "MissingExtraError",
     "ModelLoadError",
@@ -169,6 +178,7 @@ __all__ = [
     "load",
     "load_artifact",
     "load_data",
+    "load_generator",
     "load_model",
     "load_predictor",
     "load_recipe",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import hmac
 import json
 import os
@@ -27,14 +26,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slimserve.core.errors import ArtifactError
+from slimserve.core.files import SIGNING_KEY_ENV, sha256_bytes, sha256_file, sign, signing_key
+from slimserve.models.llm import LlmModel
 from slimserve.models.onnx import OnnxModel
 
 MANIFEST_SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"  # HMAC-SHA256 of manifest.json, when a key is set
-SIGNING_KEY_ENV = "SLIMSERVE_SIGNING_KEY"
 PROGRAM_FILE = "model.pt2"  # the torch program (torch_program.py), when runtime is torch
+LLM_DIR = "llm"  # a decoder LM's generation folder (onnxruntime-genai), when runtime is genai
+GENAI_RUNTIME = "onnxruntime-genai"
 
 
 def is_artifact(path: str | Path) -> bool:
@@ -87,7 +89,7 @@ class Manifest(_Record):
     text: dict[str, Any] | None = None
     # What serves the artifact: model.onnx in ONNX Runtime, the torch program model.pt2, or
     # model.onnx in OpenVINO (runtime_precision: auto or f32).
-    runtime: Literal["onnx", "torch", "openvino"] = "onnx"
+    runtime: Literal["onnx", "torch", "openvino", "onnxruntime-genai"] = "onnx"
     runtime_precision: Literal["auto", "f32"] | None = None
     # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
     # features (slimserve.core.cpu) of the machine it was verified and timed on.
@@ -99,30 +101,26 @@ class Manifest(_Record):
 class Artifact:
     path: Path
     manifest: Manifest
-    model: OnnxModel
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    model: OnnxModel | LlmModel  # LlmModel: a decoder LM's folder (runtime onnxruntime-genai)
 
 
 def save_artifact(
-    path: str | Path, model: OnnxModel, manifest: Manifest, files: dict[str, bytes] | None = None
+    path: str | Path,
+    model: OnnxModel | LlmModel,
+    manifest: Manifest,
+    files: dict[str, bytes] | None = None,
 ) -> Artifact:
-    """Write the artifact atomically: build a temporary sibling, then swap it into place."""
+    """Write the artifact atomically: build a temporary sibling, then swap it into place.
+    A decoder LM's folder goes under ``llm/``, every file of it listed and hashed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target, clean=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    contents = {MODEL_FILE: model.to_bytes(), **(files or {})}
+    if isinstance(model, LlmModel):
+        model_files = {f"{LLM_DIR}/{n}": p.read_bytes() for n, p in model.files().items()}
+    else:
+        model_files = {MODEL_FILE: model.to_bytes()}
+    contents = {**model_files, **(files or {})}
     try:
         tmp.mkdir()
         records = {}
@@ -142,24 +140,9 @@ def save_artifact(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if isinstance(model, LlmModel):
+        return Artifact(target, final, LlmModel(target / LLM_DIR, model.weights))
     return Artifact(target, final, model)
-
-
-def signing_key() -> bytes | None:
-    """The key in ``SLIMSERVE_SIGNING_KEY``, or None when it is not set."""
-    value = os.environ.get(SIGNING_KEY_ENV)
-    if value is None:
-        return None
-    if not value.strip():
-        raise ArtifactError(
-            f"{SIGNING_KEY_ENV} is set but empty, which would sign with no secret. "
-            "Give it a secret value, or unset it to work without signatures."
-        )
-    return value.encode()
-
-
-def sign(manifest_bytes: bytes, key: bytes) -> str:
-    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -280,6 +263,8 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         verify_listed(folder, manifest)
         verify_files(folder, manifest, skip=(MODEL_FILE,))
         verify_nothing_else(folder, manifest)
+    if manifest.runtime == GENAI_RUNTIME:  # its files were all verified just above
+        return Artifact(folder, manifest, LlmModel(folder / LLM_DIR, manifest.precision or "fp32"))
     model_path = folder / MODEL_FILE
     if not model_path.is_file():
         raise ArtifactError(
@@ -326,6 +311,9 @@ def verify_signature(folder: Path, manifest_bytes: bytes) -> None:
 def runtime_files(folder: Path, manifest: Manifest) -> list[str]:
     """Every file the runtime reads when it serves the artifact: the ONNX model, the
     torch program when it serves that, every file of the tokenizer's folder."""
+    if manifest.runtime == GENAI_RUNTIME:
+        llm = folder / LLM_DIR
+        return sorted(p.relative_to(folder).as_posix() for p in llm.rglob("*") if p.is_file())
     names = [MODEL_FILE]
     if manifest.runtime == "torch":
         names.append(PROGRAM_FILE)

@@ -50,6 +50,8 @@ def parse_model_spec(text: str) -> ModelSpec:
             return ModelSpec(keras=path.resolve())
         if is_hf_folder(path):
             return ModelSpec(hf=path.resolve())
+        if path.suffix.lower() == ".gguf":
+            return ModelSpec(gguf=path.resolve())
         return ModelSpec(path=path.resolve())
     if ":" in text:
         return ModelSpec(python=text)
@@ -67,8 +69,24 @@ def source_record(spec: ModelSpec) -> dict[str, Any]:
     return record
 
 
+def causal_lm_folder(spec: ModelSpec) -> Path:
+    """The Hugging Face folder a decoder LM loads from: its own, or the one its GGUF file
+    (or the smollm2 example's) is dequantized into once."""
+    if spec.hf is not None:
+        return spec.hf
+    from slimserve.models.causal_lm import gguf_folder
+
+    if spec.gguf is not None:
+        return gguf_folder(spec.gguf)
+    from slimserve.examples.smollm2 import gguf_file
+
+    return gguf_folder(gguf_file())
+
+
 def tokenizer_folder(spec: ModelSpec) -> Path | None:
     """Where a recipe's text data finds its tokenizer: the Hugging Face model's folder."""
+    if spec.is_causal_lm:
+        return causal_lm_folder(spec)
     if spec.hf is not None:
         return spec.hf
     if spec.example in TEXT_EXAMPLES:
@@ -78,6 +96,10 @@ def tokenizer_folder(spec: ModelSpec) -> Path | None:
 
 
 def _load_spec(spec: ModelSpec) -> Model:
+    if spec.is_causal_lm:
+        from slimserve.models.causal_lm import load_causal_lm
+
+        return load_causal_lm(causal_lm_folder(spec))
     if spec.keras is not None:
         from slimserve.models.keras import load_keras
 
@@ -118,11 +140,15 @@ def _load_path(path: Path) -> Model:
         from slimserve.artifact import is_artifact, load_artifact
 
         if is_artifact(path):
-            return load_artifact(path).model
+            model = load_artifact(path).model
+            if model.format == "llm":
+                raise ModelLoadError(
+                    f"'{path}' is a decoder LM artifact: it runs in its generation runtime "
+                    "(slimserve generate, ss.load_generator), not as a model to optimize."
+                )
+            return model  # type: ignore[return-value]
         if is_hf_folder(path):  # save_pretrained's folder: as {hf: path}
-            from slimserve.models.hf import load_hf
-
-            return load_hf(path)
+            return _load_spec(ModelSpec(hf=path))
         raise ModelLoadError(
             f"'{path}' is a folder with neither manifest.json (a slimserve artifact) nor "
             "config.json (a Hugging Face save_pretrained folder). Give a model file (.onnx, "
@@ -145,11 +171,13 @@ def _load_path(path: Path) -> Model:
         from slimserve.models.keras import load_keras
 
         return load_keras(path)
+    if suffix == ".gguf":
+        return _load_spec(ModelSpec(gguf=path))
     raise ModelLoadError(
         f"Don't know how to load '{path}' (suffix '{suffix}'). Supported: .onnx, "
-        "TorchScript .pt, torch.export .pt2, Keras 3 .keras, an artifact folder, or a "
-        "'pkg.module:function' factory."
+        "TorchScript .pt, torch.export .pt2, Keras 3 .keras, .gguf, an artifact folder, a "
+        "Hugging Face folder, or a 'pkg.module:function' factory."
     )
 
 
-__all__ = ["EXAMPLES", "TEXT_EXAMPLES", "load_model", "tokenizer_folder"]
+__all__ = ["EXAMPLES", "TEXT_EXAMPLES", "causal_lm_folder", "load_model", "tokenizer_folder"]

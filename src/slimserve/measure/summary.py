@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from slimserve.models import Model, OnnxModel
+from slimserve.models import LlmModel, Model, OnnxModel
 
 
 def model_bytes(model: Model) -> bytes:
@@ -205,3 +205,30 @@ def _torch_layers(module: Any) -> list[Layer]:
             )
         )
     return layers
+
+
+def llm_precisions(model: LlmModel) -> list[tuple[str, int, int]]:
+    """A decoder LM build's weight layers by precision: (precision, layers, parameters),
+    read from its ONNX graph without loading the weights (MatMulNBits carries its bits,
+    its K x N and its group size as attributes)."""
+    import onnx
+
+    proto = onnx.load(str(model.folder / "model.onnx"), load_external_data=False)
+    shapes = {i.name: list(i.dims) for i in proto.graph.initializer}
+    counts: dict[str, list[int]] = {}
+    for node in proto.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMulNBits":
+            kind = f"int{attrs.get('bits', 4)} (groups of {attrs.get('block_size', '?')})"
+            params = int(attrs.get("K", 0)) * int(attrs.get("N", 0))
+        elif node.op_type in ("MatMul", "Gather"):
+            weight = node.input[1] if node.op_type == "MatMul" else node.input[0]
+            if weight not in shapes:
+                continue
+            kind, params = "float32", int(np.prod(shapes[weight]))
+        else:
+            continue
+        entry = counts.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += params
+    return sorted(((k, v[0], v[1]) for k, v in counts.items()), key=lambda r: -r[2])

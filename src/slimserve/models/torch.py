@@ -30,6 +30,7 @@ class TorchModel:
     # Dynamic axes per input when more than the batch is dynamic (a text's sequence axis).
     dynamic_axes: dict[str, dict[int, str]] | None = None
     hf_folder: Path | None = None  # a Hugging Face model's folder: tokenizer and config
+    task: str | None = None  # "text-generation" for a causal LM (models/causal_lm.py)
     format: str = field(default="torch", init=False)
 
     def with_module(self, module: torch.nn.Module) -> TorchModel:

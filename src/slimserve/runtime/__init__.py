@@ -57,6 +57,16 @@ def _onnx_predictor(model: OnnxModel, threads: int, spinning: bool) -> Predictor
 
 def served_model(artifact: Artifact) -> Model:
     """The model an artifact is served with: ``manifest.runtime`` picks the file."""
+    from slimserve.models.llm import LlmModel
+
+    if isinstance(artifact.model, LlmModel):
+        from slimserve.core.errors import ArtifactError
+
+        raise ArtifactError(
+            f"'{artifact.path}' is a decoder LM artifact: it runs in its generation runtime "
+            '(slimserve generate ARTIFACT "prompt", or ss.load_generator), not as a '
+            "predictor of tensors."
+        )
     if artifact.manifest.runtime == "torch":
         from slimserve.artifact import PROGRAM_FILE
         from slimserve.core.errors import ArtifactError, ModelLoadError

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimserve.core.errors import ArtifactError
+from slimserve.models.llm import LlmModel
 
 if TYPE_CHECKING:
     from slimserve.artifact import Artifact
@@ -71,11 +72,14 @@ class ServedModel:
 def _served(
     name: str,
     version: str,
-    model: OnnxModel,
+    model: OnnxModel | LlmModel,
     threads: int,
     spinning: bool,
     artifact: Artifact | None = None,
 ) -> ServedModel:
+    if artifact is not None:
+        refuse_llm(artifact)
+    assert not isinstance(model, LlmModel)  # refused just above
     from slimserve.models.onnx import describe_io, index_bounds, position_limit
     from slimserve.runtime import OrtPredictor, for_artifact
 
@@ -106,6 +110,16 @@ def _served(
         index_bounds(model.proto),
         position_limit(model.proto),
     )
+
+
+def refuse_llm(artifact: Artifact) -> None:
+    """A decoder LM artifact cannot be served over V2 tensors: say what runs it today."""
+    if artifact.model.format == "llm":
+        raise ArtifactError(
+            f"'{artifact.path}' is a decoder LM artifact. Serving it (OpenAI chat and "
+            "completions routes) is not built yet; run it with: slimserve generate "
+            f'{artifact.path} "prompt".'
+        )
 
 
 def load_repository(

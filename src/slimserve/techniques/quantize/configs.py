@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from slimserve.core.context import Context
 from slimserve.core.errors import RecipeError
 from slimserve.models.onnx import OnnxModel
+from slimserve.techniques.quantize.llm import LlmQuantizeConfig
 from slimserve.techniques.quantize.ort import MIN_CALIBRATION_SAMPLES, quantize_onnx
 
 Weights = Annotated[
@@ -273,6 +274,7 @@ MODES: dict[str, type[BaseModel]] = {
     "weight_only": WeightOnlyQuantizeConfig,
     "fp16": Fp16QuantizeConfig,
     "nncf": NncfQuantizeConfig,
+    "llm": LlmQuantizeConfig,
 }
 """``mode`` -> its config: what the union below is made of."""
 
@@ -289,7 +291,8 @@ QuantizeConfig = Annotated[
     | Annotated[StaticQuantizeConfig, Tag("static")]
     | Annotated[WeightOnlyQuantizeConfig, Tag("weight_only")]
     | Annotated[Fp16QuantizeConfig, Tag("fp16")]
-    | Annotated[NncfQuantizeConfig, Tag("nncf")],
+    | Annotated[NncfQuantizeConfig, Tag("nncf")]
+    | Annotated[LlmQuantizeConfig, Tag("llm")],
     Discriminator(mode_of),
 ]
 """The quantize step: one of the mode configs, picked by ``mode``."""

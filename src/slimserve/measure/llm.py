@@ -1,0 +1,153 @@
+"""Measuring a decoder LM the way llama.cpp's ``--kl-divergence`` does: windows of
+held-out prose, the float model's next-token logits as the reference, and for every stage
+its perplexity, mean KL divergence and top-1 agreement on the same tokens; plus decode
+speed (new tokens/s at batch 1, greedy) timed interleaved across stages."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimserve.core.errors import DataError
+from slimserve.core.metrics import next_token_metrics
+
+if TYPE_CHECKING:
+    from slimserve.core.specs import DataSpec
+    from slimserve.models import AnyModel
+    from slimserve.models.torch import TorchModel
+
+
+def eval_text(spec: DataSpec) -> tuple[str, str]:
+    """The prose a recipe's eval split names, and where it came from (for the report)."""
+    from slimserve.data import english_split
+
+    if spec.text is not None:
+        if not spec.text.is_file():
+            raise DataError(f"Text file '{spec.text}' does not exist.")
+        return spec.text.read_text(encoding="utf-8"), f"the file {spec.text.name}"
+    if spec.example == "english":
+        split = spec.split or "other"
+        source = (
+            "scikit-learn's dataset descriptions"
+            if split == "other"
+            else f"Python's documentation ({split} split)"
+        )
+        return "\n".join(english_split(split)), source
+    raise DataError(
+        "A decoder LM is measured on prose: give data.eval as {text: FILE} or "
+        "{example: english, split: other}."
+    )
+
+
+def token_windows(tokens: list[int], window: int, count: int | None) -> list[list[int]]:
+    """Consecutive windows of ``window`` tokens (the last, shorter one dropped)."""
+    windows = [tokens[i : i + window] for i in range(0, len(tokens) - window + 1, window)]
+    if not windows:
+        raise DataError(
+            f"The eval text holds {len(tokens)} tokens, fewer than one window of {window}: "
+            "give more text or a smaller data.eval.max_length."
+        )
+    return windows[:count] if count else windows
+
+
+@dataclass
+class Reference:
+    """The float model's logits on the eval windows: what every stage is compared with."""
+
+    windows: list[list[int]]
+    logits: list[np.ndarray]  # per window: [len - 1, vocab], positions that predict a token
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.concatenate([np.asarray(w[1:]) for w in self.windows])
+
+
+def torch_logits(model: TorchModel, tokens: list[int]) -> np.ndarray:
+    import torch
+
+    ids = torch.tensor([tokens])
+    with torch.inference_mode():
+        out = model.module(ids, torch.ones_like(ids))
+    return np.asarray(out[0].float().numpy(), dtype=np.float32)
+
+
+def stage_logits(model: AnyModel, tokens: list[int], runtime: Any) -> np.ndarray:
+    """Every position's logits from the stage's own runtime (torch or the generator)."""
+    if model.format == "llm":
+        return np.asarray(runtime.logits(tokens), dtype=np.float32)
+    return torch_logits(model, tokens)  # type: ignore[arg-type]
+
+
+def reference_for(model: TorchModel, windows: list[list[int]]) -> Reference:
+    return Reference(windows, [torch_logits(model, w)[:-1] for w in windows])
+
+
+def llm_quality(model: AnyModel, reference: Reference, threads: int) -> dict[str, float]:
+    """Perplexity, KL divergence and top-1 agreement of ``model`` against the reference."""
+    runtime = generator_for(model, threads)
+    logits = np.concatenate([stage_logits(model, w, runtime)[:-1] for w in reference.windows])
+    return next_token_metrics(np.concatenate(reference.logits), logits, reference.targets)
+
+
+def generator_for(model: AnyModel, threads: int) -> Any:
+    if model.format != "llm":
+        return None
+    from slimserve.runtime.generation import Generator
+
+    return Generator(model, threads)  # type: ignore[arg-type]
+
+
+def decode_speed(
+    models: dict[str, AnyModel], prompt: list[int], new_tokens: int, rounds: int, threads: int
+) -> dict[str, dict[str, float]]:
+    """New tokens/s at batch 1 (greedy, ``new_tokens`` after ``prompt``) for each model,
+    rounds interleaved across models after one warm-up each; medians and spread."""
+    from slimserve.runtime.generation import GenerationParams
+
+    runners = {name: _decoder(model, threads) for name, model in models.items()}
+    params = GenerationParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    for run in runners.values():
+        run(prompt, params)
+    speeds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            made = run(prompt, params)
+            speeds[name].append(max(made, 1) / (time.perf_counter() - started))
+    return {
+        name: {
+            "decode_tokens_per_s": statistics.median(values),
+            "decode_min": min(values),
+            "decode_max": max(values),
+        }
+        for name, values in speeds.items()
+    }
+
+
+def _decoder(model: AnyModel, threads: int) -> Any:
+    """A function (prompt, params) -> new tokens made, for the model's runtime."""
+    if model.format == "llm":
+        generator = generator_for(model, threads)
+        return lambda prompt, params: len(generator.generate([prompt], params)[0])
+    import torch
+
+    module: Any = model.module.model  # type: ignore[union-attr]
+
+    def run(prompt: list[int], params: Any) -> int:
+        torch.set_num_threads(threads)
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = module.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=params.max_new_tokens,
+                min_new_tokens=params.max_new_tokens,
+                do_sample=False,
+            )
+        return int(out.shape[1] - ids.shape[1])
+
+    return run
