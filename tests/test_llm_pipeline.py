@@ -147,6 +147,18 @@ def test_one_line_quantize_of_a_decoder_lm_prints_its_recipe(tiny_llama: Path) -
     assert "metric: kl_divergence" in result.output and "split: other" in result.output
 
 
+def test_eval_measures_an_llm_artifact_against_its_source(built: ss.RunResult, prose: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["eval", str(built.artifact.path), "--data", f"text:{prose}", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.output)
+    # against the float model it was made from: the float build is that model
+    float_build = built.artifact.manifest.precision == "fp32"
+    assert (measured["kl_divergence"] < 1e-6) == float_build
+    assert measured["window_tokens"] == 256 and measured["perplexity"] > 1
+
+
 def test_inspect_shows_the_layers_by_precision(built: ss.RunResult) -> None:
     result = CliRunner().invoke(app, ["inspect", str(built.artifact.path)])
     assert result.exit_code == 0, result.output
@@ -163,3 +175,35 @@ def test_an_llm_artifact_is_not_served_as_tensors(built: ss.RunResult) -> None:
         "int8",
         "int4",
     )
+
+
+def test_tune_keeps_the_fastest_mode_within_the_kl_budget(
+    tiny_llama: Path, prose: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from slimserve import tune_llm
+
+    # two of the candidates, to keep the test short; the search is the same
+    monkeypatch.setattr(tune_llm, "CANDIDATES", ({"weights": "int8"}, {"weights": "int4"}))
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(tiny_llama),
+            "--data",
+            f"text:{prose}",
+            "--max-drop",
+            "100",
+            "-o",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "tune: every candidate" in result.output and "Best recipe" in result.output
+    best = yaml.safe_load((tmp_path / "best-recipe.yaml").read_text())
+    assert best["goal"] == {"metric": "kl_divergence", "max_drop": 100.0}
+    (step,) = best["steps"]
+    assert step["quantize"]["mode"] == "llm"
+    rebuilt = ss.parse_recipe(best)  # it parses, and names the winner's mode
+    assert rebuilt.steps[0].weights == ss.load_artifact(tmp_path / "tuned").manifest.precision

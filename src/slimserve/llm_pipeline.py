@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from slimserve.models.torch import TorchModel
     from slimserve.recipe import Recipe
 
-DEFAULT_WINDOW = 256
 DECODE_TOKENS = 64
 DECODE_PROMPT = "Write a short paragraph about how models are made ready for serving."
 
@@ -34,7 +33,7 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
     the fastest within the goal saved as the artifact ``out/<recipe.name>``."""
     from slimserve.core.errors import MissingExtraError
     from slimserve.loading import causal_lm_folder
-    from slimserve.measure.llm import eval_text, reference_for, token_windows
+    from slimserve.measure.llm import eval_text, reference_for, token_windows, window_length
     from slimserve.models.causal_lm import load_causal_lm
     from slimserve.models.hf import load_tokenizer
     from slimserve.models.llm import LlmModel
@@ -57,7 +56,7 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
         model = load_causal_lm(causal_lm_folder(recipe.model))
         assert model.hf_folder is not None
         tokenizer = load_tokenizer(model.hf_folder)
-        window = spec.max_length if "max_length" in spec.model_fields_set else DEFAULT_WINDOW
+        window = window_length(spec)
         windows = token_windows(tokenizer(text)["input_ids"], window, spec.samples)
         reference = reference_for(model, windows)
         baseline = Stage("baseline (transformers float32)", model)

@@ -111,6 +111,28 @@ def test_loadtest_counts_failures_and_reconnects_after_close() -> None:
     assert result.first_error is not None and "HTTP 500" in result.first_error
 
 
+def test_an_open_loop_survives_a_send_that_fails_unexpectedly(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A send that raised something unforeseen used to lose its connection slot: a later
+    # request found none to pop (IndexError) and the whole load test died.
+    from slimserve.serve import loadtest
+
+    real, calls = loadtest._send, [0]
+
+    async def flaky(*args: object) -> object:
+        calls[0] += 1
+        if calls[0] % 5 == 0:
+            raise RuntimeError("a bug of the client's own")
+        return await real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loadtest, "_send", flaky)
+    monkeypatch.setattr(loadtest, "OPEN_LOOP_CONNECTIONS", 2)
+    result = load_test(f"http://{server_url}", "digits", LoadTestConfig(rate=400, requests=100))
+    assert result.requests == 100 and result.errors == 20
+    assert "RuntimeError: a bug of the client's own" in (result.first_error or "")
+
+
 def test_loadtest_refuses_remote_targets_and_unknown_models(server_url: str) -> None:
     with pytest.raises(SlimserveError, match="not a loopback address"):
         check_target("http://192.0.2.10:8000", allow_remote=False)

@@ -103,6 +103,21 @@ def demo(
         console.print(result.padding, highlight=False)
 
 
+def _tune_llm(model: str, data: str, max_kl: float, out: Path) -> None:
+    from slimserve.loading import parse_model_spec
+    from slimserve.tune_llm import tune_llm
+
+    spec = parse_model_spec(model).model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    block = _data_block(data)
+    assert block is not None
+    result, best = tune_llm(spec, {"eval": block}, max_kl, out, console)
+    print_stages([s.row() for s in result.stages], title="tune: every candidate")
+    for note in result.notes:
+        console.print(escape(note), highlight=False)
+    console.print(f"Artifact: {result.artifact.path}", highlight=False)
+    console.print(f"Best recipe: {best} (slimserve optimize rebuilds it)", highlight=False)
+
+
 def _fraction(text: str) -> float:
     """'1%' -> 0.01; '0.01' -> 0.01."""
     try:
@@ -153,10 +168,16 @@ def tune(
     mlflow: bool = typer.Option(False, "--mlflow", help="Log the winner to MLflow."),
     mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help="Tracking URI."),
 ) -> None:
-    """Try configurations; keep the best inside the tolerance; write best-recipe.yaml."""
+    """Try configurations; keep the best inside the tolerance; write best-recipe.yaml. A
+    decoder LM: int8 and int4 weight modes, the fastest decode within --max-drop of KL
+    divergence (e.g. 0.02)."""
     from slimserve.loading import parse_model_spec
     from slimserve.tune import TuneSpec
     from slimserve.tune import tune as run_tune
+
+    if parse_model_spec(model).is_causal_lm:
+        _tune_llm(model, data, _fraction(max_drop), out)
+        return
 
     track = mlflow or mlflow_uri is not None
     if track:

@@ -91,6 +91,20 @@ def _inspect_llm(model: Any) -> None:
     )
 
 
+def _is_llm_artifact(source: str) -> bool:
+    import json
+
+    from slimserve.artifact import GENAI_RUNTIME, MANIFEST_FILE, is_artifact
+
+    if not is_artifact(source):
+        return False
+    try:
+        manifest = json.loads((Path(source) / MANIFEST_FILE).read_text())
+    except (ValueError, OSError):
+        return False  # load_artifact says what is wrong with it
+    return isinstance(manifest, dict) and manifest.get("runtime") == GENAI_RUNTIME
+
+
 def _load_any(source: str) -> Any:
     """A model to run: an artifact gives the model it is served with (ONNX or torch)."""
     from slimserve.artifact import is_artifact, load_artifact
@@ -119,13 +133,29 @@ def eval_command(
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Measure quality: accuracy and top-k with labels, fidelity against a reference."""
+    """Measure quality: accuracy and top-k with labels, fidelity against a reference; a
+    decoder LM artifact's perplexity, KL divergence and top-1 agreement against the float
+    model it was made from (or --reference) on prose (--data text:FILE or
+    example:english:other)."""
     import json
 
     from slimserve.data import load_data, parse_data_spec
     from slimserve.measure.evaluate import evaluate
     from slimserve.runtime import load_predictor, predict_all
 
+    if _is_llm_artifact(model):
+        from slimserve.measure.llm import evaluate_llm_artifact
+
+        metrics = evaluate_llm_artifact(Path(model), parse_data_spec(data), reference, threads)
+        if as_json:
+            console.print_json(json.dumps({"model": model, **metrics}))
+            return
+        print_table(
+            f"{model} on {data} (against the float model, the same tokens)",
+            ("metric", "value"),
+            [(key, f"{value:.6g}") for key, value in metrics.items()],
+        )
+        return
     dataset = load_data(parse_data_spec(data))
     predictor = load_predictor(_load_any(model), threads)
     dataset = dataset.renamed(predictor.input_names)

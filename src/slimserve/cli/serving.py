@@ -46,8 +46,8 @@ def serve(
         None,
         "--max-queue-ms",
         min=0,
-        help="Model time (ms, measured) a request may find queued ahead of it: 503 + "
-        "Retry-After above (default: 8 single-row runs; 0: off, --max-queue alone).",
+        help="A latency objective: the model time (ms, measured) a request may find queued "
+        "ahead of it; 503 + Retry-After above (default: off, --max-queue alone).",
     ),
     request_timeout: float = typer.Option(
         30,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,3 +152,41 @@ def _decoder(model: AnyModel, threads: int) -> Any:
         return int(out.shape[1] - ids.shape[1])
 
     return run
+
+
+DEFAULT_WINDOW = 256
+
+
+def window_length(spec: DataSpec) -> int:
+    """Tokens per eval window: the data spec's max_length when it sets one, else 256."""
+    return spec.max_length if "max_length" in spec.model_fields_set else DEFAULT_WINDOW
+
+
+def evaluate_llm_artifact(
+    path: Path, spec: DataSpec, reference: str | None = None, threads: int = 2
+) -> dict[str, float]:
+    """Perplexity, KL divergence and top-1 agreement of a decoder LM artifact against the
+    float model it was made from (``reference``: another model source instead), on the
+    prose ``spec`` names."""
+    from slimserve.artifact import load_artifact
+    from slimserve.core.errors import ArtifactError
+    from slimserve.core.specs import ModelSpec
+    from slimserve.loading import causal_lm_folder, parse_model_spec
+    from slimserve.models.causal_lm import load_causal_lm
+    from slimserve.models.hf import load_tokenizer
+
+    artifact = load_artifact(path)
+    if artifact.model.format != "llm":
+        raise ArtifactError(f"'{path}' is not a decoder LM artifact.")
+    source = (
+        parse_model_spec(reference)
+        if reference is not None
+        else ModelSpec.model_validate(artifact.manifest.source.spec)
+    )
+    model = load_causal_lm(causal_lm_folder(source))
+    assert model.hf_folder is not None
+    text, _ = eval_text(spec)
+    tokens = load_tokenizer(model.hf_folder)(text)["input_ids"]
+    windows = token_windows(tokens, window_length(spec), spec.samples)
+    metrics = llm_quality(artifact.model, reference_for(model, windows), threads)
+    return {"windows": float(len(windows)), "window_tokens": float(len(windows[0])), **metrics}

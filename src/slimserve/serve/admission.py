@@ -1,6 +1,8 @@
-"""Admission by time: a request is queued only when the work ahead of it, priced with
-the model's own measured run times, ends inside a latency bound; past it the request is
-refused at once (503 + Retry-After) instead of waiting out a queue it cannot beat.
+"""Admission by time (``--max-queue-ms``, a latency objective): a request is queued only
+when the work ahead of it, priced with the model's own measured run times, ends inside the
+bound; past it the request is refused at once (503 + Retry-After) instead of waiting out a
+queue it cannot beat. Off by default: the count limit (``--max-queue``) alone holds, as
+benchmarks/overload.py measured no gain from a time bound on 2 shared cores.
 
 A count limit (``--max-queue``) alone cannot do this: two batches of a CNN take a
 millisecond, two batches of an encoder a quarter of a second. Run times are learned
@@ -15,9 +17,6 @@ import math
 from dataclasses import dataclass
 
 DECAY = 0.97  # weight left to older runs at each new one (~30 runs of memory)
-IDLE_MULTIPLE = 8.0
-"""The automatic bound: this many single-row runs. With the request's own run and the
-transport around it, an admitted request stays within ~10x an idle one's latency."""
 
 
 @dataclass
@@ -66,13 +65,6 @@ class RunCost:
             return 0.0
         full, rest = divmod(queued_rows, batch_rows)
         return full * self.run_seconds(batch_rows) + (self.run_seconds(rest) if rest else 0.0)
-
-    def bound(self, configured_ms: float | None) -> float:
-        """The latency bound in seconds: the configured one, else IDLE_MULTIPLE single-row
-        runs (so under overload batches grow only as far as that bound lets them)."""
-        if configured_ms is not None:
-            return configured_ms / 1000
-        return IDLE_MULTIPLE * self.run_seconds(1)
 
     @property
     def learned(self) -> bool:

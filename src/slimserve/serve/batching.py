@@ -53,7 +53,7 @@ class BatchLimits:
     # text-embeddings-inference's --max-batch-tokens; None: rows alone bound a batch.
     max_batch_tokens: int | None = None
     # The work a request may find ahead of it, in ms of measured model time (admission.py):
-    # None: automatic (a multiple of a single-row run); 0: no time bound, count only.
+    # None or 0: no time bound, the count limit alone.
     max_queue_ms: float | None = None
 
 
@@ -76,6 +76,10 @@ class Batcher:
         self.executor = executor
         self.enabled = limits.max_batch_size > 1 and model.batched
         self.in_flight = 0  # requests queued or running (what max_queue bounds)
+        # Text requests admitted and waiting for the tokenizer's thread, and their rows:
+        # they count as queued, or a backlog there would be invisible to admission.
+        self.tokenizing = 0
+        self.tokenizing_rows = 0
         self.max_queue_ms = limits.max_queue_ms
         self.cost = RunCost()  # the model's run time in rows, learned from its runs
         self.run_started: float | None = None  # perf_counter() of the run in progress
@@ -172,20 +176,21 @@ class Batcher:
     def full(self, rows: int = 1) -> bool:
         """True when a new request of ``rows`` rows would be over ``max_queue``, or would
         wait past the time bound behind the work already queued and running."""
-        return self.in_flight >= self.max_queue or self.seconds_ahead(rows) > self.bound()
+        waiting = self.in_flight + self.tokenizing
+        return waiting >= self.max_queue or self.seconds_ahead(rows) > self.bound()
 
     def bound(self) -> float:
         """The time bound in seconds (infinite while off or not yet learned)."""
-        if self.max_queue_ms == 0 or not self.cost.learned:
+        if not self.max_queue_ms or not self.cost.learned:
             return float("inf")
-        return self.cost.bound(self.max_queue_ms)
+        return self.max_queue_ms / 1000
 
     def seconds_ahead(self, rows: int) -> float:
         """The model time until a new request of ``rows`` rows would be answered: what is
         left of the run in progress and the queue with it, merged into batches. Zero
         when nothing is ahead of it (an idle server never refuses)."""
         started = self.run_started
-        queued = self.pending_rows if self.enabled else self.in_flight
+        queued = (self.pending_rows if self.enabled else self.in_flight) + self.tokenizing_rows
         if started is None and not queued:
             return 0.0
         left = 0.0
@@ -198,9 +203,10 @@ class Batcher:
     def refusal(self, rows: int = 1) -> QueueFull:
         """The error a request refused for a full queue gets (and count it)."""
         self.refused_full.inc()
-        if self.in_flight >= self.max_queue:
+        if self.in_flight + self.tokenizing >= self.max_queue:
             return QueueFull(
-                f"Model '{self.model.name}' has {self.in_flight} requests queued, its limit "
+                f"Model '{self.model.name}' has {self.in_flight + self.tokenizing} requests "
+                "queued, its limit "
                 f"(--max-queue {self.max_queue}); retry shortly."
             )
         return QueueFull(

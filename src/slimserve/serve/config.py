@@ -45,10 +45,10 @@ class ServeConfig(BaseModel):
     max_queue_ms: float | None = Field(
         None,
         ge=0,
-        description="The model time a request may find ahead of it (the run in progress "
-        "and the queue, priced with the model's own measured run times): 503 + Retry-After "
-        "above. None: 8 single-row runs, so admitted requests stay near the idle latency; "
-        "0: no time bound (--max-queue alone).",
+        description="A latency objective: the model time a request may find ahead of it (the "
+        "run in progress and the queue, the tokenizer's backlog included, priced with the "
+        "model's own measured run times); 503 + Retry-After above. None or 0: off, "
+        "--max-queue alone.",
     )
     request_timeout_s: float | None = Field(
         30.0, gt=0, description="Longest a request waits in the queue before 504 (None: none)."

@@ -301,8 +301,15 @@ async def _open_loop(
     async def one(scheduled: float) -> None:
         async with free:
             sent = time.perf_counter()
-            status, detail, connection = await _send(base, request, idle.pop())
-            idle.append(connection)
+            connection: _Connection | None = idle.pop()
+            try:
+                status, detail, connection = await _send(base, request, connection)
+            except Exception as exc:  # the slot must come back, or a later pop finds none
+                if connection is not None:
+                    _close(connection)
+                status, detail, connection = "error", f"{type(exc).__name__}: {exc}", None
+            finally:
+                idle.append(connection)
         if detail is None:
             result.ok_sent_latencies_ms.append((time.perf_counter() - sent) * 1e3)
         result.record(scheduled, status, detail)

@@ -37,11 +37,22 @@ def submit(
     if not is_text(model, inputs):
         submit_tokens(state, model, inputs, done)
         return
+    # Admitted before tokenizing, and counted while it waits for the tokenizer's thread:
+    # under overload that thread's backlog is the queue, not the batcher's.
+    batcher = state.batchers[(model.name, model.version)]
+    rows = text_rows(inputs)
+    if batcher.full(rows):
+        done(None, batcher.refusal(rows))
+        return
+    batcher.tokenizing += 1
+    batcher.tokenizing_rows += rows
     tokenizing = asyncio.get_running_loop().run_in_executor(
         state.tokenizer_pool, tokenize_request, model, inputs, state.config
     )
 
     def tokenized(future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        batcher.tokenizing -= 1
+        batcher.tokenizing_rows -= rows
         error = future.exception()
         if error is not None:
             done(None, error)
@@ -84,11 +95,28 @@ async def tokenize_text(
     state: ServerState, model: ServedModel, inputs: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """A text request's token arrays, computed in the tokenizer's thread (tokenizing
-    1 MB of text takes long enough to stall every other request on the loop)."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        state.tokenizer_pool, tokenize_request, model, inputs, state.config
-    )
+    1 MB of text takes long enough to stall every other request on the loop); refused at
+    once (QueueFull) when the model's queue, the tokenizer's backlog included, is full."""
+    batcher = state.batchers[(model.name, model.version)]
+    rows = text_rows(inputs)
+    if batcher.full(rows):
+        raise batcher.refusal(rows)
+    batcher.tokenizing += 1
+    batcher.tokenizing_rows += rows
+    try:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            state.tokenizer_pool, tokenize_request, model, inputs, state.config
+        )
+    finally:
+        batcher.tokenizing -= 1
+        batcher.tokenizing_rows -= rows
+
+
+def text_rows(inputs: dict[str, np.ndarray]) -> int:
+    """How many texts a request holds (its shape is checked when it is tokenized)."""
+    texts = inputs[TEXT_INPUT]
+    return int(texts.shape[0]) if texts.ndim else 1
 
 
 def is_text(model: ServedModel, inputs: dict[str, np.ndarray]) -> bool:
