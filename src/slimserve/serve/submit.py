@@ -37,22 +37,9 @@ def submit(
     if not is_text(model, inputs):
         submit_tokens(state, model, inputs, done)
         return
-    # Admitted before tokenizing, and counted while it waits for the tokenizer's thread:
-    # under overload that thread's backlog is the queue, not the batcher's.
-    batcher = state.batchers[(model.name, model.version)]
-    rows = text_rows(inputs)
-    if batcher.full(rows):
-        done(None, batcher.refusal(rows))
-        return
-    batcher.tokenizing += 1
-    batcher.tokenizing_rows += rows
-    tokenizing = asyncio.get_running_loop().run_in_executor(
-        state.tokenizer_pool, tokenize_request, model, inputs, state.config
-    )
+    tokenizing = asyncio.ensure_future(tokenize_text(state, model, inputs))
 
     def tokenized(future: asyncio.Future[dict[str, np.ndarray]]) -> None:
-        batcher.tokenizing -= 1
-        batcher.tokenizing_rows -= rows
         error = future.exception()
         if error is not None:
             done(None, error)
@@ -96,7 +83,9 @@ async def tokenize_text(
 ) -> dict[str, np.ndarray]:
     """A text request's token arrays, computed in the tokenizer's thread (tokenizing
     1 MB of text takes long enough to stall every other request on the loop); refused at
-    once (QueueFull) when the model's queue, the tokenizer's backlog included, is full."""
+    once (QueueFull) when the model's queue is full. It is admitted before tokenizing and
+    counted while it waits for that thread: under overload the thread's backlog is the
+    queue, not the batcher's."""
     batcher = state.batchers[(model.name, model.version)]
     rows = text_rows(inputs)
     if batcher.full(rows):
