@@ -5,13 +5,12 @@ the fastest built model that meets the goal, with its tokenizer and chat templat
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimserve.core.context import Context
 from slimserve.core.progress import stage_progress
-from slimserve.stages import RunResult, Stage, package_versions, stage_name
+from slimserve.stages import RunResult, Stage, manifest_basics, stage_name
 from slimserve.steps import StepRun, run_steps
 
 if TYPE_CHECKING:
@@ -165,11 +164,8 @@ def _record(
     notes: list[str],
     out: Path,
 ) -> Artifact:
-    from slimserve.artifact import GENAI_RUNTIME, LLM_DIR, Manifest, SourceRecord, save_artifact
-    from slimserve.core.cpu import cpu_features
+    from slimserve.artifact import GENAI_RUNTIME, LLM_DIR, Manifest, save_artifact
     from slimserve.core.files import sha256_file
-    from slimserve.core.version import __version__
-    from slimserve.loading import source_record
     from slimserve.measure.report import build_report
     from slimserve.serving_runtime import goal_verdict
 
@@ -183,24 +179,15 @@ def _record(
         ],
     }
     manifest = Manifest(
-        name=recipe.name,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        slimserve_version=__version__,
-        source=SourceRecord(
-            spec=source_record(recipe.model),
-            sha256=sha256_file(weights[0]) if len(weights) == 1 else None,
-        ),
-        recipe=recipe.resolved(),
+        **manifest_basics(recipe, sha256_file(weights[0]) if len(weights) == 1 else None),
         steps=records,
         io=io,
         baseline=stages[0].metrics,
         final=served.metrics,
         stages=[s.row() for s in stages],
         notes=[goal_verdict(recipe, stages[0], served).describe(), *notes],
-        packages=package_versions(),
         runtime=GENAI_RUNTIME,
         precision=llm.weights,
-        cpu_features=sorted(cpu_features()),
         text={
             "tokenizer": LLM_DIR,
             "task": "text-generation",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +13,9 @@ from slimserve.stages import (
     RunResult,
     Stage,
     bench_stages,
+    manifest_basics,
     openvino_stage,
     outputs,
-    package_versions,
     quality,
     stage_name,
     torch_program_stage,
@@ -179,10 +178,8 @@ def add_runtime_stages(recipe: Recipe, run: Run, advance: Any) -> None:
 
 def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: Path) -> Artifact:
     """Save the chosen runtime's model with its manifest, report and extra files."""
-    from slimserve.artifact import Manifest, SourceRecord, save_artifact
+    from slimserve.artifact import Manifest, save_artifact
     from slimserve.core.cpu import cpu_features
-    from slimserve.core.version import __version__
-    from slimserve.loading import source_record
     from slimserve.measure.report import build_report
     from slimserve.measure.summary import model_bytes
     from slimserve.models.onnx import describe_io
@@ -198,28 +195,19 @@ def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: 
     verdict = goal_verdict(recipe, baseline, served).describe()
     notes = [verdict, *([why] if why else []), *run.notes]
     manifest = Manifest(
-        name=recipe.name,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        slimserve_version=__version__,
-        source=SourceRecord(
-            spec=source_record(recipe.model),
-            sha256=_sha256(model_bytes(run.source)),
-        ),
+        **manifest_basics(recipe, _sha256(model_bytes(run.source))),
         parent=str(recipe.model.path) if recipe.model.path and recipe.model.path.is_dir() else None,
-        recipe=recipe.resolved(),
         steps=end.records,
         io=describe_io(end.model.proto),
         baseline=baseline.metrics,
         final=served.metrics,
         stages=[s.row() for s in run.stages],
         notes=notes,
-        packages=package_versions(),
         runtime=chosen.runtime,
         runtime_precision=(
             recipe.runtimes.openvino_precision if chosen.runtime == "openvino" else None
         ),
         precision=served_precision(chosen, end.model),
-        cpu_features=sorted(cpu_features()),
     )
     files: dict[str, bytes] = {}
     hf_folder = getattr(run.source, "hf_folder", None)

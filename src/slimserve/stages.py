@@ -193,3 +193,24 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
+
+
+def manifest_basics(recipe: Recipe, source_sha256: str | None) -> dict[str, Any]:
+    """What every artifact's manifest records of its run: name, time, versions, source,
+    the resolved recipe, the packages and the CPU it was measured on."""
+    from datetime import datetime, timezone
+
+    from slimserve.artifact import SourceRecord
+    from slimserve.core.cpu import cpu_features
+    from slimserve.core.version import __version__
+    from slimserve.loading import source_record
+
+    return {
+        "name": recipe.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "slimserve_version": __version__,
+        "source": SourceRecord(spec=source_record(recipe.model), sha256=source_sha256),
+        "recipe": recipe.resolved(),
+        "packages": package_versions(),
+        "cpu_features": sorted(cpu_features()),
+    }
