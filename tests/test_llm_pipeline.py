@@ -207,3 +207,29 @@ def test_tune_keeps_the_fastest_mode_within_the_kl_budget(
     assert step["quantize"]["mode"] == "llm"
     rebuilt = ss.parse_recipe(best)  # it parses, and names the winner's mode
     assert rebuilt.steps[0].weights == ss.load_artifact(tmp_path / "tuned").manifest.precision
+
+
+def test_errors_a_user_can_cause_name_the_fix(
+    built: ss.RunResult, digits_onnx: ss.OnnxModel, tmp_path: Path
+) -> None:
+    from slimserve.core.errors import DataError
+    from slimserve.core.specs import DataSpec
+    from slimserve.measure.llm import eval_text, token_windows
+    from tests.conftest import manifest_for
+
+    cnn = tmp_path / "digits"
+    ss.save_artifact(cnn, digits_onnx, manifest_for(digits_onnx))
+    with pytest.raises(ArtifactError, match="is not an artifact: give the folder"):
+        ss.load_generator(tmp_path / "nothing")
+    with pytest.raises(ArtifactError, match="not a decoder LM artifact"):
+        ss.load_generator(cnn)  # the digits CNN: it serves tensors
+    too_long = CliRunner().invoke(
+        app, ["generate", str(built.artifact.path), "word " * 400, "--max-tokens", "2"]
+    )
+    assert too_long.exit_code != 0 and "the model's context is 512" in too_long.output
+    with pytest.raises(DataError, match="measured on prose"):
+        eval_text(DataSpec(example="digits"))
+    with pytest.raises(DataError, match="fewer than one window of 64"):
+        token_windows([1, 2, 3], 64, None)
+    with pytest.raises(DataError, match="does not exist"):
+        eval_text(DataSpec(text=tmp_path / "missing.txt"))
