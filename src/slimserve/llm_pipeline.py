@@ -42,7 +42,7 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
     threads = recipe.bench.threads
     with stage_progress(console, sum(len(c) for c in chains) + 4) as advance:
         advance("loading data")
-        spec = recipe.data.eval or recipe.data.calibration
+        spec = recipe.data.eval
         if spec is None:
             from slimserve.core.errors import DataError
 
@@ -61,7 +61,16 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
         baseline = Stage("baseline (transformers float32)", model)
         baseline.metrics = _quality(model, reference, threads)
         stages, notes = [baseline], [_eval_note(windows, window, source)]
-        ctx = Context(data={}, reference=model, seed=recipe.seed, threads=threads)
+        calibration, calibration_note = _calibration(recipe, chains)
+        if calibration_note:
+            notes.append(calibration_note)
+        ctx = Context(
+            data={},
+            reference=model,
+            seed=recipe.seed,
+            threads=threads,
+            calibration_text=calibration,
+        )
         ends: list[tuple[LlmModel, Stage, list[StepRecord]]] = []
         for number, chain in enumerate(chains):
             prefix = f"alt {number + 1}: " if len(chains) > 1 else ""
@@ -78,6 +87,25 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
     chosen, why = _choose(recipe, baseline, ends)
     artifact = _record(recipe, model, stages, ends[chosen], [why, *notes], out)
     return RunResult(artifact, stages, artifact.manifest.notes)
+
+
+def _calibration(recipe: Recipe, chains: Any) -> tuple[str, str]:
+    """The calibration prose (data.calibration, else Python's documentation) when a step
+    learns from text (AWQ, scale estimation, the int4 share), and the report's line on it."""
+    from slimserve.core.errors import DataError
+    from slimserve.core.specs import DataSpec
+    from slimserve.measure.llm import eval_text
+
+    if not any(getattr(step, "uses_nncf", False) for chain in chains for step in chain):
+        return "", ""
+    spec = recipe.data.calibration or DataSpec(example="english", split="calibration")
+    text, source = eval_text(spec)
+    if spec == recipe.data.eval:
+        raise DataError(
+            "data.calibration and data.eval name the same text: a decoder LM's quality is "
+            "measured on prose its calibration did not see; give them different sources."
+        )
+    return text, f"Calibration (AWQ, scale estimation, int4 share): {source}."
 
 
 def _quality(model: AnyModel, reference: Reference, threads: int) -> dict[str, float]:

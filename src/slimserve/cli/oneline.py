@@ -129,8 +129,25 @@ def quantize(
     symmetric: bool = typer.Option(
         True, "--symmetric/--asymmetric", help="Decoder LMs: groups without/with zero points."
     ),
+    awq: bool = typer.Option(
+        False, "--awq", help="Decoder LMs, int4: AWQ's activation-aware scales (NNCF)."
+    ),
+    scale_estimation: bool = typer.Option(
+        False, "--scale-estimation", help="Decoder LMs, int4: NNCF's scale estimation."
+    ),
+    int4_share: float = typer.Option(
+        1.0,
+        "--int4-share",
+        min=0.01,
+        max=1.0,
+        help="Decoder LMs: share of weights in int4, the rest int8 by sensitivity (NNCF).",
+    ),
     calibration: str | None = typer.Option(
-        None, "--calibration", "-c", help="Calibration data (static, nncf). Default: --data."
+        None,
+        "--calibration",
+        "-c",
+        help="Calibration data (static, nncf; decoder LMs: prose for --awq, "
+        "--scale-estimation, --int4-share). Default: --data (LMs: Python's docs).",
     ),
     data: str | None = typer.Option(None, "--data", "-d", help=DATA_HELP),
     per_channel: bool = typer.Option(
@@ -152,7 +169,13 @@ def quantize(
         llm: dict[str, Any] = {"mode": "llm", "weights": weights, "group_size": group_size}
         if not symmetric:
             llm["symmetric"] = False
-        prose: dict[str, str | None] = {"eval": data or "example:english:other"}
+        llm.update({k: v for k, v in (("awq", awq), ("scale_estimation", scale_estimation)) if v})
+        if int4_share < 1.0:
+            llm["int4_share"] = int4_share
+        prose: dict[str, str | None] = {
+            "eval": data or "example:english:other",
+            "calibration": calibration,
+        }
         steps: list[dict[str, Any]] = [{"quantize": llm}]
         recipe = build_recipe("quantize", model, steps, prose, _fraction(max_drop), name)
         _run_or_print(recipe, out, print_recipe)

@@ -40,6 +40,7 @@ class Context:
     goal_metric: str = "accuracy"
     max_drop: float = 0.01
     log: StepLog = field(default_factory=StepLog)
+    calibration_text: str | None = None  # a decoder LM's calibration prose
 
     def split(self, *names: str) -> Dataset | None:
         """The first of the named data splits that the recipe defines."""

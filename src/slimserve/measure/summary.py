@@ -221,6 +221,10 @@ def llm_precisions(model: LlmModel) -> list[tuple[str, int, int]]:
         if node.op_type == "MatMulNBits":
             kind = f"int{attrs.get('bits', 4)} (groups of {attrs.get('block_size', '?')})"
             params = int(attrs.get("K", 0)) * int(attrs.get("N", 0))
+        elif node.op_type == "GatherBlockQuantized":  # a quantized embedding table
+            bits = int(attrs.get("bits", 4))
+            kind = f"int{bits} (groups of {attrs.get('block_size', '?')})"
+            params = int(np.prod(shapes.get(node.input[0], [0]))) * (8 // bits)
         elif node.op_type in ("MatMul", "Gather"):
             weight = node.input[1] if node.op_type == "MatMul" else node.input[0]
             if weight not in shapes:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimserve.core.errors import ExportError, RecipeError, require
 from slimserve.models.llm import LlmModel
@@ -69,28 +69,90 @@ class LlmQuantizeConfig(BaseModel):
         "MatMuls (first and last eighth of the layers, every third layer's qkv/v/down "
         "projections) in int8, the rest in the body's precision.",
     )
+    awq: bool = Field(
+        False,
+        description="AWQ (NNCF): per-input-channel scales, from calibration text's "
+        "activations, that shield the weights the largest activations multiply; int4.",
+    )
+    scale_estimation: bool = Field(
+        False,
+        description="Scale estimation (NNCF): each group's scale chosen to minimise the "
+        "layer's output error on calibration text, not its weights' error; int4.",
+    )
+    int4_share: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of the body's weights in int4 (NNCF's ratio); the rest in int8, "
+        "the layers chosen by `sensitivity` on calibration text.",
+    )
+    sensitivity: Literal[
+        "weight_error", "hessian", "activation_variance", "activation_magnitude"
+    ] = Field(
+        "hessian",
+        description="How int4_share ranks layers (NNCF's sensitivity metrics): the int4 "
+        "weights' error alone, or weighted by the calibration activations' Hessian, "
+        "variance or magnitude.",
+    )
+    calibration_samples: int = Field(
+        32,
+        ge=1,
+        description="Windows of 128 tokens of calibration text that awq, scale_estimation "
+        "and int4_share learn from (data.calibration; Python's documentation by default).",
+    )
     activations: Literal["int8", "float"] = Field(
         "int8",
         description="What the quantized MatMuls compute in on the CPU: int8 (ONNX Runtime's "
         "accuracy_level 4, fastest) or float32 (accuracy_level 1).",
     )
 
+    @model_validator(mode="after")
+    def _one_way_to_int4(self) -> LlmQuantizeConfig:
+        if not self.uses_nncf:
+            return self
+        if self.weights != "int4":
+            raise ValueError(
+                "awq, scale_estimation and int4_share shape int4 weights: set weights: int4 "
+                f"(not {self.weights}) or drop them."
+            )
+        if self.method != "rtn" or self.sensitive_layers != "same":
+            raise ValueError(
+                "awq, scale_estimation and int4_share are NNCF's; method k_quant and "
+                "sensitive_layers int8 are the builder's: use one or the other (int4_share "
+                "below 1 is the measured way to keep sensitive layers in int8)."
+            )
+        return self
+
+    @property
+    def uses_nncf(self) -> bool:
+        """True when NNCF compresses the weights (the builder then only builds float32)."""
+        return self.awq or self.scale_estimation or self.int4_share < 1.0
+
     def describe(self) -> str:
         """A short label for tables: 'quantize llm int4 g32 sym rtn'."""
         if self.weights == "fp32":
             return "build llm fp32"
         kind = "sym" if self.symmetric else "asym"
+        method = (
+            "+".join(name for name, on in (("awq", self.awq), ("se", self.scale_estimation)) if on)
+            or self.method
+        )
         extras = [f"head {self.head}"] if self.head != "same" else []
         if self.sensitive_layers == "int8":
             extras.append("mixed int8")
-        label = f"quantize llm {self.weights} g{self.group_size} {kind} {self.method}"
+        if self.int4_share < 1.0:
+            extras.append(f"{self.int4_share:.0%} int4 by {self.sensitivity}")
+        label = f"quantize llm {self.weights} g{self.group_size} {kind} {method}"
         return label + (f" ({', '.join(extras)})" if extras else "")
 
     def apply(self, model: TorchModel, ctx: Context) -> LlmModel:
-        return build_llm(model, self, ctx.work_dir)
+        return build_llm(model, self, ctx.work_dir, ctx.calibration_text)
 
     def builder_options(self) -> list[str]:
-        """onnxruntime-genai's builder: ``-p PRECISION --extra_options KEY=VALUE ...``."""
+        """onnxruntime-genai's builder: ``-p PRECISION --extra_options KEY=VALUE ...``
+        (float32 when NNCF compresses the weights afterwards)."""
+        if self.uses_nncf:
+            return ["-p", "fp32"]
         options = [
             f"block_size={self.group_size}",
             f"is_symmetric={str(self.symmetric).lower()}",
@@ -138,9 +200,15 @@ def check_group_size(config: LlmQuantizeConfig, hf_config: Any) -> None:
         )
 
 
-def build_llm(model: TorchModel, config: LlmQuantizeConfig, work_dir: Path) -> LlmModel:
+def build_llm(
+    model: TorchModel,
+    config: LlmQuantizeConfig,
+    work_dir: Path,
+    calibration_text: str | None = None,
+) -> LlmModel:
     """The causal LM (as it is now: pruned or not) saved as a Hugging Face folder, then
-    built by onnxruntime-genai's model builder into a folder of its own."""
+    built by onnxruntime-genai's model builder into a folder of its own (and compressed
+    by NNCF with ``calibration_text`` when the config asks for its methods)."""
     require("onnxruntime_genai", "llm", "Building a decoder LM for generation")
     hf_model = getattr(model.module, "model", None)
     if model.task != "text-generation" or hf_model is None or model.hf_folder is None:
@@ -175,6 +243,13 @@ def build_llm(model: TorchModel, config: LlmQuantizeConfig, work_dir: Path) -> L
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise ExportError(
             f"onnxruntime-genai's model builder failed ({config.describe()}):\n{tail}"
+        )
+    if config.uses_nncf:
+        from slimserve.techniques.quantize.llm_nncf import calibration_feeds, compress_folder
+
+        tokens = list(load_tokenizer(model.hf_folder)(calibration_text or "")["input_ids"])
+        compress_folder(
+            output, config, calibration_feeds(output, tokens, config.calibration_samples)
         )
     shutil.rmtree(source, ignore_errors=True)
     return LlmModel(output, config.weights)
