@@ -24,7 +24,9 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 )
 """From the most faithful to the smallest: int8, then int4 groups of 32 with the levers
 onnxruntime-genai's builder offers (k-quant scales, zero points, the head and llama.cpp's
-most sensitive layers in int8)."""
+most sensitive layers in int8). A model read from a GGUF file also tries its own blocks
+(``FROM_GGUF``); the calibrated NNCF methods are left to a recipe (minutes each)."""
+FROM_GGUF: dict[str, Any] = {"weights": "gguf"}
 
 
 def tune_llm(
@@ -36,11 +38,13 @@ def tune_llm(
     from slimserve.recipe import parse_recipe
 
     goal = {"metric": "kl_divergence", "max_drop": max_kl}
+    from_gguf = "gguf" in model or model.get("example") == "smollm2"
+    candidates = [*CANDIDATES, FROM_GGUF] if from_gguf else list(CANDIDATES)
     search = {
         "name": "tuned",
         "model": model,
         "data": data,
-        "alternatives": [[{"quantize": {"mode": "llm", **c}}] for c in CANDIDATES],
+        "alternatives": [[{"quantize": {"mode": "llm", **c}}] for c in candidates],
         "goal": goal,
     }
     result = run_recipe(parse_recipe(search, base=Path.cwd()), out, console)

@@ -27,9 +27,10 @@ def test_a_causal_lm_folder_loads_as_text_generation(tiny_llama: Path) -> None:
     assert ss.load_model(str(tiny_llama)).task == "text-generation"  # type: ignore[union-attr]
 
 
-def write_gguf(folder: Path, path: Path) -> Path:
+def write_gguf(folder: Path, path: Path, blocks: bool = False) -> Path:
     """The tiny Llama's weights as a float32 GGUF file, as llama.cpp's converter lays one
-    out (names, permuted q/k, tokenizer metadata)."""
+    out (names, permuted q/k, tokenizer metadata); with ``blocks``, as SmolLM2's file is
+    stored: projections in Q4_1, the embedding in Q8_0 (llama.cpp's own quantizer, gguf's)."""
     gguf = pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,7 +47,7 @@ def write_gguf(folder: Path, path: Path) -> Path:
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1 if blocks else gguf.LlamaFileType.ALL_F32)
     vocab = tokenizer.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     writer.add_tokenizer_model("gpt2")
@@ -93,7 +94,15 @@ def write_gguf(folder: Path, path: Path) -> Path:
             data = permute(data, heads)
         elif name.endswith("k_proj.weight"):
             data = permute(data, kv_heads)
-        writer.add_tensor(names[name], np.ascontiguousarray(data))
+        kind = None
+        if blocks and data.ndim == 2:
+            embedding = name == "model.embed_tokens.weight"
+            kind = gguf.GGMLQuantizationType.Q8_0 if embedding else gguf.GGMLQuantizationType.Q4_1
+        if kind is None:
+            writer.add_tensor(names[name], np.ascontiguousarray(data))
+        else:
+            packed = gguf.quants.quantize(np.ascontiguousarray(data), kind)
+            writer.add_tensor(names[name], packed, raw_shape=packed.shape, raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

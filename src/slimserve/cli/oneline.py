@@ -121,7 +121,9 @@ def quantize(
         "for one).",
     ),
     weights: str = typer.Option(
-        "int4", "--weights", help="Decoder LMs (mode llm): int4 | int8 | fp32 weights."
+        "int4",
+        "--weights",
+        help="Decoder LMs (mode llm): int4 | int8 | fp32 | gguf (a GGUF's own blocks, exact).",
     ),
     group_size: int = typer.Option(
         32, "--group-size", help="Decoder LMs: weights per scale (16, 32, 64, 128, 256)."

@@ -80,6 +80,27 @@ def serve(
         "--truncate/--no-truncate",
         help="Cut texts over the model's token limit (default), or refuse them with 400.",
     ),
+    llm_slots: int = typer.Option(
+        16, "--llm-slots", min=1, max=256, help="Decoder LMs: sequences decoded together."
+    ),
+    llm_slot_tokens: int = typer.Option(
+        1024,
+        "--llm-slot-tokens",
+        min=16,
+        help="Decoder LMs: KV cache tokens per sequence (prompt + completion).",
+    ),
+    llm_max_tokens: int = typer.Option(
+        512, "--llm-max-tokens", min=1, help="Decoder LMs: most new tokens per request."
+    ),
+    llm_chunk_tokens: int = typer.Option(
+        128,
+        "--llm-chunk-tokens",
+        min=1,
+        help="Decoder LMs: prompt tokens prefilled between two decode steps.",
+    ),
+    llm_max_queue: int = typer.Option(
+        64, "--llm-max-queue", min=0, help="Decoder LMs: sequences waiting for a slot; 429 above."
+    ),
     log_format: str = typer.Option("text", "--log-format", help="Server log lines: text or json."),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log every inference request (costs throughput)."
@@ -90,7 +111,9 @@ def serve(
         None, "--ray-address", help="An existing Ray cluster (default: start a local one)."
     ),
 ) -> None:
-    """Serve over the Open Inference Protocol V2 (HTTP + gRPC) with dynamic batching."""
+    """Serve over the Open Inference Protocol V2 (HTTP + gRPC) with dynamic batching;
+    decoder LM artifacts over OpenAI's /v1/completions and /v1/chat/completions
+    (streaming, continuous batching)."""
     from slimserve.serve import logs
     from slimserve.serve.config import ServeConfig
     from slimserve.serve.server import build_server
@@ -127,6 +150,11 @@ def serve(
         truncate_text=truncate,
         max_batch_tokens=max_batch_tokens,
         warmup_tokens=warmup_tokens,
+        llm_slots=llm_slots,
+        llm_slot_tokens=llm_slot_tokens,
+        llm_max_tokens=llm_max_tokens,
+        llm_chunk_tokens=llm_chunk_tokens,
+        llm_max_queue=llm_max_queue,
     )
     logs.configure("json" if log_format == "json" else "text")
     if ray:

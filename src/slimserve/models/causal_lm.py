@@ -10,6 +10,7 @@ the generation runtimes' builders and the tokenizer read one folder either way.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -72,6 +73,9 @@ def load_causal_lm(path: str | Path) -> TorchModel:
     )
 
 
+GGUF_SOURCE = "gguf_source.json"
+
+
 def gguf_folder(path: str | Path, cache: Path | None = None) -> Path:
     """A Hugging Face folder holding the GGUF file's model dequantized to float32 and its
     tokenizer (chat template included): made once, then found by the file's sha256."""
@@ -84,8 +88,10 @@ def gguf_folder(path: str | Path, cache: Path | None = None) -> Path:
         if handle.read(4) != b"GGUF":
             raise ModelLoadError(f"'{file}' is not a GGUF file (it does not start with 'GGUF').")
     root = cache or default_cache()
-    folder = root / f"gguf-{sha256_file(file)[:16]}"
+    digest = sha256_file(file)
+    folder = root / f"gguf-{digest[:16]}"
     if (folder / "config.json").is_file():
+        _note_source(folder, file, digest)
         return folder
     require("gguf", "llm", "Reading GGUF files")
     require("accelerate", "llm", "Reading GGUF files")
@@ -104,7 +110,32 @@ def gguf_folder(path: str | Path, cache: Path | None = None) -> Path:
                 f"transformers could not read the GGUF file '{file}': {first_line(exc)}."
             ) from exc
     _save_dequantized(model, tokenizer, folder)
+    _note_source(folder, file, digest)
     return folder
+
+
+def _note_source(folder: Path, file: Path, digest: str) -> None:
+    """Where the folder's weights came from (``weights: gguf`` re-reads the file's own
+    blocks), rewritten atomically when the file moved."""
+    note = {"path": str(file.resolve()), "sha256": digest}
+    path = folder / GGUF_SOURCE
+    if path.is_file() and json.loads(path.read_text()) == note:
+        return
+    tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(note))
+    os.replace(tmp, path)
+
+
+def gguf_source(folder: Path) -> Path | None:
+    """The GGUF file a dequantized folder was made from, if it still holds the same bytes."""
+    from slimserve.core.files import sha256_file
+
+    path = folder / GGUF_SOURCE
+    if not path.is_file():
+        return None
+    note = json.loads(path.read_text())
+    file = Path(note["path"])
+    return file if file.is_file() and sha256_file(file) == note["sha256"] else None
 
 
 def _save_dequantized(model: Any, tokenizer: Any, folder: Path) -> None:

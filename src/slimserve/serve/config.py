@@ -73,6 +73,31 @@ class ServeConfig(BaseModel):
         "ready, run each token bucket up to this many real tokens once, so no request pays "
         "OpenVINO's first-run kernel build for a new shape. 0: no warm-up.",
     )
+    llm_slots: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Decoder LMs: sequences decoded together (continuous batching); each has "
+        "a row of the KV cache, preallocated.",
+    )
+    llm_slot_tokens: int = Field(
+        1024,
+        ge=16,
+        description="Decoder LMs: the KV cache row's length, the most tokens (prompt + "
+        "completion) of one sequence (at most the model's context).",
+    )
+    llm_max_tokens: int = Field(
+        512, ge=1, description="Decoder LMs: the most new tokens one request may ask for."
+    )
+    llm_chunk_tokens: int = Field(
+        128,
+        ge=1,
+        description="Decoder LMs: prompt tokens prefilled between two decode steps (how long "
+        "a new prompt may hold back the other sequences' tokens).",
+    )
+    llm_max_queue: int = Field(
+        64, ge=0, description="Decoder LMs: sequences waiting for a slot; 429 above."
+    )
     truncate_text: bool = Field(
         True,
         description="Cut a text longer than the model's max_length tokens (as the OpenAI "

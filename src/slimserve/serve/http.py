@@ -12,6 +12,7 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoints' ann
 (``Request``, imported inside ``create_app`` so the module imports without the extra).
 """
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -28,8 +29,13 @@ from slimserve.serve.state import ServerState
 log = logging.getLogger("slimserve.serve")
 
 
-def create_app(models: dict[str, dict[str, ServedModel]], config: ServeConfig | None = None) -> Any:
-    """The ASGI app serving ``models`` ({name: {version: ServedModel}}); when
+def create_app(
+    models: dict[str, dict[str, ServedModel]],
+    config: ServeConfig | None = None,
+    llms: dict[str, Any] | None = None,
+) -> Any:
+    """The ASGI app serving ``models`` ({name: {version: ServedModel}}) and the decoder
+    LMs ``llms`` ({name: serve.chat.LlmServed}, OpenAI generation routes); when
     ``config.grpc_port`` is set, the gRPC service starts and stops with it."""
     require("fastapi", "serve", "Serving")
     from fastapi import FastAPI, Request
@@ -57,7 +63,8 @@ def create_app(models: dict[str, dict[str, ServedModel]], config: ServeConfig | 
         for name, versions in models.items()
         for version, model in versions.items()
     }
-    state = ServerState(models, batchers, metrics, config)
+    state = ServerState(models, batchers, metrics, config, llms=llms or {})
+    metrics.watch_engines(state.llms)
     state.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-tok")
     for batcher in batchers.values():
         batcher.no_more_company = state.no_more_company
@@ -72,13 +79,15 @@ def create_app(models: dict[str, dict[str, ServedModel]], config: ServeConfig | 
             await grpc_server.start()
         log.info(
             "ready",
-            extra={"models": sorted(models), "grpc_port": state.grpc_port},
+            extra={"models": sorted([*models, *state.llms]), "grpc_port": state.grpc_port},
         )
         try:
             yield
         finally:
             if grpc_server is not None:
                 await drain_grpc(state, grpc_server, GRPC_GRACE_S)
+            for llm in state.llms.values():  # streams in flight ended above by uvicorn
+                llm.engine.close()
             log.info("stopped")
 
     app = FastAPI(
@@ -198,6 +207,68 @@ def infer_target(method: str, path: str) -> tuple[str, str | None] | None:
     return None
 
 
+async def _generate_route(
+    state: ServerState, path: str, receive: Any, send: Any, body: bytes
+) -> None:
+    """A completions or chat request: JSON, or server-sent events as tokens come; a client
+    that disconnects (seen while its request runs) has its sequences cancelled."""
+    from slimserve.serve import chat, openai
+
+    left = False
+    started = False
+    hooks: list[Any] = []
+
+    def on_leave(hook: Any) -> None:
+        hooks.append(hook)
+        if left:
+            hook()
+
+    async def watch() -> None:
+        nonlocal left
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                left = True
+                for hook in hooks:
+                    hook()
+                return
+
+    watcher = asyncio.create_task(watch())
+
+    async def send_event(data: bytes) -> None:
+        nonlocal started
+        if left:
+            raise ConnectionError("the client left")
+        if not started:
+            started = True
+            head = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    json = [(b"content-type", b"application/json")]
+    try:
+        status, payload = await chat.generate(path, body, state.llms, send_event, on_leave)
+        if started:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await _respond(send, status, payload, json)
+    except openai.OpenAIError as exc:
+        payload = openai.error_body(exc.status, str(exc), exc.param, exc.code)
+        if started:  # an error after the stream began: one error event, then the end
+            await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n"})
+        else:
+            await _respond(send, exc.status, payload, json)
+    except ConnectionError:
+        pass
+    except Exception as exc:  # one request's failure, answered; the server goes on
+        log.exception("generation failed")
+        if not started:
+            payload = openai.error_body(500, f"Generation failed: {exc}")
+            await _respond(send, 500, payload, json)
+    finally:
+        watcher.cancel()
+
+
 async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -298,9 +369,14 @@ class _Front:
         )
         await _respond(send, status, payload, response_headers)
 
+    async def _generate(self, path: str, receive: Any, send: Any) -> None:
+        body = await self._read_body(receive, send, path)
+        if body is not None:
+            await _generate_route(self.server, path, receive, send, body)
+
     async def _openai(self, method: str, path: str, receive: Any, send: Any) -> None:
         """The OpenAI-compatible routes (``serve.openai``), errors in OpenAI's shape."""
-        from slimserve.serve import openai
+        from slimserve.serve import chat_request, openai
 
         json = [(b"content-type", b"application/json")]
         if (method, path) == ("GET", openai.MODELS_PATH):
@@ -310,9 +386,11 @@ class _Front:
             if body is not None:
                 status, payload = await openai.answer_embeddings(self.server, body)
                 await _respond(send, status, payload, json)
+        elif method == "POST" and path in (chat_request.CHAT_PATH, chat_request.COMPLETIONS_PATH):
+            await self._generate(path, receive, send)
         else:
             message = (
-                f"No route {method} {path}: this server offers POST /v1/embeddings and "
-                "GET /v1/models."
+                f"No route {method} {path}: this server offers POST /v1/embeddings, "
+                "/v1/completions, /v1/chat/completions and GET /v1/models."
             )
             await _respond(send, 404, openai.error_body(404, message), json)

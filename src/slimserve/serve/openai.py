@@ -60,13 +60,14 @@ def embedding_models(state: ServerState) -> list[ServedModel]:
 
 
 def models_body(state: ServerState) -> bytes:
-    """``GET /v1/models``: the embedding models, as OpenAI lists models."""
+    """``GET /v1/models``: the embedding models and decoder LMs, as OpenAI lists models."""
     import orjson
 
     created = int(state.started_at)
+    names = [m.name for m in embedding_models(state)] + sorted(state.llms)
     data = [
-        {"id": m.name, "object": "model", "created": created, "owned_by": "slimserve"}
-        for m in embedding_models(state)
+        {"id": name, "object": "model", "created": created, "owned_by": "slimserve"}
+        for name in names
     ]
     return orjson.dumps({"object": "list", "data": data})
 

@@ -112,6 +112,26 @@ def _served(
     )
 
 
+def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any:
+    """A decoder LM artifact's engine (continuous batching) and tokenizer."""
+    from slimserve.models.hf import load_tokenizer
+    from slimserve.serve.config import ServeConfig
+    from slimserve.serve.llm_engine import LlmEngine, LlmServed
+
+    config = config or ServeConfig()
+    model = artifact.model
+    assert isinstance(model, LlmModel)
+    engine = LlmEngine(
+        model.folder,
+        threads,
+        config.llm_slots,
+        config.llm_slot_tokens,
+        config.llm_chunk_tokens,
+        config.llm_max_queue,
+    )
+    return LlmServed(name, engine, load_tokenizer(model.folder), config.llm_max_tokens)
+
+
 def refuse_llm(artifact: Artifact) -> None:
     """A decoder LM artifact cannot be served over V2 tensors: say what runs it today."""
     if artifact.model.format == "llm":
@@ -123,23 +143,37 @@ def refuse_llm(artifact: Artifact) -> None:
 
 
 def load_repository(
-    path: str | Path, threads: int = 2, spinning: bool = True
+    path: str | Path,
+    threads: int = 2,
+    spinning: bool = True,
+    llms: dict[str, Any] | None = None,
+    config: Any = None,
 ) -> dict[str, dict[str, ServedModel]]:
     """{model name: {version: ServedModel}}. ``spinning``: whether ORT's threads spin
-    between runs (see ``runtime.OrtPredictor``)."""
+    between runs (see ``runtime.OrtPredictor``). Decoder LM artifacts go into ``llms``
+    (name -> ``serve.chat.LlmServed``, served by the OpenAI generation routes) when it is
+    given, and are refused otherwise."""
     from functools import partial
 
     from slimserve.artifact import is_artifact, load_artifact
     from slimserve.models.onnx import load_onnx
 
-    served = partial(_served, threads=threads, spinning=spinning)
+    plain = partial(_served, threads=threads, spinning=spinning)
+
+    def served(name: str, version: str, model: Any, artifact: Artifact | None = None) -> Any:
+        if llms is not None and artifact is not None and artifact.model.format == "llm":
+            llms[name] = _served_llm(name, artifact, threads, config)
+            return None
+        return plain(name, version, model, artifact=artifact)
+
     root = Path(path)
     if root.is_file() and root.suffix == ".onnx":
         return {root.stem: {"1": served(root.stem, "1", load_onnx(root))}}
     if is_artifact(root):
         artifact = load_artifact(root)
         name = artifact.manifest.name
-        return {name: {"1": served(name, "1", artifact.model, artifact=artifact)}}
+        one = served(name, "1", artifact.model, artifact=artifact)
+        return {} if one is None else {name: {"1": one}}
     models: dict[str, dict[str, ServedModel]] = {}
     if root.is_dir():
         from slimserve.artifact import recover
@@ -152,20 +186,20 @@ def load_repository(
         ):
             if is_artifact(folder):
                 artifact = load_artifact(folder)
-                models[folder.name] = {
-                    "1": served(folder.name, "1", artifact.model, artifact=artifact)
-                }
+                one = served(folder.name, "1", artifact.model, artifact=artifact)
+                if one is not None:
+                    models[folder.name] = {"1": one}
                 continue
             versions = {}
             for v in sorted(folder.iterdir()):
                 if v.is_dir() and v.name.isdigit() and is_artifact(v):
                     artifact = load_artifact(v)
-                    versions[v.name] = served(
-                        folder.name, v.name, artifact.model, artifact=artifact
-                    )
+                    one = served(folder.name, v.name, artifact.model, artifact=artifact)
+                    if one is not None:
+                        versions[v.name] = one
             if versions:
                 models[folder.name] = versions
-    if not models:
+    if not models and not llms:
         raise ArtifactError(
             f"Nothing to serve at '{path}': give an artifact folder, an .onnx file, or a "
             "folder of artifacts (NAME/ or NAME/VERSION/ with manifest.json)."

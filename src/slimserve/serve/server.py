@@ -22,10 +22,11 @@ def build_server(path: str | Path, config: ServeConfig) -> Any:
 
     if config.grpc_port is not None:  # checked now, not as a failed startup after the banner
         require("tritonclient", "serve", "The V2 gRPC endpoint (or serve with --http-only)")
-    models = load_repository(path, config.threads, config.ort_spinning)
     check_ports_free(config)
+    llms: dict[str, Any] = {}
+    models = load_repository(path, config.threads, config.ort_spinning, llms, config)
     warm_up(models, config)
-    app = create_app(models, config)
+    app = create_app(models, config, llms)
     # V2 infer requests skip the ASGI layer where the installed uvicorn allows it.
     http = fastpath.protocol_class(app.server) if fastpath.supported() else "auto"
     uv_config = uvicorn.Config(

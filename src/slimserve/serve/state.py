@@ -37,6 +37,7 @@ class ServerState:
     # elsewhere) while those in flight (counted here) finish.
     draining: bool = False
     grpc_in_flight: int = 0
+    llms: dict[str, Any] = field(default_factory=dict)  # name -> serve.chat.LlmServed
 
     def __post_init__(self) -> None:
         # A request without a version gets the highest: found once, not per request.

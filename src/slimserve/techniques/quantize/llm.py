@@ -42,8 +42,11 @@ class LlmQuantizeConfig(BaseModel):
     trains: ClassVar[bool] = False
 
     mode: Literal["llm"] = "llm"
-    weights: Literal["int4", "int8", "fp32"] = Field(
-        "int4", description="Weight precision of every MatMul (fp32: no quantization)."
+    weights: Literal["int4", "int8", "fp32", "gguf"] = Field(
+        "int4",
+        description="Weight precision of every MatMul (fp32: no quantization; gguf: the "
+        "source GGUF's own Q4_0 / Q4_1 / Q8_0 blocks, re-expressed exactly, not quantized "
+        "again).",
     )
     group_size: int = Field(
         32,
@@ -108,6 +111,12 @@ class LlmQuantizeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_way_to_int4(self) -> LlmQuantizeConfig:
+        changed = {"head": "same", "sensitive_layers": "same", "method": "rtn"}
+        if self.weights == "gguf" and any(getattr(self, k) != v for k, v in changed.items()):
+            raise ValueError(
+                "weights: gguf keeps the file's own blocks for every layer: drop head, "
+                "sensitive_layers and method (or use weights: int4 or int8)."
+            )
         if not self.uses_nncf:
             return self
         if self.weights != "int4":
@@ -132,6 +141,8 @@ class LlmQuantizeConfig(BaseModel):
         """A short label for tables: 'quantize llm int4 g32 sym rtn'."""
         if self.weights == "fp32":
             return "build llm fp32"
+        if self.weights == "gguf":
+            return "import gguf blocks"
         kind = "sym" if self.symmetric else "asym"
         method = (
             "+".join(name for name, on in (("awq", self.awq), ("se", self.scale_estimation)) if on)
@@ -151,7 +162,7 @@ class LlmQuantizeConfig(BaseModel):
     def builder_options(self) -> list[str]:
         """onnxruntime-genai's builder: ``-p PRECISION --extra_options KEY=VALUE ...``
         (float32 when NNCF compresses the weights afterwards)."""
-        if self.uses_nncf:
+        if self.uses_nncf or self.weights == "gguf":
             return ["-p", "fp32"]
         options = [
             f"block_size={self.group_size}",
@@ -174,7 +185,7 @@ class LlmQuantizeConfig(BaseModel):
 def check_group_size(config: LlmQuantizeConfig, hf_config: Any) -> None:
     """A RecipeError naming the group sizes that fit, when ``group_size`` does not divide
     a layer's input width (the builder would fail deep inside, or pad)."""
-    if config.weights == "fp32":
+    if config.weights in ("fp32", "gguf"):
         return
     widths = sorted(
         {
@@ -251,5 +262,29 @@ def build_llm(
         compress_folder(
             output, config, calibration_feeds(output, tokens, config.calibration_samples)
         )
+    if config.weights == "gguf":
+        _import_gguf(model.hf_folder, hf_model.config, output, config.activations)
     shutil.rmtree(source, ignore_errors=True)
     return LlmModel(output, config.weights)
+
+
+def _import_gguf(source: Path, hf_config: Any, folder: Path, activations: str) -> None:
+    """The built float model's weights replaced by its GGUF file's own blocks."""
+    import onnx
+
+    from slimserve.models.causal_lm import gguf_source
+    from slimserve.techniques.quantize.gguf_blocks import import_blocks
+
+    file = gguf_source(source)
+    if file is None:
+        raise RecipeError(
+            "weights: gguf re-expresses a GGUF file's own blocks: load the model from one "
+            "({gguf: FILE} or {example: smollm2}), or use weights: int4 or int8."
+        )
+    onnx_model = onnx.load(folder / "model.onnx")
+    import_blocks(onnx_model, file, hf_config, 4 if activations == "int8" else 1)
+    for stale in folder.glob("model.onnx*"):
+        stale.unlink()
+    onnx.save(
+        onnx_model, folder / "model.onnx", save_as_external_data=True, location="model.onnx.data"
+    )

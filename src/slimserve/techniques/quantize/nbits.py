@@ -18,6 +18,7 @@ int4 DequantizeLinear into MatMulNBits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ def per_channel_to_blocks(model: Any, block_size: int, accuracy_level: int) -> i
     """Every per-channel 8-bit ``DequantizeLinear`` of an initializer that feeds one
     ``MatMul`` (as its weight) or one ``Gather`` (as its table) rewritten as an 8-bit
     ``MatMulNBits`` / ``GatherBlockQuantized`` with the same values; returns how many."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     initializers = {i.name: i for i in model.graph.initializer}
     rewritten = 0
@@ -101,59 +102,166 @@ def per_channel_to_blocks(model: Any, block_size: int, accuracy_level: int) -> i
             values, points = (values.astype(np.int16) + 128).astype(np.uint8), points + 128
         axis = _attribute(dq, "axis", 1) % 2
         if user.op_type == "MatMul" and user.input[1] == dq.output[0] and axis == 1:
-            rows, width = values.T, values.shape[0]  # MatMulNBits: one row per output
+            rows = values.T  # MatMulNBits: one row per output
         elif user.op_type == "Gather" and user.input[0] == dq.output[0] and axis == 0:
-            rows, width = values, values.shape[1]
+            rows = values
         else:
             continue
-        if width % block_size:
+        if rows.shape[1] % block_size:
             continue
-        blocks = width // block_size
-        prefix = dq.input[0]
-        block_scales = np.repeat(scales[:, None], blocks, axis=1)
-        block_points = np.repeat(points.astype(np.uint8)[:, None], blocks, axis=1)
-        tensors = [
-            numpy_helper.from_array(block_scales, f"{prefix}_block_scales"),
-            numpy_helper.from_array(block_points, f"{prefix}_block_zero_points"),
-        ]
-        if user.op_type == "MatMul":
-            data = np.ascontiguousarray(rows).reshape(len(rows), blocks, block_size)
-            tensors.insert(0, numpy_helper.from_array(data, f"{prefix}_blocks"))
-            node = helper.make_node(
-                "MatMulNBits",
-                [user.input[0], *(t.name for t in tensors)],
-                [user.output[0]],
-                name=f"{user.name}_nbits",
-                domain=MS_DOMAIN,
-                K=width,
-                N=len(rows),
-                bits=8,
-                block_size=block_size,
-                accuracy_level=accuracy_level,
-            )
-        else:
-            tensors.insert(0, numpy_helper.from_array(np.ascontiguousarray(rows), prefix + "_q8"))
-            node = helper.make_node(
-                "GatherBlockQuantized",
-                [tensors[0].name, user.input[1], tensors[1].name, tensors[2].name],
-                [user.output[0]],
-                name=f"{user.name}_q8",
-                domain=MS_DOMAIN,
-                gather_axis=0,
-                quantize_axis=1,
-                block_size=block_size,
-                bits=8,
-            )
-        index = list(model.graph.node).index(user)
-        model.graph.node.insert(index, node)
-        model.graph.node.remove(user)
+        blocks = rows.shape[1] // block_size
+        per_block = np.repeat(scales[:, None], blocks, axis=1)
+        zero_points = np.repeat(points.astype(np.float32)[:, None], blocks, axis=1)
+        weight = QuantizedRows(8, block_size, np.ascontiguousarray(rows), per_block, zero_points)
+        replace_with_blocks(model, user, dq.output[0], weight, accuracy_level)
         model.graph.node.remove(dq)
         for name in dq.input:
             if name in initializers:
                 model.graph.initializer.remove(initializers.pop(name))
-        model.graph.initializer.extend(tensors)
         rewritten += 1
     return rewritten
+
+
+@dataclass
+class QuantizedRows:
+    """A weight as rows of blocks: unsigned ``codes`` [rows, width]; ``scales``,
+    ``zero_points`` (None: the midpoint, 8 or 128) and ``offsets`` (None: 0) [rows, width
+    / block]; each weight is ``scale * (code - zero_point) + offset``. A row is an output
+    of a MatMul, an entry of an embedding table."""
+
+    bits: int
+    block: int
+    codes: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+
+    def dequantized(self) -> np.ndarray:
+        def wide(per_block: np.ndarray) -> np.ndarray:
+            return np.repeat(per_block, self.block, axis=1)
+
+        points = float(1 << (self.bits - 1)) if self.zero_points is None else wide(self.zero_points)
+        values: np.ndarray = (self.codes.astype(np.float32) - points) * wide(self.scales)
+        return values if self.offsets is None else values + wide(self.offsets)
+
+    def rows(self, order: np.ndarray) -> QuantizedRows:
+        def pick(per_row: np.ndarray | None) -> np.ndarray | None:
+            return None if per_row is None else per_row[order]
+
+        return QuantizedRows(
+            self.bits,
+            self.block,
+            self.codes[order],
+            self.scales[order],
+            pick(self.zero_points),
+            pick(self.offsets),
+        )
+
+
+def replace_with_blocks(
+    model: Any, user: Any, weight_input: str, weight: QuantizedRows, accuracy_level: int
+) -> None:
+    """``user`` (a MatMul reading ``weight_input`` as its weight, or a Gather as its
+    table) replaced by MatMulNBits / GatherBlockQuantized on ``weight``'s blocks. Zero
+    points that are whole codes are stored as integers (packed for 4 bits), others in
+    float. Offsets (Q4_1's float minimum per block) are added by a small float MatMul of
+    the input's block sums: MatMulNBits with float zero points is exact too, but ONNX
+    Runtime runs it 60x slower (it rebuilds the float weight at every call, measured)."""
+    from onnx import helper, numpy_helper
+
+    rows, width = weight.codes.shape
+    blocks = width // weight.block
+    prefix = f"{weight_input}_{weight.bits}bit"
+    codes: np.ndarray = weight.codes.astype(np.uint8)
+    if weight.bits == 4:
+        codes = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    tensors = [
+        numpy_helper.from_array(codes.reshape(rows, blocks, -1), f"{prefix}_codes"),
+        numpy_helper.from_array(weight.scales.astype(np.float32), f"{prefix}_scales"),
+    ]
+    if weight.zero_points is not None:
+        points = weight.zero_points
+        whole = np.array_equal(points, np.round(points)) and points.min() >= 0
+        if whole and points.max() < (1 << weight.bits):
+            points = points.astype(np.uint8)
+            if weight.bits == 4:
+                padded = np.pad(points, ((0, 0), (0, blocks % 2)))
+                points = padded[:, 0::2] | (padded[:, 1::2] << 4)
+        tensors.append(numpy_helper.from_array(points, f"{prefix}_zero_points"))
+    if user.op_type == "MatMul":
+        output = user.output[0] if weight.offsets is None else f"{prefix}_scaled"
+        node = helper.make_node(
+            "MatMulNBits",
+            [user.input[0], *(t.name for t in tensors)],
+            [output],
+            name=f"{user.name}_nbits",
+            domain=MS_DOMAIN,
+            K=width,
+            N=rows,
+            bits=weight.bits,
+            block_size=weight.block,
+            accuracy_level=accuracy_level,
+        )
+    else:
+        tensors[0] = numpy_helper.from_array(weight.codes.astype(np.uint8), f"{prefix}_codes")
+        if len(tensors) == 2:  # the midpoint, said explicitly
+            middle = np.full(weight.scales.shape, 1 << (weight.bits - 1), np.uint8)
+            tensors.append(numpy_helper.from_array(middle, f"{prefix}_zero_points"))
+        node = helper.make_node(
+            "GatherBlockQuantized",
+            [tensors[0].name, user.input[1], tensors[1].name, tensors[2].name],
+            [user.output[0]],
+            name=f"{user.name}_blocks",
+            domain=MS_DOMAIN,
+            gather_axis=0,
+            quantize_axis=1,
+            block_size=weight.block,
+            bits=weight.bits,
+        )
+    index = list(model.graph.node).index(user)
+    added = [node]
+    if weight.offsets is not None and user.op_type == "MatMul":
+        added += _offset_nodes(model, user, weight, prefix, tensors)
+    for position, new in enumerate(added):
+        model.graph.node.insert(index + position, new)
+    model.graph.node.remove(user)
+    model.graph.initializer.extend(tensors)
+    still_read = {name for n in model.graph.node for name in n.input}
+    for initializer in list(model.graph.initializer):
+        if initializer.name == weight_input and weight_input not in still_read:
+            model.graph.initializer.remove(initializer)
+
+
+def _offset_nodes(
+    model: Any, user: Any, weight: QuantizedRows, prefix: str, tensors: list[Any]
+) -> list[Any]:
+    """``+ blocksums(x) @ offsets.T``: the per-block offsets' share of the product, the
+    input's block sums computed once per input and block size."""
+    from onnx import helper, numpy_helper
+
+    assert weight.offsets is not None
+    source = user.input[0]
+    sums = f"{source}_block_sums_{weight.block}"
+    nodes = []
+    if not any(sums in n.output for n in model.graph.node):
+        shape, axis = f"{sums}_shape", f"{sums}_axis"
+        tensors.append(numpy_helper.from_array(np.array([0, 0, -1, weight.block]), shape))
+        tensors.append(numpy_helper.from_array(np.array([-1]), axis))
+        nodes += [
+            helper.make_node("Reshape", [source, shape], [f"{sums}_blocks"], name=f"{sums}_r"),
+            helper.make_node("ReduceSum", [f"{sums}_blocks", axis], [sums], name=sums, keepdims=0),
+        ]
+    offsets = numpy_helper.from_array(
+        np.ascontiguousarray(weight.offsets.T.astype(np.float32)), f"{prefix}_offsets"
+    )
+    tensors.append(offsets)
+    return [
+        *nodes,
+        helper.make_node("MatMul", [sums, offsets.name], [f"{prefix}_offset"], name=prefix),
+        helper.make_node(
+            "Add", [f"{prefix}_scaled", f"{prefix}_offset"], [user.output[0]], name=f"{prefix}_add"
+        ),
+    ]
 
 
 def set_accuracy_level(model: Any, level: int) -> None:

@@ -1,0 +1,317 @@
+"""Continuous batching for a decoder LM artifact: sequences join and leave the running
+batch between decode steps, prompts are prefilled in bounded chunks between them, and the
+KV cache is one preallocated buffer per layer with a row (slot) per sequence.
+
+onnxruntime-genai's Generator decodes a fixed batch, and its Engine batches continuously
+only with paged attention, which its builder makes for CUDA alone; so this loop drives the
+builder's ONNX model in ONNX Runtime itself. The model's GroupQueryAttention reads each
+row's length from the attention mask and writes new keys and values in place
+(``past_present_share_buffer``): a row's cache is written where its own sequence ends,
+whatever the other rows hold, so a prefill of one row (its slice of the buffer) and a
+decode step of all rows use the same buffers, bound by IO binding without copies.
+
+Every public method is thread-safe; ``emit`` callbacks run on the engine's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimserve.core.errors import SlimserveError
+
+
+class EngineFull(SlimserveError):
+    """The engine's queue is full: the client should retry later (HTTP 429)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a sequence's tokens are chosen and when it ends."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    logprobs: int | None = None  # None: none; k: the chosen token's and the top k's
+
+
+@dataclass
+class Token:
+    """One generated token: its id, its log-probability and the top alternatives (when
+    asked), and why the sequence ended with it (None while it goes on)."""
+
+    token: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+    finish: str | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt: list[int]
+    sampling: Sampling
+    emit: Callable[[Token], None]
+    rng: np.random.Generator
+    slot: int = -1
+    length: int = 0  # tokens in the cache
+    generated: int = 0
+    next_token: int = -1
+    cancelled: bool = False
+    queued_at: float = 0.0
+    first_token_at: float = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.length < len(self.prompt)
+
+
+class LlmEngine:
+    """One decoder LM: its ONNX Runtime session, KV buffers and the batching thread."""
+
+    def __init__(
+        self,
+        folder: Path,
+        threads: int = 2,
+        slots: int = 16,
+        slot_tokens: int = 1024,
+        chunk_tokens: int = 128,
+        max_queue: int = 64,
+    ) -> None:
+        import onnxruntime as ort
+
+        genai = json.loads((folder / "genai_config.json").read_text())["model"]
+        decoder = genai["decoder"]
+        self.context_length = min(int(genai["context_length"]), slot_tokens)
+        eos = genai["eos_token_id"]
+        self.eos = {int(t) for t in (eos if isinstance(eos, list) else [eos])}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(folder / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+        )
+        self.ort = ort
+        shape = (slots, int(decoder["num_key_value_heads"]), self.context_length)
+        self.names = [
+            (f"past_key_values.{i}.{kind}", f"present.{i}.{kind}")
+            for i in range(int(decoder["num_hidden_layers"]))
+            for kind in ("key", "value")
+        ]
+        self.cache = [np.zeros((*shape, int(decoder["head_size"])), np.float32) for _ in self.names]
+        self.slots: list[Sequence | None] = [None] * slots
+        self.queue: deque[Sequence] = deque()
+        self.max_queue, self.chunk_tokens = max_queue, chunk_tokens
+        self.lock = threading.Condition()
+        self.running = True
+        self.stats = {"steps": 0, "generated": 0, "cancelled": 0}
+        self.thread = threading.Thread(target=self._loop, name="slimserve-llm", daemon=True)
+        self.thread.start()
+
+    # -- the client side -------------------------------------------------------------
+    def submit(
+        self, prompt: list[int], sampling: Sampling, emit: Callable[[Token], None]
+    ) -> Sequence:
+        """Queue a sequence (a ValueError when it cannot fit a slot, EngineFull when the
+        queue is full); its tokens arrive through ``emit``."""
+        if not prompt:
+            raise ValueError("The prompt is empty.")
+        if len(prompt) + sampling.max_tokens > self.context_length:
+            raise ValueError(
+                f"The prompt's {len(prompt)} tokens and max_tokens {sampling.max_tokens} "
+                f"exceed the model's {self.context_length}-token context."
+            )
+        sequence = Sequence(
+            prompt,
+            sampling,
+            emit,
+            np.random.default_rng(sampling.seed),
+            queued_at=time.perf_counter(),
+        )
+        with self.lock:
+            free = self.slots.count(None)
+            if len(self.queue) >= self.max_queue + free:
+                raise EngineFull(
+                    f"all {len(self.slots)} slots are taken and {len(self.queue)} sequences "
+                    "wait for one; retry later."
+                )
+            self.queue.append(sequence)
+            self.lock.notify()
+        return sequence
+
+    def cancel(self, sequence: Sequence) -> None:
+        """Stop a sequence: its slot is freed before the next step."""
+        with self.lock:
+            if sequence.cancelled:
+                return  # finished, or cancelled before
+            sequence.cancelled = True
+            if sequence in self.queue:
+                self.queue.remove(sequence)
+                self.stats["cancelled"] += 1
+            self.lock.notify()
+
+    def usage(self) -> dict[str, int]:
+        """Running and queued sequences, those cancelled mid-way so far, and the tokens
+        the running ones' cache rows hold."""
+        with self.lock:
+            active = [s for s in self.slots if s is not None]
+            return {
+                "cancelled": self.stats["cancelled"],
+                "running": len(active),
+                "queued": len(self.queue),
+                "kv_tokens": sum(s.length for s in active),
+                "kv_capacity": len(self.slots) * self.context_length,
+            }
+
+    def close(self) -> None:
+        with self.lock:
+            self.running = False
+            self.lock.notify()
+        self.thread.join(timeout=5)
+
+    # -- the engine thread -----------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while self.running and not self.queue and not any(self.slots):
+                    self.lock.wait()
+                if not self.running:
+                    return
+                self._admit()
+                work = [s for s in self.slots if s is not None]
+            try:
+                self._step(work)
+            except Exception as exc:  # a failed step ends its sequences, not the engine
+                for sequence in work:
+                    self._finish(sequence, Token(-1, finish=f"error: {exc}"))
+
+    def _admit(self) -> None:
+        for sequence in [s for s in self.slots if s is not None and s.cancelled]:
+            self.slots[sequence.slot] = None  # a sequence its client gave up, mid-way
+            self.stats["cancelled"] += 1
+        while self.queue and None in self.slots:
+            sequence = self.queue.popleft()
+            sequence.slot = self.slots.index(None)
+            self.slots[sequence.slot] = sequence
+
+    def _step(self, work: list[Sequence]) -> None:
+        """One prefill chunk of the first sequence still prefilling (a bounded stall for
+        the others), then one decode step of every sequence that has its first token."""
+        prefilling = [s for s in work if s.prefilling and not s.cancelled]
+        if prefilling:
+            sequence = min(prefilling, key=lambda s: s.queued_at)
+            start = sequence.length
+            chunk = sequence.prompt[start : start + self.chunk_tokens]
+            logits = self._run(
+                slice(sequence.slot, sequence.slot + 1), [chunk], [start + len(chunk)]
+            )
+            sequence.length += len(chunk)
+            if not sequence.prefilling:
+                sequence.first_token_at = time.perf_counter()
+                self._emit(sequence, logits[0])
+        decoding = [s for s in work if not s.prefilling and s.next_token >= 0 and not s.cancelled]
+        if not decoding:
+            return
+        rows = max(s.slot for s in decoding) + 1
+        tokens, lengths = [[0] for _ in range(rows)], [1] * rows
+        for s in work:
+            if s.slot < rows and not s.cancelled:
+                lengths[s.slot] = s.length + 1  # a prefilling row writes where its next chunk goes
+        for s in decoding:
+            tokens[s.slot] = [s.next_token]
+        logits = self._run(slice(0, rows), tokens, lengths)
+        for s in decoding:
+            s.length += 1
+            self._emit(s, logits[s.slot])
+        self.stats["steps"] += 1
+
+    def _run(self, rows: slice, tokens: list[list[int]], lengths: list[int]) -> np.ndarray:
+        """The model on cache rows ``rows``: each row's new ``tokens`` (equal counts) ending
+        at its total ``lengths``; returns each row's last-position logits."""
+        ort = self.ort
+        width = max(lengths)
+        mask = np.zeros((len(lengths), width), np.int64)
+        for row, length in enumerate(lengths):
+            mask[row, :length] = 1
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray(tokens, np.int64))
+        binding.bind_cpu_input("attention_mask", mask)
+        for (past, present), buffer in zip(self.names, self.cache, strict=True):
+            view = ort.OrtValue.ortvalue_from_numpy(buffer[rows])
+            binding.bind_ortvalue_input(past, view)
+            binding.bind_ortvalue_output(present, view)
+        binding.bind_output("logits")
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[-1].numpy()
+        return np.asarray(logits[:, -1, :], np.float32)
+
+    def _emit(self, sequence: Sequence, logits: np.ndarray) -> None:
+        token = choose(logits, sequence.sampling, sequence.rng)
+        sequence.generated += 1
+        self.stats["generated"] += 1
+        if token.token in self.eos:
+            token.finish = "stop"
+        elif (
+            sequence.generated >= sequence.sampling.max_tokens
+            or sequence.length + 1 >= self.context_length
+        ):
+            token.finish = "length"
+        sequence.next_token = token.token
+        if token.finish:
+            self._finish(sequence, token)
+        else:
+            sequence.emit(token)
+
+    def _finish(self, sequence: Sequence, token: Token) -> None:
+        with self.lock:
+            if sequence.slot >= 0 and self.slots[sequence.slot] is sequence:
+                self.slots[sequence.slot] = None
+            sequence.cancelled = True
+        sequence.emit(token)
+
+
+def choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> Token:
+    """The next token: greedy at temperature 0, else sampled from the temperature-scaled
+    distribution cut to its top_k and top_p; with its log-probability (of the model's
+    distribution, as OpenAI reports it) and the top alternatives when asked."""
+    if sampling.temperature <= 0:
+        chosen = int(np.argmax(logits))
+    else:
+        scaled = logits.astype(np.float64) / sampling.temperature
+        order = np.argsort(-scaled)
+        if sampling.top_k > 0:
+            order = order[: sampling.top_k]
+        probs = np.exp(scaled[order] - scaled[order[0]])
+        probs /= probs.sum()
+        if sampling.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        chosen = int(order[rng.choice(len(order), p=probs)])
+    if sampling.logprobs is None:
+        return Token(chosen)
+    shifted = logits.astype(np.float64) - logits.max()
+    log_probs = shifted - np.log(np.exp(shifted).sum())
+    count = sampling.logprobs
+    top: list[int] = list(np.argpartition(-log_probs, count)[:count]) if count else []
+    ranked = sorted(((int(t), float(log_probs[t])) for t in top), key=lambda p: -p[1])
+    return Token(chosen, float(log_probs[chosen]), ranked)
+
+
+@dataclass
+class LlmServed:
+    """A decoder LM artifact being served: its engine and its tokenizer (chat template)."""
+
+    name: str
+    engine: LlmEngine
+    tokenizer: Any
+    max_tokens: int = 1024  # per request, the most new tokens a client may ask for
+    metrics: Any = None

@@ -1,0 +1,206 @@
+"""OpenAI completions and chat on a decoder LM artifact (a tiny random Llama), through the
+official ``openai`` client against a real server: plain and streamed, n, seed, stop,
+logprobs, usage, the chat template, errors in OpenAI's shape, a disconnect freeing its
+slot, and concurrent streams equal to the same requests alone."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("onnxruntime_genai")
+openai = pytest.importorskip("openai")
+
+import slimserve as ss  # noqa: E402
+from slimserve.runtime.generation import GenerationParams  # noqa: E402
+from tests.serve.conftest import running, start  # noqa: E402
+
+MODEL = "tiny-llm"
+LIMITS = {"llm_slots": 4, "llm_slot_tokens": 256, "llm_max_tokens": 64}
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_llama: Path, prose: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    recipe = ss.parse_recipe(
+        {
+            "name": MODEL,
+            "model": {"hf": str(tiny_llama)},
+            "data": {"eval": {"text": str(prose), "max_length": 32, "samples": 1}},
+            "steps": [{"quantize": {"mode": "llm", "weights": "fp32"}}],
+            "goal": {"metric": "kl_divergence", "max_drop": 1.0},
+            "bench": {"repeats": 3},
+        }
+    )
+    return ss.run_recipe(recipe, tmp_path_factory.mktemp("llm-serve")).artifact.path
+
+
+@pytest.fixture(scope="module")
+def server(artifact: Path) -> Iterator[str]:
+    srv, thread, url = start(artifact, **LIMITS)
+    yield f"http://{url}"
+    srv.should_exit = True  # type: ignore[attr-defined]
+    thread.join(timeout=30)
+
+
+def client(url: str) -> object:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def greedy(artifact: Path, prompt: list[int], count: int) -> str:
+    """onnxruntime-genai's greedy tokens, as text the way the server writes it."""
+    from slimserve.models.hf import load_tokenizer
+
+    generator = ss.load_generator(artifact)
+    tokens = generator.generate([prompt], GenerationParams(max_new_tokens=count))[0]
+    return str(load_tokenizer(artifact / "llm").decode(tokens, skip_special_tokens=True))
+
+
+def test_chat_plain_and_streamed_is_the_generators_greedy_text(server: str, artifact: Path) -> None:
+    api = client(server)
+    assert MODEL in [m.id for m in api.models.list()]  # type: ignore[attr-defined]
+    generator = ss.load_generator(artifact)
+    expected = greedy(artifact, generator.encode(generator.chat_prompt("hello there")), 12)
+    messages = [{"role": "user", "content": "hello there"}]
+    answer = api.chat.completions.create(  # type: ignore[attr-defined]
+        model=MODEL, messages=messages, max_tokens=12, temperature=0
+    )
+    assert answer.choices[0].message.content == expected
+    assert answer.choices[0].finish_reason in ("length", "stop")
+    assert answer.usage.completion_tokens <= 12 and answer.usage.prompt_tokens > 3
+    chunks = list(
+        api.chat.completions.create(  # type: ignore[attr-defined]
+            model=MODEL,
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.total_tokens == answer.usage.total_tokens and not chunks[-1].choices
+
+
+def test_completions_n_seed_logprobs_and_stop(server: str) -> None:
+    api = client(server)
+    sampled = {"model": MODEL, "prompt": "the cat", "max_tokens": 10, "temperature": 0.9}
+    first = api.completions.create(**sampled, n=2, seed=11)  # type: ignore[attr-defined]
+    again = api.completions.create(**sampled, n=2, seed=11)  # type: ignore[attr-defined]
+    assert [c.index for c in first.choices] == [0, 1]
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]  # same seed
+    scored = api.completions.create(  # type: ignore[attr-defined]
+        model=MODEL, prompt="the cat", max_tokens=6, temperature=0, logprobs=3
+    )
+    logprobs = scored.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs)
+    assert all(lp <= 0 for lp in logprobs.token_logprobs)
+    assert all(len(top) <= 3 for top in logprobs.top_logprobs)
+    assert "".join(logprobs.tokens).startswith(scored.choices[0].text[:1])
+    whole = (
+        api.completions.create(  # type: ignore[attr-defined]
+            model=MODEL, prompt="the cat", max_tokens=24, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+    stop = next(
+        (whole[i : i + 2] for i in range(3, len(whole) - 2) if whole[i : i + 2].strip()), None
+    )
+    if stop is None:
+        pytest.skip("the random model's greedy text has no two-character stop to cut at")
+    cut = api.completions.create(  # type: ignore[attr-defined]
+        model=MODEL, prompt="the cat", max_tokens=24, temperature=0, stop=[stop]
+    ).choices[0]
+    assert cut.text == whole[: whole.index(stop)] and cut.finish_reason == "stop"
+
+
+def test_errors_come_in_openais_shape(server: str) -> None:
+    api = client(server)
+    with pytest.raises(openai.BadRequestError, match=r"maximum context length is 256 tokens"):
+        api.completions.create(model=MODEL, prompt="x" * 300, max_tokens=8)  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError, match="'temperature' must be a number from 0 to 2"):
+        api.completions.create(model=MODEL, prompt="a", temperature=3)  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError, match="over this server's 64"):
+        api.completions.create(model=MODEL, prompt="a", max_tokens=65)  # type: ignore[attr-defined]
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        api.chat.completions.create(model="nope", messages=[{"role": "user", "content": "a"}])  # type: ignore[attr-defined]
+    bad = httpx.post(f"{server}/v1/chat/completions", json={"model": MODEL, "messages": "hi"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+
+
+def test_a_token_and_a_full_queue_are_refused(artifact: Path) -> None:
+    with running(artifact, token="secret", llm_slots=1, llm_max_queue=0, **_rest()) as (_, url):
+        api = openai.OpenAI(base_url=f"http://{url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            api.completions.create(model=MODEL, prompt="a", max_tokens=2)
+        good = openai.OpenAI(base_url=f"http://{url}/v1", api_key="secret", max_retries=0)
+        assert good.completions.create(model=MODEL, prompt="a", max_tokens=2).choices
+        # two sequences (n=2) for one slot and no queue: the second cannot wait
+        with pytest.raises(openai.RateLimitError, match="busy: all 1 slots are taken"):
+            good.completions.create(model=MODEL, prompt="b", max_tokens=8, n=2)
+
+
+def _rest() -> dict[str, int]:
+    return {k: v for k, v in LIMITS.items() if k != "llm_slots"}
+
+
+def sequences(url: str, state: str = "running") -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(rf'slimserve_sequences{{model="tiny-llm",state="{state}"}} (\S+)', text)
+    assert found, text[-2000:]
+    return float(found.group(1))
+
+
+def test_a_client_that_leaves_frees_its_slot(artifact: Path) -> None:
+    # one prompt token per step: a long prompt keeps its slot for ~480 steps, and a chat
+    # stream's first event (the role) comes before them
+    limits = LIMITS | {"llm_slot_tokens": 512, "llm_chunk_tokens": 1}
+    with running(artifact, **limits) as (_, url):
+        server = f"http://{url}"
+        message = {"role": "user", "content": "word " * 95}
+        body = {"model": MODEL, "messages": [message], "max_tokens": 8, "stream": True}
+        with httpx.stream("POST", f"{server}/v1/chat/completions", json=body) as response:
+            assert next(response.iter_lines()).startswith("data: ")
+        left = time.monotonic()
+        while not sequences(server, "cancelled") and time.monotonic() < left + 5:
+            time.sleep(0.005)
+        # cancelled while it ran (a sequence that ends by itself is not counted)
+        assert sequences(server, "cancelled") == 1 and sequences(server) == 0
+
+
+def test_concurrent_streams_give_what_each_gives_alone(server: str) -> None:
+    api = client(server)
+    prompts = ["the dog", "a much longer prompt about the sea and its waves"]
+
+    def ask(prompt: str) -> str:
+        return str(
+            api.completions.create(  # type: ignore[attr-defined]
+                model=MODEL, prompt=prompt, max_tokens=20, temperature=0
+            )
+            .choices[0]
+            .text
+        )
+
+    alone = [ask(p) for p in prompts]
+    together: list[str] = ["", ""]
+
+    def run(index: int) -> None:
+        stream = api.completions.create(  # type: ignore[attr-defined]
+            model=MODEL, prompt=prompts[index], max_tokens=20, temperature=0, stream=True
+        )
+        together[index] = "".join(c.choices[0].text for c in stream if c.choices)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert together == alone
