@@ -52,6 +52,8 @@ def test_every_build_is_measured_against_the_float_model(built: ss.RunResult) ->
     assert baseline.metrics["kl_divergence"] == 0 and baseline.metrics["top1_agreement"] == 1
     # the float build is the same model: the same next-token distributions
     assert fp32.metrics["kl_divergence"] < 1e-6 and fp32.metrics["top1_agreement"] == 1
+    assert fp32.metrics["greedy_agreement"] == 1 and baseline.metrics["greedy_agreement"] == 1
+    assert 0 <= int4.metrics["greedy_agreement"] <= 1
     assert fp32.metrics["perplexity"] == pytest.approx(baseline.metrics["perplexity"], rel=1e-4)
     assert int8.metrics["kl_divergence"] < int4.metrics["kl_divergence"]  # fewer bits, more loss
     for stage in built.stages:
@@ -125,6 +127,14 @@ def test_next_token_metrics_equal_a_hand_computation() -> None:
     assert got["top1_agreement"] == 0.5  # row 0: 0 against 1; row 1: 1 and 1
     same = next_token_metrics(reference, reference, targets)
     assert same["kl_divergence"] == pytest.approx(0.0, abs=1e-12) and same["top1_agreement"] == 1
+
+
+def test_greedy_agreement_is_the_common_prefix_share() -> None:
+    from slimserve.measure.llm import greedy_agreement
+
+    # 2 of 4 before the first departure (the later match does not count); 2 of 2
+    assert greedy_agreement([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5, 6, 7]]) == 0.75
+    assert greedy_agreement([[1, 2]], [[]]) == 0.0
 
 
 def test_bad_configs_name_the_fix(tiny_llama: Path, prose: Path, tmp_path: Path) -> None:
@@ -233,3 +243,18 @@ def test_errors_a_user_can_cause_name_the_fix(
         token_windows([1, 2, 3], 64, None)
     with pytest.raises(DataError, match="does not exist"):
         eval_text(DataSpec(text=tmp_path / "missing.txt"))
+
+
+def test_an_int4_build_that_misses_the_goal_names_its_costliest_layers(
+    tiny_llama: Path, prose: Path, tmp_path: Path
+) -> None:
+    int4 = [[{"quantize": {"mode": "llm", "weights": "int4", "group_size": 16}}]]
+    recipe = recipe_for(tiny_llama, prose, int4).model_copy(
+        update={"goal": ss.parse_recipe(
+            {"name": "g", "model": {"hf": str(tiny_llama)},
+             "goal": {"metric": "kl_divergence", "max_drop": 1e-6}}
+        ).goal}
+    )  # fmt: skip
+    notes = ss.run_recipe(recipe, tmp_path).artifact.manifest.notes
+    why = next(n for n in notes if n.startswith("Why int4 got worse"))
+    assert "layers.0" in why and "layers.1" in why and "int4_share" in why

@@ -84,6 +84,7 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
             ends.append((end, stages[-1], records))
         advance("decode speed, interleaved")
         _decode_speeds(stages, tokenizer, recipe, threads)
+        notes.extend(_why_int4_got_worse(recipe, model, reference, baseline, ends))
     chosen, why = _choose(recipe, baseline, ends)
     artifact = _record(recipe, model, stages, ends[chosen], [why, *notes], out)
     return RunResult(artifact, stages, artifact.manifest.notes)
@@ -106,6 +107,33 @@ def _calibration(recipe: Recipe, chains: Any) -> tuple[str, str]:
             "measured on prose its calibration did not see; give them different sources."
         )
     return text, f"Calibration (AWQ, scale estimation, int4 share): {source}."
+
+
+def _why_int4_got_worse(
+    recipe: Recipe,
+    model: TorchModel,
+    reference: Reference,
+    baseline: Stage,
+    ends: list[tuple[LlmModel, Stage, list[StepRecord]]],
+) -> list[str]:
+    """When an int4 build misses the goal: the layers whose int4 alone costs most."""
+    from slimserve.measure.llm_sensitivity import diagnosis, layer_sensitivity
+    from slimserve.serving_runtime import goal_verdict
+
+    for llm, stage, records in ends:
+        if llm.weights != "int4" or goal_verdict(recipe, baseline, stage).met or not records:
+            continue
+        config = records[-1].config
+        group_size, symmetric = (
+            int(config.get("group_size", 32)),
+            bool(config.get("symmetric", True)),
+        )
+        try:
+            ranked = layer_sensitivity(model, reference, group_size, symmetric)
+        except AttributeError:  # not a model.layers decoder: no per-layer diagnosis
+            return []
+        return [diagnosis(ranked)] if ranked else []
+    return []
 
 
 def _quality(model: AnyModel, reference: Reference, threads: int) -> dict[str, float]:

@@ -141,12 +141,18 @@ class DataConfig(Frozen):
 class Goal(Frozen):
     """The quality bound the final model is checked against."""
 
-    metric: Literal["accuracy", "cosine_mean", "top1_agreement", "kl_divergence", "perplexity"] = (
-        Field(
-            "accuracy",
-            description="Quality metric the goal bounds (kl_divergence and perplexity: decoder "
-            "LMs, against the float model on the eval text; lower is better).",
-        )
+    metric: Literal[
+        "accuracy",
+        "cosine_mean",
+        "top1_agreement",
+        "kl_divergence",
+        "perplexity",
+        "greedy_agreement",
+    ] = Field(
+        "accuracy",
+        description="Quality metric the goal bounds (kl_divergence, perplexity and "
+        "greedy_agreement: decoder LMs, against the float model on the eval text; "
+        "kl_divergence and perplexity: lower is better).",
     )
     max_drop: float = Field(
         0.01,

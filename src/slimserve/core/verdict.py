@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FIDELITY_METRICS = ("cosine_mean", "top1_agreement")
+FIDELITY_METRICS = ("cosine_mean", "top1_agreement", "greedy_agreement")
 """Measured against the original model's outputs: the original scores 1 by definition."""
 LOWER_IS_BETTER = ("kl_divergence", "perplexity")
 """Metrics that get worse as they grow: their drop is how much they rose."""

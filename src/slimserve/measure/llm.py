@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,12 @@ class Reference:
 
     windows: list[list[int]]
     logits: list[np.ndarray]  # per window: [len - 1, vocab], positions that predict a token
+    greedy: list[list[int]] = field(default_factory=list)  # per window's opening: new tokens
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Each window's first GREEDY_PROMPT tokens: the prompts greedy agreement uses."""
+        return [w[:GREEDY_PROMPT] for w in self.windows]
 
     @property
     def targets(self) -> np.ndarray:
@@ -84,14 +90,61 @@ def stage_logits(model: AnyModel, tokens: list[int], runtime: Any) -> np.ndarray
 
 
 def reference_for(model: TorchModel, windows: list[list[int]]) -> Reference:
-    return Reference(windows, [torch_logits(model, w)[:-1] for w in windows])
+    reference = Reference(windows, [torch_logits(model, w)[:-1] for w in windows])
+    reference.greedy = [torch_greedy(model, p, GREEDY_TOKENS) for p in reference.prompts]
+    return reference
+
+
+def torch_greedy(model: TorchModel, prompt: list[int], count: int) -> list[int]:
+    """transformers' greedy continuation of ``prompt`` (``count`` new tokens at most)."""
+    import torch
+
+    module: Any = model.module.model
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = module.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=count, do_sample=False
+        )
+    eos = module.generation_config.eos_token_id
+    ends = set(eos if isinstance(eos, list) else [eos])
+    made = []
+    for token in out[0, len(prompt) :].tolist():
+        if token in ends:  # the generation runtime stops there too, without it
+            break
+        made.append(int(token))
+    return made
+
+
+def greedy_agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:
+    """How much of the reference's greedy continuations the candidate repeats before it
+    first departs from them: the mean common prefix, as a share of each reference."""
+    shares = []
+    for expected, got in zip(reference, candidate, strict=True):
+        same = 0
+        for a, b in zip(expected, got, strict=False):
+            if a != b:
+                break
+            same += 1
+        shares.append(same / max(len(expected), 1))
+    return float(np.mean(shares)) if shares else 1.0
 
 
 def llm_quality(model: AnyModel, reference: Reference, threads: int) -> dict[str, float]:
-    """Perplexity, KL divergence and top-1 agreement of ``model`` against the reference."""
+    """Perplexity, KL divergence, top-1 agreement and greedy agreement of ``model``
+    against the reference."""
     runtime = generator_for(model, threads)
     logits = np.concatenate([stage_logits(model, w, runtime)[:-1] for w in reference.windows])
-    return next_token_metrics(np.concatenate(reference.logits), logits, reference.targets)
+    metrics = next_token_metrics(np.concatenate(reference.logits), logits, reference.targets)
+    if reference.greedy:
+        if runtime is None:
+            greedy = [torch_greedy(model, p, GREEDY_TOKENS) for p in reference.prompts]  # type: ignore[arg-type]
+        else:
+            from slimserve.runtime.generation import GenerationParams
+
+            params = GenerationParams(max_new_tokens=GREEDY_TOKENS)
+            greedy = [runtime.generate([p], params)[0] for p in reference.prompts]
+        metrics["greedy_agreement"] = greedy_agreement(reference.greedy, greedy)
+    return metrics
 
 
 def generator_for(model: AnyModel, threads: int) -> Any:
@@ -155,6 +208,7 @@ def _decoder(model: AnyModel, threads: int) -> Any:
 
 
 DEFAULT_WINDOW = 256
+GREEDY_PROMPT, GREEDY_TOKENS = 32, 16
 
 
 def window_length(spec: DataSpec) -> int:

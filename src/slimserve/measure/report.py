@@ -89,10 +89,17 @@ STAGE_METRICS = (
     "top1_agreement",
     "perplexity",
     "kl_divergence",
+    "greedy_agreement",
     "decode_tokens_per_s",
 )
 """The metrics a stage table shows, in this order (the decoder-LM ones last)."""
-LLM_METRICS = ("perplexity", "kl_divergence", "top1_agreement", "decode_tokens_per_s")
+LLM_METRICS = (
+    "perplexity",
+    "kl_divergence",
+    "top1_agreement",
+    "greedy_agreement",
+    "decode_tokens_per_s",
+)
 
 
 def _metric(name: str, value: float) -> str:
