@@ -9,7 +9,8 @@ exactly (`weights: gguf`). llama-server is built from the llama.cpp source that 
 llama-cpp-python 0.3.36 (runs/bench/llama-server-src, ~5 minutes on first use), run with
 `--parallel N` (continuous batching is on by default), 2 threads; slimserve with 2 threads
 and N slots. Each stream posts /v1/completions with stream: true, greedy, max_tokens 128,
-one of N different prompts of held-out prose. Measured per round: aggregate completion
+one of N different prompts of held-out prose (new ones every round: llama-server's prompt
+cache would answer repeated prompts from memory). Measured per round: aggregate completion
 tokens/s (the final texts re-tokenized with the model's tokenizer, the same count for
 both), time to first token p50/p99, the gap between chunks p99, errors. The in-process
 ceiling is the same engine without HTTP: N sequences submitted at once.
@@ -203,7 +204,13 @@ def main() -> None:
     artifact = build_artifact()
     tokenizer = AutoTokenizer.from_pretrained(artifact / "llm")
     sentences = english_split("eval")
-    prompts = [" ".join(sentences[i * 3 : i * 3 + 3]) for i in range(args.streams)]
+    # different prompts in every round: a server's prompt cache (llama-server has one)
+    # would otherwise answer later rounds from memory
+    rounds = [
+        [" ".join(sentences[(r * args.streams + i) * 3 :][:3]) for i in range(args.streams)]
+        for r in range(args.rounds + 1)
+    ]
+    warmup, prompts = rounds[0][:2], rounds[1]
     binary = llama_server()
     ours_port, theirs_port = free_port(), free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -223,11 +230,11 @@ def main() -> None:
         ours_url, theirs_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}"
         wait_ready(ours_url, ours)
         wait_ready(theirs_url, theirs)
-        measure(ours_url, "smollm2-gguf", prompts[:2], tokenizer)  # warm-up
-        measure(theirs_url, "smollm2", prompts[:2], tokenizer)
-        for _ in range(args.rounds):
-            runs["slimserve"].append(measure(ours_url, "smollm2-gguf", prompts, tokenizer))
-            runs["llama-server"].append(measure(theirs_url, "smollm2", prompts, tokenizer))
+        measure(ours_url, "smollm2-gguf", warmup, tokenizer)
+        measure(theirs_url, "smollm2", warmup, tokenizer)
+        for batch in rounds[1:]:
+            runs["slimserve"].append(measure(ours_url, "smollm2-gguf", batch, tokenizer))
+            runs["llama-server"].append(measure(theirs_url, "smollm2", batch, tokenizer))
             print(runs["slimserve"][-1], runs["llama-server"][-1], flush=True)
     finally:
         for process in (ours, theirs):

@@ -204,3 +204,35 @@ def test_concurrent_streams_give_what_each_gives_alone(server: str) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert together == alone
+
+
+def test_the_v2_generate_extension_gives_the_completions_text(server: str) -> None:
+    api = client(server)
+    expected = (
+        api.completions.create(  # type: ignore[attr-defined]
+            model=MODEL, prompt="the cat", max_tokens=10, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+    body = {"text_input": "the cat", "parameters": {"max_tokens": 10, "temperature": 0}}
+    whole = httpx.post(f"{server}/v2/models/{MODEL}/generate", json=body)
+    assert whole.status_code == 200, whole.text
+    assert whole.json() == {"model_name": MODEL, "model_version": "1", "text_output": expected}
+    with httpx.stream("POST", f"{server}/v2/models/{MODEL}/generate_stream", json=body) as out:
+        events = [line[6:] for line in out.iter_lines() if line.startswith("data: ")]
+    assert "".join(httpx.Response(200, content=e).json()["text_output"] for e in events) == expected
+    bad = httpx.post(f"{server}/v2/models/{MODEL}/generate", json={"text_input": 3})
+    assert bad.status_code == 400 and "text_input" in bad.json()["error"]
+    long = {"text_input": "x" * 600, "max_tokens": 8}
+    over = httpx.post(f"{server}/v2/models/{MODEL}/generate", json=long)
+    assert over.status_code == 400 and "maximum context length" in over.json()["error"]
+
+
+def test_a_body_over_the_limit_is_413_in_openais_shape(artifact: Path) -> None:
+    with running(artifact, max_body_bytes=1024, **LIMITS) as (_, url):
+        big = {"model": MODEL, "prompt": "y" * 2000}
+        refused = httpx.post(f"http://{url}/v1/completions", json=big)
+        assert (
+            refused.status_code == 413 and "1024-byte limit" in refused.json()["error"]["message"]
+        )

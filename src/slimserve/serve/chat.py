@@ -103,9 +103,9 @@ def _start(
     model: LlmServed, prompt: list[int], fields: dict[str, Any], max_tokens: int
 ) -> list[tuple[Sequence, asyncio.Queue[Token], Choice]]:
     loop = asyncio.get_running_loop()
-    streams: list[tuple[Sequence, asyncio.Queue[Token], Choice]] = []
-    for index in range(fields["n"]):
-        queue: asyncio.Queue[Token] = asyncio.Queue()
+    queues: list[asyncio.Queue[Token]] = [asyncio.Queue() for _ in range(fields["n"])]
+    choices: list[tuple[Sampling, Callable[[Token], None]]] = []
+    for index, queue in enumerate(queues):
         seed = None if fields["seed"] is None else fields["seed"] + index
         sampling = Sampling(
             max_tokens,
@@ -119,15 +119,15 @@ def _start(
         def emit(token: Token, queue: asyncio.Queue[Token] = queue) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, token)
 
-        try:
-            sequence = model.engine.submit(prompt, sampling, emit)
-        except EngineFull as exc:
-            for started, _, _ in streams:
-                model.engine.cancel(started)
-            raise OpenAIError(
-                429, f"The server is busy: {exc}", None, "rate_limit_exceeded"
-            ) from None
-        streams.append((sequence, queue, Choice(index)))
+        choices.append((sampling, emit))
+    try:
+        sequences = model.engine.submit_all(prompt, choices)
+    except EngineFull as exc:
+        raise OpenAIError(429, f"The server is busy: {exc}", None, "rate_limit_exceeded") from None
+    streams = [
+        (sequence, queue, Choice(index))
+        for index, (sequence, queue) in enumerate(zip(sequences, queues, strict=True))
+    ]
     return streams
 
 

@@ -12,7 +12,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoints' ann
 (``Request``, imported inside ``create_app`` so the module imports without the extra).
 """
 
-import asyncio
 import contextlib
 import hmac
 import logging
@@ -207,68 +206,6 @@ def infer_target(method: str, path: str) -> tuple[str, str | None] | None:
     return None
 
 
-async def _generate_route(
-    state: ServerState, path: str, receive: Any, send: Any, body: bytes
-) -> None:
-    """A completions or chat request: JSON, or server-sent events as tokens come; a client
-    that disconnects (seen while its request runs) has its sequences cancelled."""
-    from slimserve.serve import chat, openai
-
-    left = False
-    started = False
-    hooks: list[Any] = []
-
-    def on_leave(hook: Any) -> None:
-        hooks.append(hook)
-        if left:
-            hook()
-
-    async def watch() -> None:
-        nonlocal left
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                left = True
-                for hook in hooks:
-                    hook()
-                return
-
-    watcher = asyncio.create_task(watch())
-
-    async def send_event(data: bytes) -> None:
-        nonlocal started
-        if left:
-            raise ConnectionError("the client left")
-        if not started:
-            started = True
-            head = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-            await send({"type": "http.response.start", "status": 200, "headers": head})
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-
-    json = [(b"content-type", b"application/json")]
-    try:
-        status, payload = await chat.generate(path, body, state.llms, send_event, on_leave)
-        if started:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await _respond(send, status, payload, json)
-    except openai.OpenAIError as exc:
-        payload = openai.error_body(exc.status, str(exc), exc.param, exc.code)
-        if started:  # an error after the stream began: one error event, then the end
-            await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n"})
-        else:
-            await _respond(send, exc.status, payload, json)
-    except ConnectionError:
-        pass
-    except Exception as exc:  # one request's failure, answered; the server goes on
-        log.exception("generation failed")
-        if not started:
-            payload = openai.error_body(500, f"Generation failed: {exc}")
-            await _respond(send, 500, payload, json)
-    finally:
-        watcher.cancel()
-
-
 async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -333,6 +270,11 @@ class _Front:
         if path.startswith("/v1/"):
             await self._openai(scope["method"], path, receive, send)
             return
+        if scope["method"] == "POST" and path.startswith("/v2/models/"):
+            name, _, route = path[len("/v2/models/") :].partition("/")
+            if name in self.server.llms and route in ("generate", "generate_stream"):
+                await self._generate(path, receive, send, v2=name)
+                return
         target = infer_target(scope["method"], path)
         if target is None:
             await self.app(scope, receive, send)
@@ -369,10 +311,18 @@ class _Front:
         )
         await _respond(send, status, payload, response_headers)
 
-    async def _generate(self, path: str, receive: Any, send: Any) -> None:
+    async def _generate(self, path: str, receive: Any, send: Any, v2: str | None = None) -> None:
+        """An OpenAI generation route, or (``v2``: the model's name) Triton's generate
+        extension (``serve.generate_http``)."""
+        from slimserve.serve.generate_http import answer_generate, answer_v2_generate
+
         body = await self._read_body(receive, send, path)
-        if body is not None:
-            await _generate_route(self.server, path, receive, send, body)
+        if body is None:
+            return
+        if v2 is None:
+            await answer_generate(self.server, path, receive, send, body)
+        else:
+            await answer_v2_generate(self.server, v2, path, receive, send, body)
 
     async def _openai(self, method: str, path: str, receive: Any, send: Any) -> None:
         """The OpenAI-compatible routes (``serve.openai``), errors in OpenAI's shape."""

@@ -123,30 +123,36 @@ class LlmEngine:
     ) -> Sequence:
         """Queue a sequence (a ValueError when it cannot fit a slot, EngineFull when the
         queue is full); its tokens arrive through ``emit``."""
+        return self.submit_all(prompt, [(sampling, emit)])[0]
+
+    def submit_all(
+        self, prompt: list[int], choices: list[tuple[Sampling, Callable[[Token], None]]]
+    ) -> list[Sequence]:
+        """Queue one sequence per (sampling, emit) for the same prompt: all of them, or
+        none (EngineFull) when they do not all fit the free slots and the queue."""
         if not prompt:
             raise ValueError("The prompt is empty.")
-        if len(prompt) + sampling.max_tokens > self.context_length:
+        longest = max(sampling.max_tokens for sampling, _ in choices)
+        if len(prompt) + longest > self.context_length:
             raise ValueError(
-                f"The prompt's {len(prompt)} tokens and max_tokens {sampling.max_tokens} "
+                f"The prompt's {len(prompt)} tokens and max_tokens {longest} "
                 f"exceed the model's {self.context_length}-token context."
             )
-        sequence = Sequence(
-            prompt,
-            sampling,
-            emit,
-            np.random.default_rng(sampling.seed),
-            queued_at=time.perf_counter(),
-        )
+        now = time.perf_counter()
+        sequences = [
+            Sequence(prompt, sampling, emit, np.random.default_rng(sampling.seed), queued_at=now)
+            for sampling, emit in choices
+        ]
         with self.lock:
             free = self.slots.count(None)
-            if len(self.queue) >= self.max_queue + free:
+            if len(self.queue) + len(sequences) > self.max_queue + free:
                 raise EngineFull(
                     f"all {len(self.slots)} slots are taken and {len(self.queue)} sequences "
                     "wait for one; retry later."
                 )
-            self.queue.append(sequence)
+            self.queue.extend(sequences)
             self.lock.notify()
-        return sequence
+        return sequences
 
     def cancel(self, sequence: Sequence) -> None:
         """Stop a sequence: its slot is freed before the next step."""
@@ -204,13 +210,18 @@ class LlmEngine:
             self.slots[sequence.slot] = sequence
 
     def _step(self, work: list[Sequence]) -> None:
-        """One prefill chunk of the first sequence still prefilling (a bounded stall for
-        the others), then one decode step of every sequence that has its first token."""
-        prefilling = [s for s in work if s.prefilling and not s.cancelled]
-        if prefilling:
-            sequence = min(prefilling, key=lambda s: s.queued_at)
+        """Prompt chunks of the sequences still prefilling, oldest first, up to
+        ``chunk_tokens`` in all (a bounded stall for the others), then one decode step of
+        every sequence that has its first token."""
+        budget = self.chunk_tokens  # prompt tokens this step, first come first served
+        for sequence in sorted(
+            (s for s in work if s.prefilling and not s.cancelled), key=lambda s: s.queued_at
+        ):
+            if budget <= 0:
+                break
             start = sequence.length
-            chunk = sequence.prompt[start : start + self.chunk_tokens]
+            chunk = sequence.prompt[start : start + budget]
+            budget -= len(chunk)
             logits = self._run(
                 slice(sequence.slot, sequence.slot + 1), [chunk], [start + len(chunk)]
             )
