@@ -236,3 +236,17 @@ def test_a_body_over_the_limit_is_413_in_openais_shape(artifact: Path) -> None:
         assert (
             refused.status_code == 413 and "1024-byte limit" in refused.json()["error"]["message"]
         )
+
+
+def test_deploy_names_what_serves_an_llm_artifact(artifact: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from slimserve.cli import app
+
+    triton = CliRunner().invoke(app, ["deploy", "triton", str(artifact), str(tmp_path)])
+    kserve = CliRunner().invoke(
+        app, ["deploy", "kserve", str(artifact), "--storage-uri", "s3://bucket/tiny"]
+    )
+    for result in (triton, kserve):
+        assert result.exit_code != 0
+        assert "decoder LM artifact" in result.output and "slimserve serve" in result.output

@@ -43,8 +43,10 @@ def triton_repository(
 ) -> Path:
     """OUT/NAME/config.pbtxt (onnxruntime backend, dynamic batching) + OUT/NAME/1/model.onnx."""
     from slimserve.artifact import load_artifact
+    from slimserve.serve.repository import refuse_llm
 
     artifact = load_artifact(artifact_path)
+    refuse_llm(artifact, "Triton's onnxruntime backend")
     name = artifact.manifest.name
     io = artifact.manifest.io
     batched = all(s["shape"] and not isinstance(s["shape"][0], int) for s in io["inputs"])
@@ -90,7 +92,10 @@ def kserve_manifest(
 
     check_storage_uri(storage_uri)
 
+    from slimserve.serve.repository import refuse_llm
+
     artifact = load_artifact(artifact_path)
+    refuse_llm(artifact, "KServe's ONNX model format")
     name = artifact.manifest.name.lower().replace("_", "-").replace(".", "-")
     manifest = {
         "apiVersion": "serving.kserve.io/v1beta1",

@@ -132,13 +132,13 @@ def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any
     return LlmServed(name, engine, load_tokenizer(model.folder), config.llm_max_tokens)
 
 
-def refuse_llm(artifact: Artifact) -> None:
-    """A decoder LM artifact cannot be served over V2 tensors: say what runs it today."""
+def refuse_llm(artifact: Artifact, where: str = "Ray Serve (--ray)") -> None:
+    """A decoder LM artifact where only tensor models go: say what serves it."""
     if artifact.model.format == "llm":
         raise ArtifactError(
-            f"'{artifact.path}' is a decoder LM artifact. Serving it (OpenAI chat and "
-            "completions routes) is not built yet; run it with: slimserve generate "
-            f'{artifact.path} "prompt".'
+            f"'{artifact.path}' is a decoder LM artifact. {where} takes tensor models; "
+            f"serve it with: slimserve serve {artifact.path} (OpenAI /v1/completions and "
+            "/v1/chat/completions, Triton's /v2/models/NAME/generate)."
         )
 
 
