@@ -250,3 +250,21 @@ def test_deploy_names_what_serves_an_llm_artifact(artifact: Path, tmp_path: Path
     for result in (triton, kserve):
         assert result.exit_code != 0
         assert "decoder LM artifact" in result.output and "slimserve serve" in result.output
+
+
+def test_loadtest_streams_chat_and_reports_ttft(server: str) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from slimserve.cli import app
+
+    line = ["loadtest", server, "-m", MODEL, "--route", "chat", "-c", "2", "-n", "4"]
+    result = CliRunner().invoke(app, [*line, "--max-tokens", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["requests"] == 4 and summary["errors"] == 0
+    assert summary["tokens"] > 0 and summary["tokens_per_s"] > 0
+    assert 0 < summary["ttft_p50_ms"] <= summary["ttft_p99_ms"]
+    wrong = CliRunner().invoke(app, ["loadtest", server, "-m", "nope", "--route", "chat"])
+    assert wrong.exit_code != 0 and "does not exist" in wrong.output

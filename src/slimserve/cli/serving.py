@@ -223,14 +223,55 @@ def loadtest(
     route: str = typer.Option(
         "v2",
         "--route",
-        help="v2 (the model's V2 infer route) or openai (POST /v1/embeddings, --batch "
-        "English sentences per request).",
+        help="v2 (the model's V2 infer route), openai (POST /v1/embeddings, --batch "
+        "English sentences per request), or chat / completions (streamed generation: "
+        "TTFT, inter-token gap, tokens/s).",
+    ),
+    max_tokens: int = typer.Option(
+        64, "--max-tokens", min=1, help="chat / completions: new tokens per request."
     ),
 ) -> None:
-    """Load-test a V2 server: throughput, p50/p95/p99 and errors (bounded)."""
+    """Load-test a server: throughput, p50/p95/p99 and errors (bounded); for generation
+    routes, time to first token, the gap between tokens and tokens/s."""
     import json
 
-    from slimserve.serve.loadtest import LoadTestConfig, load_test
+    from slimserve.serve.loadtest import LoadTestConfig, check_target, load_test
+
+    if route not in ("v2", "openai", "chat", "completions"):
+        raise SlimserveError(f"--route is v2, openai, chat or completions, not '{route}'.")
+    if route in ("chat", "completions"):
+        from slimserve.serve.loadtest_stream import stream_load_test
+
+        base = check_target(url, allow_remote)
+        args = (base, model, route, concurrency, requests, duration, max_tokens, token)
+        streamed = stream_load_test(*args).summary()
+        if as_json:
+            console.print_json(json.dumps(streamed))
+        else:
+
+            def ms(value: float | None) -> str:
+                return "-" if value is None else f"{value:,.1f}"
+
+            print_table(
+                f"{url} model {model}, {route}, concurrency {concurrency}",
+                ("streams", "errors", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "gap p99 ms"),
+                [
+                    (
+                        str(streamed["requests"]),
+                        str(streamed["errors"]),
+                        f"{streamed['tokens_per_s']:,.1f}",
+                        ms(streamed["ttft_p50_ms"]),
+                        ms(streamed["ttft_p99_ms"]),
+                        ms(streamed["inter_token_p99_ms"]),
+                    )
+                ],
+                left=(),
+            )
+            if streamed["first_error"]:
+                err_console.print(escape(f"first error: {streamed['first_error']}"))
+        if streamed["errors"]:
+            raise typer.Exit(1)
+        return
 
     if body_format not in ("binary", "json"):
         raise SlimserveError(f"--format is binary or json, not '{body_format}'.")
