@@ -27,6 +27,22 @@ def served_artifact(tmp_path_factory: pytest.TempPathFactory, digits_onnx: ss.On
     return folder
 
 
+@pytest.fixture(scope="session")
+def llm_artifact(tiny_llama: Path, prose: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decoder LM artifact (the tiny random Llama built in float32), named tiny-llm."""
+    recipe = ss.parse_recipe(
+        {
+            "name": "tiny-llm",
+            "model": {"hf": str(tiny_llama)},
+            "data": {"eval": {"text": str(prose), "max_length": 32, "samples": 1}},
+            "steps": [{"quantize": {"mode": "llm", "weights": "fp32"}}],
+            "goal": {"metric": "kl_divergence", "max_drop": 1.0},
+            "bench": {"repeats": 3},
+        }
+    )
+    return ss.run_recipe(recipe, tmp_path_factory.mktemp("llm-serve")).artifact.path
+
+
 def start(path: Path, **options: object) -> tuple[object, threading.Thread, str]:
     server = build_server(path, ServeConfig(port=0, **options))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)

@@ -65,6 +65,37 @@ def test_ray_serve_deployment_answers_v2_infer(served_artifact: Path, digits_onn
             process.wait()
 
 
+@pytest.mark.slow
+def test_ray_serve_replicas_stream_chat_from_an_llm_artifact(llm_artifact: Path) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("onnxruntime_genai")
+    openai = pytest.importorskip("openai")
+    port = free_port()
+    exe = Path(sys.executable).parent / "slimserve"
+    command = [str(exe), "serve", str(llm_artifact), "--ray", "--http-only", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--llm-slot-tokens", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_ready(process, f"http://127.0.0.1:{port}", seconds=180)
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        messages = [{"role": "user", "content": "hello"}]
+        whole = api.chat.completions.create(
+            model="tiny-llm", messages=messages, max_tokens=8, temperature=0
+        )
+        chunks = api.chat.completions.create(
+            model="tiny-llm", messages=messages, max_tokens=8, temperature=0, stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == whole.choices[0].message.content
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_without_ray_nothing_is_announced(
     served_artifact: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,16 +45,20 @@ def run_ray(
     # Fail here, with slimserve's message, rather than in a replica's log.
     from slimserve.serve.repository import load_repository
 
-    load_repository(repository, config.threads, config.ort_spinning)
+    checked: dict[str, Any] = {}
+    load_repository(repository, config.threads, config.ort_spinning, checked, config)
+    for llm in checked.values():  # each replica starts its own engines
+        llm.engine.close()
 
     def build_app() -> Any:
         from slimserve.serve.http import create_app
         from slimserve.serve.repository import load_repository
         from slimserve.serve.warmup import warm_up
 
-        models = load_repository(repository, config.threads, config.ort_spinning)
+        llms: dict[str, Any] = {}
+        models = load_repository(repository, config.threads, config.ort_spinning, llms, config)
         warm_up(models, config)
-        return create_app(models, config)
+        return create_app(models, config, llms)
 
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     # After ray.init (which installs its own exit-on-SIGTERM handler), before the app

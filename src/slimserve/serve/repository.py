@@ -132,7 +132,7 @@ def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any
     return LlmServed(name, engine, load_tokenizer(model.folder), config.llm_max_tokens)
 
 
-def refuse_llm(artifact: Artifact, where: str = "Ray Serve (--ray)") -> None:
+def refuse_llm(artifact: Artifact, where: str = "Tensor serving") -> None:
     """A decoder LM artifact where only tensor models go: say what serves it."""
     if artifact.model.format == "llm":
         raise ArtifactError(
