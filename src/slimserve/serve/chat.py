@@ -159,7 +159,7 @@ async def _tokens(
         cut = first_stop(choice.text, fields["stop"], choice.sent)
         if cut is not None:
             choice.text, choice.finish = choice.text[:cut], "stop"
-            model.engine.cancel(sequence)
+            model.engine.cancel(sequence, abandoned=False)
         elif token.finish:
             choice.finish = token.finish
         final = choice.text if choice.finish else settled(choice.text, fields["stop"])

@@ -67,6 +67,7 @@ class Sequence:
     generated: int = 0
     next_token: int = -1
     cancelled: bool = False
+    abandoned: bool = False  # cancelled because its client left
     queued_at: float = 0.0
     first_token_at: float = 0.0
 
@@ -154,15 +155,18 @@ class LlmEngine:
             self.lock.notify()
         return sequences
 
-    def cancel(self, sequence: Sequence) -> None:
-        """Stop a sequence: its slot is freed before the next step."""
+    def cancel(self, sequence: Sequence, abandoned: bool = True) -> None:
+        """Stop a sequence: its slot is freed before the next step. ``abandoned``: its
+        client left (counted in ``usage()["cancelled"]``); False: it is complete (a stop
+        string was reached)."""
         with self.lock:
             if sequence.cancelled:
                 return  # finished, or cancelled before
             sequence.cancelled = True
+            sequence.abandoned = abandoned
             if sequence in self.queue:
                 self.queue.remove(sequence)
-                self.stats["cancelled"] += 1
+                self.stats["cancelled"] += abandoned
             self.lock.notify()
 
     def usage(self) -> dict[str, int]:
@@ -202,8 +206,8 @@ class LlmEngine:
 
     def _admit(self) -> None:
         for sequence in [s for s in self.slots if s is not None and s.cancelled]:
-            self.slots[sequence.slot] = None  # a sequence its client gave up, mid-way
-            self.stats["cancelled"] += 1
+            self.slots[sequence.slot] = None  # cut short: its client left, or a stop string
+            self.stats["cancelled"] += sequence.abandoned
         while self.queue and None in self.slots:
             sequence = self.queue.popleft()
             sequence.slot = self.slots.index(None)
