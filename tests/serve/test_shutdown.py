@@ -82,3 +82,34 @@ def test_sigterm_drains_in_flight_requests(served_artifact: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_sigterm_lets_a_generation_stream_finish(llm_artifact: Path) -> None:
+    pytest.importorskip("onnxruntime_genai")
+    port = free_port()
+    exe = Path(sys.executable).parent / "slimserve"
+    # one prompt token per step: the stream is still prefilling when SIGTERM lands
+    options = ["--llm-slot-tokens", "512", "--llm-chunk-tokens", "1"]
+    process = subprocess.Popen(
+        [str(exe), "serve", str(llm_artifact), "--port", str(port), "--http-only", *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(process, url)
+        message = {"role": "user", "content": "word " * 95}
+        body = {"model": "tiny-llm", "messages": [message], "max_tokens": 8, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as reply:
+            lines = reply.iter_lines()
+            assert next(lines).startswith("data: ")  # the role: the stream is open
+            os.kill(process.pid, signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        finish = json.loads(rest[-2][6:])["choices"][0]["finish_reason"]
+        assert finish in ("stop", "length")  # it ended by itself, not cut off
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
