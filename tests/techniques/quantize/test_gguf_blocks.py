@@ -53,6 +53,12 @@ def test_q4_1_blocks_are_re_expressed_exactly(
     tokens = generator.encode("the cat sat on the mat")
     reference = torch_logits(ss.load_model(ModelSpec(gguf=blocks_file)), tokens)  # type: ignore[arg-type]
     np.testing.assert_allclose(generator.logits(tokens), reference, atol=1e-4)
+    import onnx
+
+    graph = onnx.load(result.artifact.path / "llm" / "model.onnx", load_external_data=False).graph
+    table = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    assert made_by[table.input[0]] == "Reshape"  # the tied table reads the head's codes
     # 4.5-bit blocks, not float (the tiny folder also holds its tokenizer)
     assert imported.size_bytes < result.stages[0].size_bytes / 2
 

@@ -144,6 +144,11 @@ def test_awq_scale_estimation_and_an_int4_share_build_a_generating_artifact(
     # the int4 share leaves the rest of the body (and the embedding and head) in int8
     assert "int4 (groups of 16)" in shown.output and "int8 (groups of 16)" in shown.output
     assert "float32" not in shown.output.split("Weight layers by precision")[1]
+    import onnx
+
+    graph = onnx.load(result.artifact.path / "llm" / "model.onnx", load_external_data=False).graph
+    table = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    assert table.input[0] not in {i.name for i in graph.initializer}  # the head's codes, shared
     generated = CliRunner().invoke(
         app, ["generate", str(result.artifact.path), "hello", "--max-tokens", "4"]
     )

@@ -127,6 +127,7 @@ def import_blocks(model: Any, file: Path, config: Any, accuracy_level: int) -> i
         _check_equal(blocks, expected, weight_name)
         nbits.replace_with_blocks(model, node, weight_name, blocks, accuracy_level)
         replaced += 1
+    nbits.share_tied_table(model)
     if not replaced:
         raise RecipeError(
             f"weights: gguf found none of the model's weights among '{file.name}''s Q4_0, "

@@ -106,6 +106,7 @@ def compress_folder(folder: Path, config: LlmQuantizeConfig, feeds: list[dict[st
     nbits.pack_zero_points(compressed)
     level = 4 if config.activations == "int8" else 1
     nbits.per_channel_to_blocks(compressed, config.group_size, level)
+    nbits.share_tied_table(compressed)
     nbits.set_accuracy_level(compressed, level)
     for stale in folder.glob("model.onnx*"):
         stale.unlink()

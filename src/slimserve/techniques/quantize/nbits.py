@@ -264,6 +264,70 @@ def _offset_nodes(
     ]
 
 
+def share_tied_table(model: Any) -> bool:
+    """When the embedding table (a GatherBlockQuantized) holds the same codes and scales
+    as the LM head (a MatMulNBits) — a tied embedding quantized once — the table reads the
+    head's codes through a Reshape (as onnxruntime-genai's builder ties them), and its own
+    copy is dropped: a vocabulary-sized tensor less on disk. True when shared."""
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    tables = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    heads = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    for table in tables:
+        if table.input[0] not in initializers or table.input[2] not in initializers:
+            continue
+        codes = numpy_helper.to_array(initializers[table.input[0]])
+        for head in heads:
+            if head.input[1] not in initializers or head.input[2] not in initializers:
+                continue
+            head_codes = numpy_helper.to_array(initializers[head.input[1]])
+            if head_codes.size != codes.size or head_codes.tobytes() != codes.tobytes():
+                continue
+            if any(_attribute(head, k) != _attribute(table, k) for k in ("bits", "block_size")):
+                continue
+            if not _same_values(initializers, head.input[2], table.input[2]):
+                continue
+            middle = 1 << (_attribute(head, "bits") - 1)
+            head_points = (
+                numpy_helper.to_array(initializers[head.input[3]])
+                if len(head.input) > 3 and head.input[3]
+                else None
+            )
+            table_points = (
+                numpy_helper.to_array(initializers[table.input[3]])
+                if len(table.input) > 3
+                else None
+            )
+            if head_points is None:
+                head_points = (
+                    np.full_like(table_points, middle) if table_points is not None else None
+                )
+            if (head_points is None) != (table_points is None) or (
+                head_points is not None
+                and table_points is not None
+                and not np.array_equal(head_points.reshape(-1), table_points.reshape(-1))
+            ):
+                continue
+            shape_name = f"{table.input[0]}_shape"
+            model.graph.initializer.append(
+                numpy_helper.from_array(np.array(codes.shape, np.int64), shape_name)
+            )
+            reshaped = f"{head.input[1]}_as_table"
+            reshape = helper.make_node(
+                "Reshape", [head.input[1], shape_name], [reshaped], name=f"{table.name}_reshape"
+            )
+            model.graph.node.insert(list(model.graph.node).index(table), reshape)
+            stale = [table.input[0], table.input[2]]
+            table.input[0], table.input[2] = reshaped, head.input[2]
+            still_read = {name for n in model.graph.node for name in n.input}
+            for name in stale:
+                if name not in still_read:
+                    model.graph.initializer.remove(initializers[name])
+            return True
+    return False
+
+
 def set_accuracy_level(model: Any, level: int) -> None:
     """What every MatMulNBits computes in (4: int8 activations, 1: float32)."""
     from onnx import helper
@@ -274,6 +338,14 @@ def set_accuracy_level(model: Any, level: int) -> None:
         kept = [a for a in node.attribute if a.name != "accuracy_level"]
         del node.attribute[:]
         node.attribute.extend([*kept, helper.make_attribute("accuracy_level", level)])
+
+
+def _same_values(initializers: dict[str, Any], first: str, second: str) -> bool:
+    from onnx import numpy_helper
+
+    a = numpy_helper.to_array(initializers[first]).reshape(-1)
+    b = numpy_helper.to_array(initializers[second]).reshape(-1)
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 def _attribute(node: Any, name: str, default: int = 0) -> int:
