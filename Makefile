@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-heads --update BENCHMARKS.md
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-openvino --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_modes.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/llm_prune.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_serve.py --update BENCHMARKS.md
 

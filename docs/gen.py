@@ -75,6 +75,18 @@ def _nested(model: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+def variant_label(key: str, tag: str, cls: type[BaseModel]) -> str:
+    from slimserve.recipe import TAG_KEYS
+
+    """How a recipe picks this variant of step ``key``: ``mode: static``; ``granularity:
+    unstructured | n:m | channel | head`` (every value of the picking key's Literal)."""
+    if not tag:
+        return ""
+    field = TAG_KEYS[key]
+    values = typing.get_args(cls.model_fields[field].annotation) or (tag,)
+    return f"{field}: {' | '.join(str(v) for v in values)}"
+
+
 def _default_tag(config_type: object) -> str:
     """The tag a step without a ``mode`` key gets."""
     from slimserve.recipe import step_variants
@@ -120,13 +132,14 @@ def recipe_reference() -> str:
         for tag, config in step_variants(config_type).items():
             accepts = "/".join(getattr(config, "accepts", ()))
             produces = getattr(config, "produces", "")
-            heading = f"`{key}`, `mode: {tag}`" if tag else f"`{key}`"
-            default = " The default mode." if tag and tag == _default_tag(config_type) else ""
+            label = variant_label(key, tag, config)
+            heading = f"`{key}`, `{label}`" if tag else f"`{key}`"
+            default = " The default." if tag and tag == _default_tag(config_type) else ""
             lines += _section(
                 config,
                 heading,
-                f"{(config.__doc__ or '').strip()}{default} Takes a {accepts} model, gives "
-                f"{produces}.",
+                f"{' '.join((config.__doc__ or '').split())}{default} Takes a {accepts} "
+                f"model, gives {produces}.",
             )
             for nested in _nested(config):
                 if nested not in seen:

@@ -17,10 +17,13 @@ def test_recipe_reference_is_up_to_date() -> None:
 def test_recipe_reference_lists_every_step_and_key() -> None:
     from slimserve.recipe import STEPS, step_variants
 
+    variant_label = gen["variant_label"]
+
     text = gen["recipe_reference"]()
     for key, config_type in STEPS.items():
         for tag, config in step_variants(config_type).items():
-            section = text.split(f"### `{key}`, `mode: {tag}`" if tag else f"### `{key}`")[1]
+            label = variant_label(key, tag, config)
+            section = text.split(f"### `{key}`, `{label}`" if tag else f"### `{key}`\n")[1]
             section = section.split("\n### `")[0]
             for field in config.model_fields:
                 assert f"| `{field}` |" in section, (key, tag, field)

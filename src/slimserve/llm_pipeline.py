@@ -62,14 +62,15 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
         baseline.metrics = _quality(model, reference, threads)
         stages, notes = [baseline], [_eval_note(windows, window, source)]
         calibration, calibration_note = _calibration(recipe, chains)
-        if calibration_note:
-            notes.append(calibration_note)
+        train, train_note = _training_text(recipe, chains)
+        notes.extend(n for n in (calibration_note, train_note) if n)
         ctx = Context(
             data={},
             reference=model,
             seed=recipe.seed,
             threads=threads,
             calibration_text=calibration,
+            train_text=train,
         )
         ends: list[tuple[LlmModel, Stage, list[StepRecord]]] = []
         for number, chain in enumerate(chains):
@@ -92,21 +93,41 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
 
 def _calibration(recipe: Recipe, chains: Any) -> tuple[str, str]:
     """The calibration prose (data.calibration, else Python's documentation) when a step
-    learns from text (AWQ, scale estimation, the int4 share), and the report's line on it."""
+    learns from text (AWQ, scale estimation, the int4 share, depth and width pruning's
+    importance), and the report's line on it."""
+    if not any(
+        getattr(step, "uses_nncf", False) or getattr(step, "uses_calibration", False)
+        for chain in chains
+        for step in chain
+    ):
+        return "", ""
+    text, source = _held_out_text(recipe, "calibration")
+    return text, f"Calibration (pruning importance, AWQ, scale estimation, int4 share): {source}."
+
+
+def _training_text(recipe: Recipe, chains: Any) -> tuple[str, str]:
+    """The training prose (data.train, else Python's documentation's train split) when a
+    step trains on text (distillation), and the report's line on it."""
+    if not any(getattr(step, "uses_train_text", False) for chain in chains for step in chain):
+        return "", ""
+    text, source = _held_out_text(recipe, "train")
+    return text, f"Distillation's training text: {source}."
+
+
+def _held_out_text(recipe: Recipe, split: str) -> tuple[str, str]:
+    """``data.<split>`` (Python's documentation's split by default), refused when it names
+    the eval text."""
     from slimserve.core.errors import DataError
     from slimserve.core.specs import DataSpec
     from slimserve.measure.llm import eval_text
 
-    if not any(getattr(step, "uses_nncf", False) for chain in chains for step in chain):
-        return "", ""
-    spec = recipe.data.calibration or DataSpec(example="english", split="calibration")
-    text, source = eval_text(spec)
+    spec = getattr(recipe.data, split) or DataSpec(example="english", split=split)
     if spec == recipe.data.eval:
         raise DataError(
-            "data.calibration and data.eval name the same text: a decoder LM's quality is "
-            "measured on prose its calibration did not see; give them different sources."
+            f"data.{split} and data.eval name the same text: a decoder LM's quality is "
+            f"measured on prose its {split} text did not hold; give them different sources."
         )
-    return text, f"Calibration (AWQ, scale estimation, int4 share): {source}."
+    return eval_text(spec)
 
 
 def _why_int4_got_worse(

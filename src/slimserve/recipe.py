@@ -17,16 +17,21 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, fiel
 
 from slimserve.core.errors import RecipeError
 from slimserve.core.specs import DataSpec, Frozen, ModelSpec
+from slimserve.techniques.distill_llm import DistillConfig
 from slimserve.techniques.export import ExportConfig
 from slimserve.techniques.fuse import FuseConfig
-from slimserve.techniques.prune.config import PruneConfig
+from slimserve.techniques.prune.llm import PruneStepConfig
 from slimserve.techniques.quantize.configs import QuantizeConfig
 from slimserve.techniques.quantize.qat import QATConfig
 from slimserve.techniques.torch_program import RuntimeChoice
 from slimserve.techniques.unpad import UnpadConfig
 
+TAG_KEYS = {"prune": "granularity", "quantize": "mode"}
+"""The key that picks a step's config among its variants."""
+
 STEPS: dict[str, Any] = {
-    "prune": PruneConfig,
+    "prune": PruneStepConfig,
+    "distill": DistillConfig,
     "qat": QATConfig,
     "unpad": UnpadConfig,
     "export": ExportConfig,
@@ -97,9 +102,10 @@ def plan_steps(steps: tuple[Any, ...], source_format: str) -> tuple[Any, ...]:
     for index, step in enumerate(steps):
         if fmt == "causal_lm" and fmt not in step.accepts:
             raise RecipeError(
-                f"steps[{index}] '{step.describe()}' does not take a decoder LM: quantize "
-                "it with mode llm (weight-only int4/int8 for generation, docs/llm.md), e.g. "
-                "{quantize: {mode: llm, weights: int4, group_size: 32}}."
+                f"steps[{index}] '{step.describe()}' does not take a decoder LM: prune it "
+                "with granularity depth or width, distill it, and quantize it with mode llm "
+                "(weight-only int4/int8 for generation, docs/llm.md), e.g. {quantize: "
+                "{mode: llm, weights: int4, group_size: 32}}."
             )
         if fmt not in step.accepts:
             if fmt == "torch" and "onnx" in step.accepts:

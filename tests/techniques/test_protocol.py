@@ -5,10 +5,14 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from slimserve.recipe import STEPS, step_variants
+from slimserve.recipe import STEPS, step_class, step_variants
 from slimserve.techniques import Technique
 
-MINIMAL = {"prune": {"sparsity": 0.5}}  # the one step with a required choice
+MINIMAL = {  # the variants with a required choice
+    ("prune", "torch"): {"sparsity": 0.5},
+    ("prune", "depth"): {"granularity": "depth", "layers": 2},
+    ("prune", "width"): {"granularity": "width", "mlp": 0.25},
+}
 CONFIGS = [
     (key, tag, cls)
     for key, config_type in STEPS.items()
@@ -20,12 +24,13 @@ CONFIGS = [
 def test_each_step_is_a_frozen_technique(key: str, tag: str, cls: type) -> None:
     assert cls.model_config["extra"] == "forbid" and cls.model_config["frozen"]
     assert cls.name == key
-    assert isinstance(cls.trains, bool) and cls.produces in ("torch", "onnx", "llm")
-    config = cls.model_validate(MINIMAL.get(key, {}))
+    assert isinstance(cls.trains, bool)
+    assert cls.produces in ("torch", "onnx", "llm", "causal_lm")
+    body = MINIMAL.get((key, tag), {"mode": tag} if tag else {})
+    config = cls.model_validate(body)
     assert isinstance(config, Technique)
     assert config.describe().strip()
     first = next(iter(cls.model_fields))
     with pytest.raises(pydantic.ValidationError):
         setattr(config, first, getattr(config, first))  # config is data: never mutated
-    if tag:
-        assert config.mode == tag  # type: ignore[attr-defined]
+    assert step_class(key, config.model_dump()) is cls  # the recipe key picks it back

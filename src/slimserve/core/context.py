@@ -41,6 +41,7 @@ class Context:
     max_drop: float = 0.01
     log: StepLog = field(default_factory=StepLog)
     calibration_text: str | None = None  # a decoder LM's calibration prose
+    train_text: str | None = None  # a decoder LM's training prose (distillation)
 
     def split(self, *names: str) -> Dataset | None:
         """The first of the named data splits that the recipe defines."""

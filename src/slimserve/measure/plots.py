@@ -55,8 +55,15 @@ def tradeoff_figure(manifest: Manifest) -> Any:
         None,
     )
     batch = min((int(b) for s in stages for b in s["timings"]), default=None)
-    if metric is None or batch is None or len(stages) < 2:
+    decode = all("decode_tokens_per_s" in s["metrics"] for s in stages)
+    if metric is None or (batch is None and not decode) or len(stages) < 2:
         return None
+    if batch is not None:
+        latency = [s["timings"][str(batch)]["p50_ms"] for s in stages]
+        latency_label = f"batch-{batch} p50 (ms)"
+    else:  # a decoder LM: the time a decoded token takes at batch 1
+        latency = [1000 / max(s["metrics"]["decode_tokens_per_s"], 1e-9) for s in stages]
+        latency_label = "ms per decoded token (batch 1)"
     plt = pyplot()
     fig = plt.figure(figsize=(12, 4.4), layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.8))
@@ -66,7 +73,7 @@ def tradeoff_figure(manifest: Manifest) -> Any:
     labels = [str(i + 1) for i in range(len(stages))]
     ys = [s["metrics"].get(metric, reference.get(metric, 0.0)) for s in stages]
     for ax, xs, label in (
-        (left, [s["timings"][str(batch)]["p50_ms"] for s in stages], f"batch-{batch} p50 (ms)"),
+        (left, latency, latency_label),
         (right, [s["size_bytes"] / 1e3 for s in stages], "model size (KB)"),
     ):
         shown = scatter_panel(ax, labels, xs, ys, ["#4c72b0"] * len(xs))

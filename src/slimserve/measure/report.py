@@ -20,6 +20,19 @@ HONESTY_NOTES = {
         "Channel pruning removed whole channels/neurons: the layers are physically smaller, "
         "so the model is smaller and faster on any runtime."
     ),
+    "depth": (
+        "Depth pruning removed whole decoder blocks: every decoded token reads fewer weights "
+        "and runs fewer layers, so decode is faster in every runtime (measured above)."
+    ),
+    "width": (
+        "Width pruning removed MLP channels and query heads: the matrices are physically "
+        "smaller; the KV cache keeps its size (K/V heads are kept)."
+    ),
+    "distill": (
+        "Distillation trained the pruned model on the original's next-token distributions, "
+        "on training text from another source than the eval text: it recovers quality, not "
+        "speed."
+    ),
     "quantize": (
         "int8 weights make the file about 4x smaller; speed depends on the CPU's int8 "
         "kernels (VNNI/AMX) and on batch size, so read the timings above, not the promise."

@@ -73,6 +73,24 @@ def load_causal_lm(path: str | Path) -> TorchModel:
     )
 
 
+CALIBRATION_WINDOW = 128
+"""Tokens per window of calibration text (pruning importance, AWQ, scale estimation)."""
+
+
+def text_windows(tokens: list[int], window: int, limit: int | None, what: str) -> list[list[int]]:
+    """Consecutive windows of ``window`` tokens (at most ``limit``), or a DataError naming
+    the recipe key ``what`` (e.g. ``data.calibration``) to give more text through."""
+    from slimserve.core.errors import DataError
+
+    windows = [tokens[i : i + window] for i in range(0, len(tokens) - window + 1, window)]
+    if not windows:
+        raise DataError(
+            f"The text for {what} holds {len(tokens)} tokens, fewer than one window of "
+            f"{window}: give more text ({what})."
+        )
+    return windows[:limit] if limit else windows
+
+
 GGUF_SOURCE = "gguf_source.json"
 
 

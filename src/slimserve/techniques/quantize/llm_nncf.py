@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimserve.core.errors import DataError, ExportError, first_line, require
+from slimserve.core.errors import ExportError, first_line, require
 
 if TYPE_CHECKING:
     from slimserve.techniques.quantize.llm import LlmQuantizeConfig
 
-CALIBRATION_WINDOW = 128
 NNCF_OPSET = 20
 SENSITIVITY = {
     "weight_error": "WEIGHT_QUANTIZATION_ERROR",
@@ -37,15 +36,9 @@ def calibration_feeds(folder: Path, tokens: list[int], samples: int) -> list[dic
     prefill from an empty KV cache (what NNCF runs to collect activation statistics)."""
     import onnx
 
-    windows = [
-        tokens[i : i + CALIBRATION_WINDOW]
-        for i in range(0, len(tokens) - CALIBRATION_WINDOW + 1, CALIBRATION_WINDOW)
-    ][:samples]
-    if not windows:
-        raise DataError(
-            f"The calibration text holds {len(tokens)} tokens, fewer than one window of "
-            f"{CALIBRATION_WINDOW}: give more text (data.calibration)."
-        )
+    from slimserve.models.causal_lm import CALIBRATION_WINDOW, text_windows
+
+    windows = text_windows(tokens, CALIBRATION_WINDOW, samples, "data.calibration")
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
     graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
     float_type = np.float16 if _past_type(graph) == onnx.TensorProto.FLOAT16 else np.float32
