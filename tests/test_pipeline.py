@@ -92,7 +92,7 @@ def test_demo_on_reduced_budget(tmp_path: Path) -> None:
 
 def test_demo_names_its_examples() -> None:
     result = CliRunner().invoke(app, ["demo", "resnet"])
-    assert result.exit_code == 2 and "digits, minilm or smollm2" in result.output
+    assert result.exit_code == 2 and "digits, minilm, smollm2 or smollm2-pruned" in result.output
 
 
 def test_prune_recipe_reports_layers_plots_and_honesty(tmp_path: Path) -> None:

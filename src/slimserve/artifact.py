@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slimserve.core.errors import ArtifactError
 from slimserve.core.files import SIGNING_KEY_ENV, sha256_bytes, sha256_file, sign, signing_key
+from slimserve.models.edge import EDGE_FILES, EdgeModel, edge_model
 from slimserve.models.llm import LlmModel
 from slimserve.models.onnx import OnnxModel
 
@@ -89,7 +90,9 @@ class Manifest(_Record):
     text: dict[str, Any] | None = None
     # What serves the artifact: model.onnx in ONNX Runtime, the torch program model.pt2, or
     # model.onnx in OpenVINO (runtime_precision: auto or f32).
-    runtime: Literal["onnx", "torch", "openvino", "onnxruntime-genai"] = "onnx"
+    runtime: Literal["onnx", "torch", "openvino", "onnxruntime-genai", "litert", "executorch"] = (
+        "onnx"
+    )
     runtime_precision: Literal["auto", "f32"] | None = None
     # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
     # features (slimserve.core.cpu) of the machine it was verified and timed on.
@@ -101,12 +104,13 @@ class Manifest(_Record):
 class Artifact:
     path: Path
     manifest: Manifest
-    model: OnnxModel | LlmModel  # LlmModel: a decoder LM's folder (runtime onnxruntime-genai)
+    # LlmModel: a decoder LM's folder (runtime onnxruntime-genai); EdgeModel: a device model
+    model: OnnxModel | LlmModel | EdgeModel
 
 
 def save_artifact(
     path: str | Path,
-    model: OnnxModel | LlmModel,
+    model: OnnxModel | LlmModel | EdgeModel,
     manifest: Manifest,
     files: dict[str, bytes] | None = None,
 ) -> Artifact:
@@ -118,6 +122,8 @@ def save_artifact(
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     if isinstance(model, LlmModel):
         model_files = {f"{LLM_DIR}/{n}": p.read_bytes() for n, p in model.files().items()}
+    elif isinstance(model, EdgeModel):  # a device model: model.tflite / model.pte
+        model_files = {model.file_name: model.to_bytes()}
     else:
         model_files = {MODEL_FILE: model.to_bytes()}
     contents = {**model_files, **(files or {})}
@@ -142,7 +148,7 @@ def save_artifact(
         raise
     if isinstance(model, LlmModel):
         return Artifact(target, final, LlmModel(target / LLM_DIR, model.weights))
-    return Artifact(target, final, model)
+    return Artifact(target, final, model)  # an ONNX or a device model
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -265,19 +271,11 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         verify_nothing_else(folder, manifest)
     if manifest.runtime == GENAI_RUNTIME:  # its files were all verified just above
         return Artifact(folder, manifest, LlmModel(folder / LLM_DIR, manifest.precision or "fp32"))
-    model_path = folder / MODEL_FILE
-    if not model_path.is_file():
-        raise ArtifactError(
-            f"'{model_path}' is missing from the artifact. Restore it or re-run optimize."
-        )
-    model_bytes = model_path.read_bytes()
-    if verify and MODEL_FILE not in manifest.files:
-        raise ArtifactError(
-            f"{manifest_path} does not list {MODEL_FILE}, which the runtime would read "
-            "unchecked. Refusing the artifact: re-save it with 'slimserve optimize'."
-        )
-    if verify and sha256_bytes(model_bytes) != manifest.files[MODEL_FILE].sha256:
-        raise _tampered(folder / MODEL_FILE)  # hashed as read: no swap after the check
+    if manifest.runtime in EDGE_FILES:  # a device model: model.tflite / model.pte
+        data = _model_bytes(folder, EDGE_FILES[manifest.runtime], manifest, verify)
+        edge = edge_model(data, manifest.runtime, manifest.io, manifest.precision)
+        return Artifact(folder, manifest, edge)
+    model_bytes = _model_bytes(folder, MODEL_FILE, manifest, verify)
     import onnx
 
     try:
@@ -285,6 +283,24 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     except Exception as exc:
         raise ArtifactError(f"{folder / MODEL_FILE} is not a readable ONNX model ({exc}).") from exc
     return Artifact(folder, manifest, OnnxModel(proto))
+
+
+def _model_bytes(folder: Path, name: str, manifest: Manifest, verify: bool) -> bytes:
+    """The file the runtime reads, refused when missing, unlisted or changed."""
+    path = folder / name
+    if not path.is_file():
+        raise ArtifactError(
+            f"'{path}' is missing from the artifact. Restore it or re-run optimize."
+        )
+    data = path.read_bytes()
+    if verify and name not in manifest.files:
+        raise ArtifactError(
+            f"{folder / MANIFEST_FILE} does not list {name}, which the runtime would read "
+            "unchecked. Refusing the artifact: re-save it with 'slimserve optimize'."
+        )
+    if verify and sha256_bytes(data) != manifest.files[name].sha256:
+        raise _tampered(path)  # hashed as read: no swap after the check
+    return data
 
 
 def verify_signature(folder: Path, manifest_bytes: bytes) -> None:
@@ -314,6 +330,8 @@ def runtime_files(folder: Path, manifest: Manifest) -> list[str]:
     if manifest.runtime == GENAI_RUNTIME:
         llm = folder / LLM_DIR
         return sorted(p.relative_to(folder).as_posix() for p in llm.rglob("*") if p.is_file())
+    if manifest.runtime in EDGE_FILES:
+        return [EDGE_FILES[manifest.runtime]]
     names = [MODEL_FILE]
     if manifest.runtime == "torch":
         names.append(PROGRAM_FILE)

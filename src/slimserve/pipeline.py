@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from slimserve.artifact import Artifact, StepRecord
     from slimserve.data import Dataset
     from slimserve.models import Model, OnnxModel
+    from slimserve.models.edge import EdgeModel
     from slimserve.recipe import Recipe
     from slimserve.techniques import Technique
 
@@ -38,7 +39,7 @@ class ChainEnd:
     """Where one chain of steps (the recipe's steps, or one alternative) ended: its ONNX
     model, that model's stage, and the records of every step that led there."""
 
-    model: OnnxModel
+    model: OnnxModel | EdgeModel
     stage: Stage
     records: list[StepRecord]
 
@@ -61,6 +62,9 @@ class Run:
     program: tuple[Stage, bytes] | None = None  # the torch program's stage and file
 
 
+DEVICES = ("litert", "executorch")
+
+
 def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = None) -> RunResult:
     """Run every step of ``recipe`` and save the artifact to ``out_dir/<recipe.name>``:
     plan the chains of steps, run them, choose the serving runtime, record the artifact."""
@@ -79,8 +83,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
         add_runtime_stages(recipe, run, advance)
         advance("benchmarking every stage")
         bench_stages(run.stages, run.eval_data, recipe)
-    reference = run.onnx[0]
-    candidates = run.candidates or [reference]
+    served = [c for c in run.onnx if c.runtime == "onnx"]  # device models are not served
+    reference = served[0] if served else run.onnx[0]
+    candidates = [c for c in run.candidates if not served or c.runtime not in DEVICES]
+    candidates = candidates or [reference]
     chosen, why = choose_serving_runtime(recipe, run.stages[0], candidates, reference)
     artifact = record_artifact(recipe, run, chosen, why, out)
     return RunResult(artifact, run.stages, artifact.manifest.notes)
@@ -146,13 +152,20 @@ def run_chains(
                 raise
             run.notes.append(f"Alternative {number + 1} was not tried: {exc}")
             continue
-        assert isinstance(end, OnnxModel)
+        from slimserve.models.edge import EdgeModel
+
+        assert isinstance(end, (OnnxModel, EdgeModel))
         end_stage = next(s for s in reversed(run.stages) if s.model is end)
         run.ends.append(ChainEnd(end, end_stage, list(records)))
-    run.onnx = [Candidate("onnx", e.stage, i) for i, e in enumerate(run.ends)]
-    if "onnx" in recipe.runtimes.candidates:
+    run.onnx = [Candidate(_runtime_of(e.model), e.stage, i) for i, e in enumerate(run.ends)]
+    if "onnx" in recipe.runtimes.candidates or any(c.runtime != "onnx" for c in run.onnx):
         run.candidates = list(run.onnx)
     return run
+
+
+def _runtime_of(model: OnnxModel | EdgeModel) -> Any:
+    """What runs a chain's end: ONNX Runtime, or LiteRT / ExecuTorch for a device model."""
+    return "onnx" if model.format == "onnx" else model.format
 
 
 def add_runtime_stages(recipe: Recipe, run: Run, advance: Any) -> None:
@@ -167,8 +180,12 @@ def add_runtime_stages(recipe: Recipe, run: Run, advance: Any) -> None:
             run.stages.append(run.program[0])
             run.candidates.append(Candidate("torch", run.program[0]))
     if "openvino" in recipe.runtimes.candidates:
+        from slimserve.models import OnnxModel
+
         advance("OpenVINO")
         for i, end in enumerate(run.ends):
+            if not isinstance(end.model, OnnxModel):  # a device model runs in its own runtime
+                continue
             label = end.stage.name if len(run.ends) > 1 else ""
             ov = openvino_stage(recipe, end.model, eval_data, reference, threads, run.notes, label)
             if ov is not None:
@@ -182,7 +199,6 @@ def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: 
     from slimserve.core.cpu import cpu_features
     from slimserve.measure.report import build_report
     from slimserve.measure.summary import model_bytes
-    from slimserve.models.onnx import describe_io
 
     end = run.ends[chosen.chain]
     if len(run.ends) > 1:
@@ -198,7 +214,7 @@ def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: 
         **manifest_basics(recipe, _sha256(model_bytes(run.source))),
         parent=str(recipe.model.path) if recipe.model.path and recipe.model.path.is_dir() else None,
         steps=end.records,
-        io=describe_io(end.model.proto),
+        io=_io(end.model, run.source),
         baseline=baseline.metrics,
         final=served.metrics,
         stages=[s.row() for s in run.stages],
@@ -224,11 +240,32 @@ def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: 
     return save_artifact(out / recipe.name, end.model, manifest, files)
 
 
-def served_precision(chosen: Candidate, model: OnnxModel) -> str:
+def _io(model: OnnxModel | EdgeModel, source: Model) -> dict[str, Any]:
+    """The served model's inputs and outputs: from the ONNX graph, or for a device model
+    from the source model's names and example inputs (its batch axis fixed at 1)."""
+    from slimserve.models import OnnxModel
+    from slimserve.models.onnx import describe_io
+
+    if isinstance(model, OnnxModel):
+        return describe_io(model.proto)
+    examples = getattr(source, "example_inputs", None) or ()
+    inputs = [
+        {"name": n, "dtype": str(x.dtype).removeprefix("torch."), "shape": [1, *x.shape[1:]]}
+        for n, x in zip(model.input_names, examples, strict=False)
+    ]
+    outputs = [{"name": n, "dtype": "float32", "shape": [1]} for n in model.output_names]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def served_precision(chosen: Candidate, model: OnnxModel | EdgeModel) -> str:
     """The precision the artifact is served in: the torch program's dtype, OpenVINO's
     inference precision on the ONNX model's, or the ONNX model's own."""
+    from slimserve.models import OnnxModel
     from slimserve.models.onnx import precision
     from slimserve.runtime.openvino import precision_name
+
+    if not isinstance(model, OnnxModel):
+        return model.precision
 
     if chosen.runtime == "torch":
         return chosen.stage.name.removeprefix("torch program ")

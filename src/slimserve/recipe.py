@@ -18,6 +18,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, fiel
 from slimserve.core.errors import RecipeError
 from slimserve.core.specs import DataSpec, Frozen, ModelSpec
 from slimserve.techniques.distill_llm import DistillConfig
+from slimserve.techniques.edge import ExportStepConfig
 from slimserve.techniques.export import ExportConfig
 from slimserve.techniques.fuse import FuseConfig
 from slimserve.techniques.prune.llm import PruneStepConfig
@@ -26,7 +27,7 @@ from slimserve.techniques.quantize.qat import QATConfig
 from slimserve.techniques.torch_program import RuntimeChoice
 from slimserve.techniques.unpad import UnpadConfig
 
-TAG_KEYS = {"prune": "granularity", "quantize": "mode"}
+TAG_KEYS = {"export": "format", "prune": "granularity", "quantize": "mode"}
 """The key that picks a step's config among its variants."""
 
 STEPS: dict[str, Any] = {
@@ -34,7 +35,7 @@ STEPS: dict[str, Any] = {
     "distill": DistillConfig,
     "qat": QATConfig,
     "unpad": UnpadConfig,
-    "export": ExportConfig,
+    "export": ExportStepConfig,
     "fuse": FuseConfig,
     "quantize": QuantizeConfig,
 }

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from slimserve.stages import Stage
 
 
-RuntimeName = Literal["onnx", "torch", "openvino"]
+RuntimeName = Literal["onnx", "torch", "openvino", "litert", "executorch"]
 RUNTIME_LABELS: dict[str, str] = {
     "onnx": "ONNX Runtime",
     "torch": "PyTorch",
     "openvino": "OpenVINO",
+    "litert": "LiteRT",
+    "executorch": "ExecuTorch",
 }
 
 
@@ -38,6 +40,11 @@ def choose_serving_runtime(
     torch program), the fastest at the largest bench batch of those that meet the goal;
     ``reference`` (the first chain's ONNX model in ONNX Runtime) when none does. Returns
     the choice and a note saying why, with the ratios measured in this run."""
+    if reference.runtime in ("litert", "executorch"):  # a device model: nothing to choose
+        return reference, (
+            f"Built for {RUNTIME_LABELS[reference.runtime]} (a device runtime): measured here "
+            "in its runtime, not served over V2."
+        )
     if len(candidates) == 1 and candidates[0] is not reference:
         only = candidates[0]
         return only, f"Serving the {only.stage.name}: the one runtime asked for."

@@ -25,8 +25,10 @@ def test_each_step_is_a_frozen_technique(key: str, tag: str, cls: type) -> None:
     assert cls.model_config["extra"] == "forbid" and cls.model_config["frozen"]
     assert cls.name == key
     assert isinstance(cls.trains, bool)
-    assert cls.produces in ("torch", "onnx", "llm", "causal_lm")
-    body = MINIMAL.get((key, tag), {"mode": tag} if tag else {})
+    assert cls.produces in ("torch", "onnx", "llm", "causal_lm", "litert", "executorch")
+    from slimserve.recipe import TAG_KEYS
+
+    body = MINIMAL.get((key, tag), {TAG_KEYS[key]: tag} if tag else {})
     config = cls.model_validate(body)
     assert isinstance(config, Technique)
     assert config.describe().strip()

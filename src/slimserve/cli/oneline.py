@@ -100,12 +100,30 @@ def export(
     out: Path = typer.Option(Path("runs"), "--out", "-o", help=OUT_HELP),
     data: str | None = typer.Option(None, "--data", "-d", help=DATA_HELP),
     opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset version."),
+    to: str = typer.Option(
+        "onnx",
+        "--format",
+        help="onnx (served), litert (.tflite, from a .keras file) or executorch (.pte).",
+    ),
+    precision: str = typer.Option(
+        "float",
+        "--quantize",
+        help="Device formats: float | float16 | dynamic_int8 | int8 (litert); float | int8 "
+        "(executorch). int8 calibrates on --calibration.",
+    ),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="Calibration data for int8 (the representative dataset)."
+    ),
     name: str | None = typer.Option(None, "--name", help="Artifact name (default: MODEL-export)."),
     print_recipe: bool = typer.Option(False, "--print-recipe", help=PRINT_HELP),
 ) -> None:
-    """Export to ONNX with a parity check, as an artifact (one line for a one-step recipe)."""
-    steps = [{"export": {"opset": opset}}]
-    recipe = build_recipe("export", model, steps, {"eval": data}, 0.01, name)
+    """Export to ONNX with a parity check, or to a device format (LiteRT, ExecuTorch), as an
+    artifact (one line for a one-step recipe)."""
+    body: dict[str, Any] = {"opset": opset} if to == "onnx" else {"format": to}
+    if to != "onnx":
+        body["quantize"] = precision
+    splits = {"eval": data, "calibration": calibration}
+    recipe = build_recipe("export", model, [{"export": body}], splits, 0.01, name)
     _run_or_print(recipe, out, print_recipe)
 
 

@@ -242,5 +242,5 @@ def evaluate_llm_artifact(
     text, _ = eval_text(spec)
     tokens = load_tokenizer(model.hf_folder)(text)["input_ids"]
     windows = token_windows(tokens, window_length(spec), spec.samples)
-    metrics = llm_quality(artifact.model, reference_for(model, windows), threads)
+    metrics = llm_quality(artifact.model, reference_for(model, windows), threads)  # type: ignore[arg-type]
     return {"windows": float(len(windows)), "window_tokens": float(len(windows[0])), **metrics}

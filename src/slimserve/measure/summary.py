@@ -15,8 +15,8 @@ def model_bytes(model: Model) -> bytes:
     """The model as stored: ONNX protobuf, or a torch state dict as safetensors."""
     from slimserve.models import OnnxModel
 
-    if isinstance(model, OnnxModel):
-        return model.to_bytes()
+    if isinstance(model, OnnxModel) or getattr(model, "format", "") in ("litert", "executorch"):
+        return model.to_bytes()  # type: ignore[union-attr]
     from safetensors.torch import save
 
     # Shared tensors (tied weights; Keras lists each weight twice) are stored once.
@@ -103,6 +103,16 @@ def summarize(model: Model) -> Summary:
         io = describe_io(model.proto)
         layers = _onnx_layers(model)
         inputs, outputs = io["inputs"], io["outputs"]
+    elif model.format in ("litert", "executorch"):  # a device model: what its runtime shows
+        from slimserve.runtime.edge import edge_io, litert_weights
+
+        inputs, outputs = edge_io(model)  # type: ignore[arg-type]
+        layers = [
+            Layer(name, "weight", count, dtype, zeros)
+            for name, count, dtype, zeros in (
+                litert_weights(model) if model.format == "litert" else []  # type: ignore[arg-type]
+            )
+        ]
     else:
         layers = _torch_layers(model.module)
         inputs, outputs = _torch_io(model)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from slimserve.artifact import Artifact
     from slimserve.data import Dataset
     from slimserve.models import Model, OnnxModel
+    from slimserve.models.edge import EdgeModel
 
 
 class Predictor(Protocol):
@@ -26,7 +27,7 @@ class Predictor(Protocol):
 
 
 def load_predictor(
-    source: Model | str | Path, threads: int = 2, spinning: bool = True
+    source: Model | EdgeModel | str | Path, threads: int = 2, spinning: bool = True
 ) -> Predictor:
     """A predictor for a model state, a model file or an artifact folder (which runs in
     the runtime its manifest names: ONNX Runtime, its torch program, or OpenVINO). ``spinning``:
@@ -37,6 +38,14 @@ def load_predictor(
 
     if isinstance(source, OnnxModel):  # first: an ONNX model never needs torch imported
         return _onnx_predictor(source, threads, spinning)
+    from slimserve.models.edge import EDGE_SUFFIXES, EdgeModel
+
+    if not isinstance(source, EdgeModel) and Path(str(source)).suffix in EDGE_SUFFIXES:
+        source = _edge_file(Path(str(source)))
+    if isinstance(source, EdgeModel):  # a device model in LiteRT or ExecuTorch
+        from slimserve.runtime.edge import edge_predictor
+
+        return edge_predictor(source, threads)  # type: ignore[no-any-return]
     from slimserve.models import TorchModel
 
     if not isinstance(source, TorchModel) and is_artifact(source):
@@ -45,6 +54,16 @@ def load_predictor(
     if isinstance(model, OnnxModel):
         return _onnx_predictor(model, threads, spinning)
     return TorchPredictor(model, threads)
+
+
+def _edge_file(path: Path) -> EdgeModel:
+    """A ``.tflite`` or ``.pte`` file given by path (its tensors named as it names them)."""
+    from slimserve.core.errors import ModelLoadError
+    from slimserve.models.edge import EDGE_SUFFIXES, EdgeModel
+
+    if not path.is_file():
+        raise ModelLoadError(f"Model file '{path}' does not exist.")
+    return EdgeModel(path.read_bytes(), EDGE_SUFFIXES[path.suffix])
 
 
 def _onnx_predictor(model: OnnxModel, threads: int, spinning: bool) -> Predictor:
@@ -85,6 +104,10 @@ def served_model(artifact: Artifact) -> Model:
             tuple(i["name"] for i in names["inputs"]),
             tuple(o["name"] for o in names["outputs"]),
         )
+    from slimserve.models.edge import EdgeModel
+
+    if isinstance(artifact.model, EdgeModel):
+        return artifact.model  # type: ignore[return-value]  # load_predictor runs it
     if artifact.manifest.runtime == "openvino":
         from dataclasses import replace
 

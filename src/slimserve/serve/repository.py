@@ -133,7 +133,14 @@ def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any
 
 
 def refuse_llm(artifact: Artifact, where: str = "Tensor serving") -> None:
-    """A decoder LM artifact where only tensor models go: say what serves it."""
+    """A decoder LM or device artifact where only tensor models go: say what serves it."""
+    if artifact.model.format in ("litert", "executorch"):
+        raise ArtifactError(
+            f"'{artifact.path}' holds a device model ({artifact.model.format}: "
+            f"{artifact.manifest.runtime} runs it on phones and boards); {where} does not "
+            "serve it over V2. Measure it here with slimserve eval / bench / check, and "
+            "serve an ONNX build of the same model (export: {format: onnx})."
+        )
     if artifact.model.format == "llm":
         raise ArtifactError(
             f"'{artifact.path}' is a decoder LM artifact. {where} takes tensor models; "

@@ -29,6 +29,9 @@ class ExportConfig(BaseModel):
     produces: ClassVar[str] = "onnx"
     trains: ClassVar[bool] = False
 
+    format: Literal["onnx"] = Field(
+        "onnx", description="ONNX (served); litert and executorch are for devices."
+    )
     opset: int = Field(18, ge=17, description="ONNX opset version (17 or newer).")
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
         "auto",
