@@ -117,17 +117,15 @@ def main() -> None:
         result = ss.run_recipe(recipe, args.out)
         wall = time.perf_counter() - started
         table = markdown_table(headers, stage_rows(result))
-        steps = ", ".join(
-            f"{s.name} {s.duration_s / 60:.1f} min"
-            for s in result.artifact.manifest.steps
-            if s.name != "quantize"
+        steps = " ".join(
+            n for n in result.notes if n.startswith(("Depth pruning", "Distillation:"))
         )
         print(table)
         sections.append(
             f"**The recipe** (`slimserve demo smollm2-pruned`, "
-            f"`src/slimserve/examples/smollm2-pruned.yaml`): {wall / 60:.1f} min end to end "
-            f"({steps}; the rest is the two int8 builds, quality on 8 windows of 256 tokens "
-            "for every stage and the interleaved decode rounds).\n\n"
+            f"`src/slimserve/examples/smollm2-pruned.yaml`): {wall / 60:.1f} min end to end, "
+            "with the two int8 builds, quality on 8 windows of 256 tokens for every stage and "
+            f"the interleaved decode rounds. {steps}\n\n"
             + table
             + "\n\n"
             + "\n".join(f"- {n}" for n in result.notes[:3])
