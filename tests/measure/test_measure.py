@@ -96,6 +96,9 @@ def test_bench_json_schema_and_ratios(artifact: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["schema_version"] == 1 and report["baseline"] == "example:digits"
+    from slimserve.core.cpu import cpu_features
+
+    assert report["cpu_features"] == sorted(cpu_features())  # figures name their CPU
     first, second = report["models"]
     assert first["timings"]["8"]["speedup"] == 1.0
     assert first["size_ratio"] == 1.0 and second["size_ratio"] < 0.3

@@ -202,10 +202,14 @@ def bench_models(
 
 
 def bench_json(entries: list[BenchEntry], threads: int, repeats: int) -> dict[str, object]:
-    """The machine-readable report: ratios are against the first model."""
+    """The machine-readable report: ratios are against the first model; ``cpu_features``
+    names the CPU the figures were measured on (the one feature probe)."""
+    from slimserve.core.cpu import cpu_features
+
     base = entries[0]
     return {
         "schema_version": BENCH_SCHEMA_VERSION,
+        "cpu_features": sorted(cpu_features()),
         "threads": threads,
         "repeats": repeats,
         "baseline": base.name,
