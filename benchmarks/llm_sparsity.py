@@ -149,14 +149,15 @@ def main() -> None:
     if args.update:
         flags = ", ".join(sorted(cpu_features()))
         body = (
-            "Command: `python benchmarks/llm_sparsity.py --update BENCHMARKS.md` (run by "
-            f"`make bench`). CPU flags: {flags}. 2 threads. llm-compressor 0.14 in its own venv "
+            f"Command: `python benchmarks/llm_sparsity.py --methods {args.methods} --update "
+            f"BENCHMARKS.md` (`make bench` runs all three). CPU flags: {flags}. 2 threads. "
+            "llm-compressor 0.14 in its own venv "
             "(it pins transformers <= 5.17), 50% of every decoder block's Linear weights, "
             "the head kept; calibration: 64 windows of 256 tokens of Python's documentation; "
             "quality on 8 windows of 256 tokens of scikit-learn's dataset descriptions "
             "against the unpruned float model; decode medians of 5 interleaved rounds.\n\n"
             + table
-            + "\n\nWhat it means: zeros shrink a file written in a sparse format, not the "
+            + "\n\nWhat it means: zeros shrink the compressed file (the gzip column), not the "
             "time a CPU runtime takes to decode: onnxruntime-genai (and llama.cpp, OpenVINO) "
             "read dense weights, zeros included, so the decode speed is the unpruned one. "
             "That is why slimserve prunes decoder LMs by removing blocks and channels "
