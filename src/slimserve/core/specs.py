@@ -3,8 +3,9 @@ split comes from (DataSpec). Recipes hold them; loaders read them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -157,3 +158,15 @@ class DataSpec(Frozen):
     def is_text(self) -> bool:
         """Text to tokenize (needs a tokenizer)."""
         return self.text is not None or self.example == "english"
+
+
+def tag_of(key: str, default: str) -> Callable[[Any], str]:
+    """A tagged union's discriminator: ``key`` of a recipe body (a dict) or of a built
+    config, ``default`` when left out (``mode`` for quantize, ``format`` for export)."""
+
+    def pick(value: Any) -> str:
+        if isinstance(value, dict):
+            return str(value.get(key, default))
+        return str(getattr(value, key, default))
+
+    return pick

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from slimserve.core.errors import ExportError, RecipeError, first_line, require
+from slimserve.core.specs import tag_of
 from slimserve.models.edge import EdgeModel
 from slimserve.techniques.export import ExportConfig
 
@@ -141,11 +142,8 @@ class ExecuTorchExportConfig(BaseModel):
         return converted
 
 
-def format_of(value: Any) -> str:
-    """The export union's discriminator: the ``format`` key, ``onnx`` when left out."""
-    if isinstance(value, dict):
-        return str(value.get("format", "onnx"))
-    return str(getattr(value, "format", "onnx"))
+format_of = tag_of("format", "onnx")
+"""The export union's discriminator: the ``format`` key, ``onnx`` when left out."""
 
 
 ExportStepConfig = Annotated[

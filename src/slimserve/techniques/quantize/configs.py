@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 from slimserve.core.context import Context
 from slimserve.core.errors import RecipeError
+from slimserve.core.specs import tag_of
 from slimserve.models.onnx import OnnxModel
 from slimserve.techniques.quantize.llm import LlmQuantizeConfig
 from slimserve.techniques.quantize.ort import MIN_CALIBRATION_SAMPLES, quantize_onnx
@@ -279,11 +280,8 @@ MODES: dict[str, type[BaseModel]] = {
 """``mode`` -> its config: what the union below is made of."""
 
 
-def mode_of(value: Any) -> str:
-    """The union's discriminator: the ``mode`` key, ``dynamic`` when left out."""
-    if isinstance(value, dict):
-        return str(value.get("mode", "dynamic"))
-    return str(getattr(value, "mode", "dynamic"))
+mode_of = tag_of("mode", "dynamic")
+"""The union's discriminator: the ``mode`` key, ``dynamic`` when left out."""
 
 
 QuantizeConfig = Annotated[
