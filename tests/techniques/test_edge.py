@@ -186,3 +186,18 @@ def test_one_line_export_to_a_device_prints_its_recipe() -> None:
     assert result.exit_code == 0, result.output
     assert "format: executorch" in result.output and "quantize: int8" in result.output
     assert "calibration:" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".pte"])
+def test_a_corrupt_device_file_is_refused_with_its_runtime_named(
+    tmp_path: Path, suffix: str
+) -> None:
+    from slimserve.core.errors import ModelLoadError
+
+    path = tmp_path / f"broken{suffix}"
+    path.write_bytes(b"not a model at all" * 8)
+    runtime = "LiteRT" if suffix == ".tflite" else "ExecuTorch"
+    with pytest.raises(ModelLoadError, match=f"{runtime} cannot"):
+        load_predictor(path)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_predictor(tmp_path / f"missing{suffix}")

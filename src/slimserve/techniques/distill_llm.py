@@ -44,8 +44,8 @@ class DistillConfig(BaseModel):
     tokens: int = Field(
         200_000,
         ge=1,
-        description="Training tokens the student sees (about 400 a second for SmolLM2-135M "
-        "on 2 cores in bfloat16: 200,000 take ~9 minutes).",
+        description="Training tokens the student sees (SmolLM2-135M trained at 250-330 a "
+        "second on a 2-core Xeon in bfloat16, measured: budget ~4 minutes per 60,000).",
     )
     seq_length: int = Field(256, ge=8, description="Tokens per training window.")
     batch_size: int = Field(4, ge=1, description="Windows per step.")
