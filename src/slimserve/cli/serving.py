@@ -101,6 +101,14 @@ def serve(
     llm_max_queue: int = typer.Option(
         64, "--llm-max-queue", min=0, help="Decoder LMs: sequences waiting for a slot; 429 above."
     ),
+    llm_lookup_tokens: int = typer.Option(
+        0,
+        "--llm-lookup-tokens",
+        min=0,
+        max=64,
+        help="Decoder LMs: prompt lookup decoding, tokens proposed per step from the prompt "
+        "(greedy, one sequence decoding; exact). 0: off.",
+    ),
     log_format: str = typer.Option("text", "--log-format", help="Server log lines: text or json."),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log every inference request (costs throughput)."
@@ -155,6 +163,7 @@ def serve(
         llm_max_tokens=llm_max_tokens,
         llm_chunk_tokens=llm_chunk_tokens,
         llm_max_queue=llm_max_queue,
+        llm_lookup_tokens=llm_lookup_tokens,
     )
     logs.configure("json" if log_format == "json" else "text")
     if ray:

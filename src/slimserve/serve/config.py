@@ -98,6 +98,13 @@ class ServeConfig(BaseModel):
     llm_max_queue: int = Field(
         64, ge=0, description="Decoder LMs: sequences waiting for a slot; 429 above."
     )
+    llm_lookup_tokens: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Decoder LMs: prompt lookup decoding, the most tokens proposed per step "
+        "from earlier text (greedy requests while one sequence decodes; exact). 0: off.",
+    )
     truncate_text: bool = Field(
         True,
         description="Cut a text longer than the model's max_length tokens (as the OpenAI "

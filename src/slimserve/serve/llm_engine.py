@@ -10,6 +10,14 @@ row's length from the attention mask and writes new keys and values in place
 whatever the other rows hold, so a prefill of one row (its slice of the buffer) and a
 decode step of all rows use the same buffers, bound by IO binding without copies.
 
+Prompt lookup (``lookup_tokens``): a greedy sequence whose last tokens occurred earlier in
+its prompt or output proposes the tokens that followed them there; the decode step runs
+them with its next token and keeps those the model itself would have chosen (exact for
+greedy decoding). Only while one sequence decodes: ONNX Runtime's GroupQueryAttention
+takes several new tokens per row after a cache at batch 1 only. Rejected drafts leave
+keys and values past the row's length, which the next step overwrites: rolling back is
+setting the length.
+
 Every public method is thread-safe; ``emit`` callbacks run on the engine's thread.
 """
 
@@ -66,6 +74,7 @@ class Sequence:
     length: int = 0  # tokens in the cache
     generated: int = 0
     next_token: int = -1
+    tokens: list[int] = field(default_factory=list)  # generated so far (prompt lookup)
     cancelled: bool = False
     abandoned: bool = False  # cancelled because its client left
     queued_at: float = 0.0
@@ -87,6 +96,7 @@ class LlmEngine:
         slot_tokens: int = 1024,
         chunk_tokens: int = 128,
         max_queue: int = 64,
+        lookup_tokens: int = 0,
     ) -> None:
         import onnxruntime as ort
 
@@ -112,9 +122,10 @@ class LlmEngine:
         self.slots: list[Sequence | None] = [None] * slots
         self.queue: deque[Sequence] = deque()
         self.max_queue, self.chunk_tokens = max_queue, chunk_tokens
+        self.lookup_tokens = lookup_tokens
         self.lock = threading.Condition()
         self.running = True
-        self.stats = {"steps": 0, "generated": 0, "cancelled": 0}
+        self.stats = {"steps": 0, "generated": 0, "cancelled": 0, "drafted": 0, "accepted": 0}
         self.thread = threading.Thread(target=self._loop, name="slimserve-llm", daemon=True)
         self.thread.start()
 
@@ -236,6 +247,24 @@ class LlmEngine:
         decoding = [s for s in work if not s.prefilling and s.next_token >= 0 and not s.cancelled]
         if not decoding:
             return
+        draft = self._draft(decoding[0]) if len(decoding) == 1 else []
+        if draft:  # one row: ONNX Runtime's GroupQueryAttention verifies drafts at batch 1
+            s = decoding[0]
+            logits = self._run(
+                slice(s.slot, s.slot + 1),
+                [[s.next_token, *draft]],
+                [s.length + 1 + len(draft)],
+                every_position=True,
+            )[0]
+            self.stats["drafted"] += len(draft)
+            for position in range(len(draft) + 1):
+                s.length += 1  # the token fed at this position is now in the cache
+                self._emit(s, logits[position])
+                if s.cancelled or position == len(draft) or s.next_token != draft[position]:
+                    break
+                self.stats["accepted"] += 1
+            self.stats["steps"] += 1
+            return
         rows = max(s.slot for s in decoding) + 1
         tokens, lengths = [[0] for _ in range(rows)], [1] * rows
         for s in work:
@@ -249,9 +278,28 @@ class LlmEngine:
             self._emit(s, logits[s.slot])
         self.stats["steps"] += 1
 
-    def _run(self, rows: slice, tokens: list[list[int]], lengths: list[int]) -> np.ndarray:
+    def _draft(self, sequence: Sequence) -> list[int]:
+        """The tokens prompt lookup proposes after ``sequence``'s next token (none for a
+        sampled sequence, or without room in its slot or its max_tokens)."""
+        room = min(
+            self.lookup_tokens,
+            self.context_length - sequence.length - 2,
+            sequence.sampling.max_tokens - sequence.generated - 1,
+        )
+        if room <= 0 or sequence.sampling.temperature > 0:
+            return []
+        return prompt_lookup([*sequence.prompt, *sequence.tokens], room)
+
+    def _run(
+        self,
+        rows: slice,
+        tokens: list[list[int]],
+        lengths: list[int],
+        every_position: bool = False,
+    ) -> np.ndarray:
         """The model on cache rows ``rows``: each row's new ``tokens`` (equal counts) ending
-        at its total ``lengths``; returns each row's last-position logits."""
+        at its total ``lengths``; returns each row's last-position logits (every
+        position's with ``every_position``)."""
         ort = self.ort
         width = max(lengths)
         mask = np.zeros((len(lengths), width), np.int64)
@@ -267,11 +315,12 @@ class LlmEngine:
         binding.bind_output("logits")
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[-1].numpy()
-        return np.asarray(logits[:, -1, :], np.float32)
+        return np.asarray(logits if every_position else logits[:, -1, :], np.float32)
 
     def _emit(self, sequence: Sequence, logits: np.ndarray) -> None:
         token = choose(logits, sequence.sampling, sequence.rng)
         sequence.generated += 1
+        sequence.tokens.append(token.token)
         self.stats["generated"] += 1
         if token.token in self.eos:
             token.finish = "stop"
@@ -292,6 +341,22 @@ class LlmEngine:
                 self.slots[sequence.slot] = None
             sequence.cancelled = True
         sequence.emit(token)
+
+
+def prompt_lookup(history: list[int], count: int, longest: int = 3, shortest: int = 2) -> list[int]:
+    """Up to ``count`` tokens that followed the latest earlier occurrence of
+    ``history``'s last ``longest`` tokens (then fewer, down to ``shortest``) in
+    ``history``; none when they never occurred before. One-token matches are not used:
+    on text with nothing to copy they proposed drafts that were mostly rejected, which
+    cost more than they saved (BENCHMARKS.md, llm-lookup)."""
+    tokens = np.asarray(history, np.int64)
+    for size in range(min(longest, len(tokens) - 1), shortest - 1, -1):
+        tail = tokens[-size:]
+        starts = np.flatnonzero(tokens[: len(tokens) - size] == tail[0])
+        for start in starts[::-1]:
+            if np.array_equal(tokens[start : start + size], tail):
+                return [int(t) for t in tokens[start + size : start + size + count]]
+    return []
 
 
 def choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> Token:

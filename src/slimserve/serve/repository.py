@@ -128,6 +128,7 @@ def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any
         config.llm_slot_tokens,
         config.llm_chunk_tokens,
         config.llm_max_queue,
+        config.llm_lookup_tokens,
     )
     return LlmServed(name, engine, load_tokenizer(model.folder), config.llm_max_tokens)
 
