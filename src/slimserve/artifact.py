@@ -1,12 +1,9 @@
-"""Artifacts: a folder with model.onnx, manifest.json and a report.
-
-Saving writes a temporary sibling folder and swaps it into place in one atomic
-``renameat2(RENAME_EXCHANGE)`` where the OS has it (two renames elsewhere, with the
-previous artifact restored by the next load or save if a kill lands between them), so the
-previous artifact is visible or recoverable at every instant. Loading verifies every
-file's sha256, refuses an artifact whose manifest leaves out a file the runtime reads,
-and, when ``SLIMSERVE_SIGNING_KEY`` is set, checks the manifest's HMAC signature.
-"""
+"""Artifacts: a folder with model.onnx, manifest.json and a report. Saving writes a
+temporary sibling folder and swaps it into place in one atomic ``renameat2(RENAME_EXCHANGE)``
+where the OS has it (two renames elsewhere, the previous artifact restored by the next load
+or save if a kill lands between them). Loading verifies every file's sha256, refuses an
+artifact whose manifest leaves out a file the runtime reads, and with
+``SLIMSERVE_SIGNING_KEY`` set checks the manifest's HMAC signature."""
 
 from __future__ import annotations
 
@@ -94,6 +91,9 @@ class Manifest(_Record):
         "onnx"
     )
     runtime_precision: Literal["auto", "f32"] | None = None
+    # A second executable for small batches (runtime/routed.py): {file, runtime, stage,
+    # max_tokens: the most rows x tokens it takes}.
+    small_batches: dict[str, Any] | None = None
     # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
     # features (slimserve.core.cpu) of the machine it was verified and timed on.
     precision: str | None = None
@@ -272,10 +272,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     if manifest.runtime == GENAI_RUNTIME:  # its files were all verified just above
         return Artifact(folder, manifest, LlmModel(folder / LLM_DIR, manifest.precision or "fp32"))
     if manifest.runtime in EDGE_FILES:  # a device model: model.tflite / model.pte
-        data = _model_bytes(folder, EDGE_FILES[manifest.runtime], manifest, verify)
+        data = runtime_file_bytes(folder, EDGE_FILES[manifest.runtime], manifest, verify)
         edge = edge_model(data, manifest.runtime, manifest.io, manifest.precision)
         return Artifact(folder, manifest, edge)
-    model_bytes = _model_bytes(folder, MODEL_FILE, manifest, verify)
+    model_bytes = runtime_file_bytes(folder, MODEL_FILE, manifest, verify)
     import onnx
 
     try:
@@ -285,7 +285,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     return Artifact(folder, manifest, OnnxModel(proto))
 
 
-def _model_bytes(folder: Path, name: str, manifest: Manifest, verify: bool) -> bytes:
+def runtime_file_bytes(folder: Path, name: str, manifest: Manifest, verify: bool) -> bytes:
     """The file the runtime reads, refused when missing, unlisted or changed."""
     path = folder / name
     if not path.is_file():
@@ -332,7 +332,7 @@ def runtime_files(folder: Path, manifest: Manifest) -> list[str]:
         return sorted(p.relative_to(folder).as_posix() for p in llm.rglob("*") if p.is_file())
     if manifest.runtime in EDGE_FILES:
         return [EDGE_FILES[manifest.runtime]]
-    names = [MODEL_FILE]
+    names = [MODEL_FILE, *([manifest.small_batches["file"]] if manifest.small_batches else [])]
     if manifest.runtime == "torch":
         names.append(PROGRAM_FILE)
     if manifest.text and manifest.text.get("tokenizer"):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from slimserve.core.context import Context
 from slimserve.core.progress import stage_progress
 from slimserve.serving_runtime import Candidate, choose_serving_runtime, goal_verdict
+from slimserve.small_batches import SmallBatches, choose_small_batches
 from slimserve.stages import (
     RunResult,
     Stage,
@@ -78,17 +79,23 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, console: Console | None = No
     chains = plan_chains(recipe)
     shared = shared_length(chains)
     total = shared + sum(len(c) - shared for c in chains)
-    with stage_progress(console, total + 3) as advance:
+    with stage_progress(console, total + 4) as advance:
         run = run_chains(recipe, chains, out, advance)
         add_runtime_stages(recipe, run, advance)
         advance("benchmarking every stage")
         bench_stages(run.stages, run.eval_data, recipe)
-    served = [c for c in run.onnx if c.runtime == "onnx"]  # device models are not served
-    reference = served[0] if served else run.onnx[0]
-    candidates = [c for c in run.candidates if not served or c.runtime not in DEVICES]
-    candidates = candidates or [reference]
-    chosen, why = choose_serving_runtime(recipe, run.stages[0], candidates, reference)
-    artifact = record_artifact(recipe, run, chosen, why, out)
+        served = [c for c in run.onnx if c.runtime == "onnx"]  # device models are not served
+        reference = served[0] if served else run.onnx[0]
+        candidates = [c for c in run.candidates if not served or c.runtime not in DEVICES]
+        candidates = candidates or [reference]
+        chosen, why = choose_serving_runtime(recipe, run.stages[0], candidates, reference)
+        if len(candidates) > 1:
+            advance("small batches: timing the builds on probe batches")
+        small, small_note = choose_small_batches(
+            recipe, run.stages[0], chosen, candidates, run.eval_data
+        )
+    why = f"{why} {small_note}".strip()
+    artifact = record_artifact(recipe, run, chosen, why, out, small)
     return RunResult(artifact, run.stages, artifact.manifest.notes)
 
 
@@ -193,8 +200,16 @@ def add_runtime_stages(recipe: Recipe, run: Run, advance: Any) -> None:
                 run.candidates.append(Candidate("openvino", ov, i))
 
 
-def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: Path) -> Artifact:
-    """Save the chosen runtime's model with its manifest, report and extra files."""
+def record_artifact(
+    recipe: Recipe,
+    run: Run,
+    chosen: Candidate,
+    why: str,
+    out: Path,
+    small: SmallBatches | None = None,
+) -> Artifact:
+    """Save the chosen runtime's model with its manifest, report and extra files (and
+    the executable for small batches, when one was chosen)."""
     from slimserve.artifact import Manifest, save_artifact
     from slimserve.core.cpu import cpu_features
     from slimserve.measure.report import build_report
@@ -236,6 +251,14 @@ def record_artifact(recipe: Recipe, run: Run, chosen: Candidate, why: str, out: 
         from slimserve.artifact import PROGRAM_FILE
 
         files[PROGRAM_FILE] = run.program[1]
+    if small is not None:  # the same chain's model in another runtime reads model.onnx
+        from slimserve.artifact import MODEL_FILE
+
+        file = MODEL_FILE if small.candidate.chain == chosen.chain else "small/model.onnx"
+        if file != MODEL_FILE:
+            files[file] = small.candidate.stage.model.to_bytes()  # type: ignore[union-attr]
+        record = small.record(file, recipe.runtimes.openvino_precision)
+        manifest = manifest.model_copy(update={"small_batches": record})
     files.update(build_report(manifest))
     return save_artifact(out / recipe.name, end.model, manifest, files)
 

@@ -33,6 +33,9 @@ def inspect(
             "all file hashes verified.",
             highlight=False,
         )
+        if small := artifact.manifest.small_batches:
+            line = f"Small batches (at most {small['max_tokens']} rows x tokens) run on "
+            console.print(line + f"{small['file']} in {small['runtime']} ({small['stage']}).")
         loaded: Any = artifact.model
         if loaded.format == "llm":
             _inspect_llm(loaded)

@@ -128,7 +128,35 @@ def for_artifact(artifact: Artifact, threads: int = 2, spinning: bool = True) ->
     warning = missing_feature_warning(artifact.manifest.precision, artifact.manifest.cpu_features)
     if warning is not None:
         warnings.warn(f"{artifact.path}: {warning}", CpuFeatureWarning, stacklevel=2)
-    return load_predictor(served_model(artifact), threads, spinning)
+    predictor = load_predictor(served_model(artifact), threads, spinning)
+    small = artifact.manifest.small_batches
+    if small is None:
+        return predictor
+    from slimserve.runtime.routed import RoutedPredictor
+
+    small_predictor = _onnx_predictor(small_batch_model(artifact), threads, spinning)
+    return RoutedPredictor(small_predictor, predictor, int(small["max_tokens"]))
+
+
+def small_batch_model(artifact: Artifact) -> OnnxModel:
+    """The artifact's executable for small batches (``manifest.small_batches``), hashed as
+    it is read, in the runtime the manifest names for it."""
+    import onnx
+
+    from slimserve.artifact import runtime_file_bytes
+    from slimserve.core.errors import ArtifactError
+    from slimserve.models import OnnxModel
+
+    small = artifact.manifest.small_batches or {}
+    data = runtime_file_bytes(artifact.path, str(small["file"]), artifact.manifest, True)
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{artifact.path / small['file']} is not a readable ONNX model."
+        ) from exc
+    engines = {"onnx": "onnxruntime", "openvino": "openvino", "openvino-f32": "openvino-f32"}
+    return OnnxModel(proto, engine=engines[str(small["runtime"])])  # type: ignore[arg-type]
 
 
 def predict_all(predictor: Predictor, data: Dataset, batch_size: int = 256) -> np.ndarray:
