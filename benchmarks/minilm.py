@@ -36,7 +36,9 @@ def main() -> None:
         recipe = ss.load_recipe(recipe_file)
         print(f"Running the {args.recipe} recipe...")
         ss.run_recipe(recipe, Path(tmp))
-        levers = lever_table(ss.load_artifact(Path(tmp) / recipe.name).manifest)
+        manifest = ss.load_artifact(Path(tmp) / recipe.name).manifest
+        levers = lever_table(manifest)
+        routing = small_batch_table(manifest)
         result = compare(Path(tmp) / recipe.name, rounds=args.rounds)
     table = markdown_table(HEADERS, result.rows)
     print(levers)
@@ -60,7 +62,7 @@ def main() -> None:
             "Per lever: every stage of the recipe's own run (each alternative, in each "
             "runtime it allows), timed interleaved by the pipeline on the first 32 eval "
             "sentences padded to their longest (10 rounds, medians); `alt N` is the N-th "
-            "list under the recipe's `alternatives`.\n\n" + levers
+            "list under the recipe's `alternatives`.\n\n" + levers + routing
         )
         update(args.update, args.recipe, body)
 
@@ -84,6 +86,22 @@ def lever_table(manifest: ss.Manifest) -> str:
         )
     headers = ["stage", "cosine mean", "top-5", "size", "b1 p50 ms", "b32 sentences/s"]
     return markdown_table(headers, rows)
+
+
+def small_batch_table(manifest: ss.Manifest) -> str:
+    """The run's decision on a second build for small batches, with the probes it timed."""
+    note = next((n for n in manifest.notes if " executable" in n), "")
+    start = max(note.find("One executable"), note.find("Two executables"))
+    decision = note[start : note.find(").", start) + 2] if start >= 0 else ""
+    small = manifest.small_batches
+    if not small:
+        return f"\n\nSmall batches: {decision or 'no other build met the goal.'}"
+    rows = [
+        [str(work), f"{mine:.2f}", f"{served:.2f}", f"{served / mine:.2f}x"]
+        for work, mine, served in small["points"]
+    ]
+    headers = ["rows x tokens", f"{small['stage']} ms", "served build ms", "speedup"]
+    return f"\n\nSmall batches: {decision}\n\n" + markdown_table(headers, rows)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,35 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(ROOT)
     exec(compile(code.replace('"runs/"', repr(str(tmp_path))), "README.md", "exec"), {})
     assert (tmp_path / "digits-cnn" / "manifest.json").is_file()
+
+
+def benchmark_sections() -> dict[str, str]:
+    """BENCHMARKS.md's sections by key (<!-- key:start --> ... <!-- key:end -->)."""
+    import re
+
+    text = (Path(__file__).parent.parent / "BENCHMARKS.md").read_text()
+    return dict(re.findall(r"<!-- ([\w-]+):start -->(.*?)<!-- \1:end -->", text, re.S))
+
+
+def quoted_figures_missing() -> list[str]:
+    """Figures (numbers with two or more decimals) in a paragraph of the docs or README
+    that names a BENCHMARKS.md section, which none of the sections it names holds."""
+    import re
+
+    sections = benchmark_sections()
+    root = Path(__file__).parent.parent
+    missing = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for paragraph in page.read_text().split("\n\n"):
+            named = [k for k in re.findall(r"sections?\s+`?([\w-]+)", paragraph) if k in sections]
+            if not named:
+                continue
+            held = " ".join(sections[k] for k in named)
+            for figure in re.findall(r"(?<![\w.])\d+\.\d\d+(?![\d.])", paragraph):
+                if figure not in held:
+                    missing.append(f"{page.name}: {figure} not in section(s) {', '.join(named)}")
+    return missing
+
+
+def test_docs_quote_only_figures_their_benchmarks_section_holds() -> None:
+    assert quoted_figures_missing() == []
