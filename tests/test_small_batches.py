@@ -64,6 +64,17 @@ def test_an_artifact_with_a_small_build_routes_and_refuses_a_changed_file(
         ss.load_predictor(folder)
 
 
+def test_a_small_build_record_without_a_known_runtime_is_refused(
+    tmp_path: Path, digits_onnx: ss.OnnxModel
+) -> None:
+    record = {"file": "small/model.onnx", "runtime": "tflite", "stage": "x", "max_tokens": 4}
+    manifest = manifest_for(digits_onnx).model_copy(update={"small_batches": record})
+    folder = tmp_path / "c"
+    ss.save_artifact(folder, digits_onnx, manifest, {"small/model.onnx": digits_onnx.to_bytes()})
+    with pytest.raises(ArtifactError, match="small_batches needs a 'file' and a 'runtime'"):
+        ss.load_predictor(folder)
+
+
 def test_a_small_build_the_manifest_does_not_list_is_refused(
     tmp_path: Path, digits_onnx: ss.OnnxModel
 ) -> None:

@@ -84,3 +84,12 @@ def test_drafts_keep_exactly_the_greedy_tokens_of_plain_decoding(
     finally:
         plain.close()
         lookup.close()
+
+
+def test_prompt_lookup_tokens_out_of_range_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from slimserve.serve.config import ServeConfig
+
+    with pytest.raises(ValidationError, match="llm_lookup_tokens"):
+        ServeConfig(llm_lookup_tokens=65)

@@ -148,6 +148,12 @@ def small_batch_model(artifact: Artifact) -> OnnxModel:
     from slimserve.models import OnnxModel
 
     small = artifact.manifest.small_batches or {}
+    engines = {"onnx": "onnxruntime", "openvino": "openvino", "openvino-f32": "openvino-f32"}
+    if not isinstance(small.get("file"), str) or small.get("runtime") not in engines:
+        raise ArtifactError(
+            f"{artifact.path}/manifest.json: small_batches needs a 'file' and a 'runtime' "
+            f"({', '.join(engines)}), not {small}. Re-save the artifact with slimserve optimize."
+        )
     data = runtime_file_bytes(artifact.path, str(small["file"]), artifact.manifest, True)
     try:
         proto = onnx.load_from_string(data)
@@ -155,7 +161,6 @@ def small_batch_model(artifact: Artifact) -> OnnxModel:
         raise ArtifactError(
             f"{artifact.path / small['file']} is not a readable ONNX model."
         ) from exc
-    engines = {"onnx": "onnxruntime", "openvino": "openvino", "openvino-f32": "openvino-f32"}
     return OnnxModel(proto, engine=engines[str(small["runtime"])])  # type: ignore[arg-type]
 
 
