@@ -61,7 +61,7 @@ def prompts(tokenizer: Any) -> dict[str, list[list[int]]]:
 
 def one(engine: Any, prompt: list[int]) -> tuple[list[int], float]:
     """The greedy tokens of ``prompt`` and the decode tokens/s after the first token."""
-    from slimserve.serve.llm_engine import Sampling
+    from slimserve.serve.llm_sampling import Sampling
 
     tokens: list[int] = []
     times: list[float] = []

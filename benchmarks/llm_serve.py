@@ -165,7 +165,8 @@ def measure(url: str, model: str, prompts: list[str], tokenizer: Any) -> dict[st
 
 def in_process(artifact: Path, prompts: list[list[int]], slots: int) -> float:
     """New tokens/s of the same engine, N sequences at once, no HTTP."""
-    from slimserve.serve.llm_engine import LlmEngine, Sampling
+    from slimserve.serve.llm_engine import LlmEngine
+    from slimserve.serve.llm_sampling import Sampling
 
     engine = LlmEngine(artifact / "llm", 2, slots, 1024)
     done = threading.Semaphore(0)

@@ -91,11 +91,11 @@ class Manifest(_Record):
         "onnx"
     )
     runtime_precision: Literal["auto", "f32"] | None = None
-    # A second executable for small batches (runtime/routed.py): {file, runtime, stage,
-    # max_tokens: the most rows x tokens it takes}.
+    # A second executable for small batches (runtime/routed.py): {file, runtime, stage, max_tokens}.
     small_batches: dict[str, Any] | None = None
-    # The precision of what is served (float32, bfloat16, float16, int8, int4) and the CPU
-    # features (slimserve.core.cpu) of the machine it was verified and timed on.
+    # A decoder LM's prompts on OpenVINO (llm_prefill.py): {runtime, precision, ttft_ms, fidelity}.
+    llm_prefill: dict[str, Any] | None = None
+    # What is served's precision and the CPU features (core.cpu) it was verified and timed on.
     precision: str | None = None
     cpu_features: list[str] = Field(default_factory=list)
 

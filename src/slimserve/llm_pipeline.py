@@ -31,6 +31,7 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
     """Every chain of the recipe's steps on the decoder LM, each built model measured,
     the fastest within the goal saved as the artifact ``out/<recipe.name>``."""
     from slimserve.core.errors import MissingExtraError
+    from slimserve.llm_prefill import choose_llm_prefill
     from slimserve.loading import causal_lm_folder
     from slimserve.measure.llm import eval_text, reference_for, token_windows, window_length
     from slimserve.models.causal_lm import load_causal_lm
@@ -87,7 +88,12 @@ def run_llm_recipe(recipe: Recipe, out: Path, console: Console | None = None) ->
         _decode_speeds(stages, tokenizer, recipe, threads)
         notes.extend(_why_int4_got_worse(recipe, model, reference, baseline, ends))
     chosen, why = _choose(recipe, baseline, ends)
-    artifact = _record(recipe, model, stages, ends[chosen], [why, *notes], out)
+    prefill, prefill_note = choose_llm_prefill(
+        recipe, baseline, ends[chosen][1], ends[chosen][0], reference, threads
+    )
+    artifact = _record(
+        recipe, model, stages, ends[chosen], [why, prefill_note, *notes], out, prefill
+    )
     return RunResult(artifact, stages, artifact.manifest.notes)
 
 
@@ -240,6 +246,7 @@ def _record(
     chosen: tuple[LlmModel, Stage, list[StepRecord]],
     notes: list[str],
     out: Path,
+    prefill: dict[str, Any] | None = None,
 ) -> Artifact:
     from slimserve.artifact import GENAI_RUNTIME, LLM_DIR, Manifest, save_artifact
     from slimserve.core.files import sha256_file
@@ -264,6 +271,7 @@ def _record(
         stages=[s.row() for s in stages],
         notes=[goal_verdict(recipe, stages[0], served).describe(), *notes],
         runtime=GENAI_RUNTIME,
+        llm_prefill=prefill,
         precision=llm.weights,
         text={
             "tokenizer": LLM_DIR,

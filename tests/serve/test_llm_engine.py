@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from slimserve.artifact import load_artifact
-from slimserve.serve.llm_engine import LlmEngine, Sampling, Token, prompt_lookup
+from slimserve.serve.llm_engine import LlmEngine
+from slimserve.serve.llm_sampling import Sampling, Token, prompt_lookup
 
 
 def test_prompt_lookup_proposes_what_followed_the_latest_earlier_match() -> None:
@@ -93,3 +94,20 @@ def test_prompt_lookup_tokens_out_of_range_are_refused() -> None:
 
     with pytest.raises(ValidationError, match="llm_lookup_tokens"):
         ServeConfig(llm_lookup_tokens=65)
+
+
+def test_prompts_on_openvino_give_the_tokens_of_onnx_runtime(folder: Path) -> None:
+    """Prompt chunks on OpenVINO (float32), decode steps on ONNX Runtime: the same greedy
+    tokens as ONNX Runtime alone, one sequence or two at once, prompts of several chunks
+    (the earlier chunks' cache read back by OpenVINO) or one."""
+    prompts = [list(range(3, 43)), [7, 8, 9, 10, 11, 12, 13]]
+    greedy = Sampling(max_tokens=20, temperature=0)
+    plain = LlmEngine(folder, slots=2, slot_tokens=128, chunk_tokens=16)
+    mixed = LlmEngine(folder, slots=2, slot_tokens=128, chunk_tokens=16, prefill="f32")
+    try:
+        expected = [generate(plain, [p], greedy)[0] for p in prompts]
+        assert [generate(mixed, [p], greedy)[0] for p in prompts] == expected
+        assert generate(mixed, prompts, greedy) == expected
+    finally:
+        plain.close()
+        mixed.close()

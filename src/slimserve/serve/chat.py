@@ -22,7 +22,8 @@ from slimserve.serve.chat_request import (
     prompt_tokens,
     settled,
 )
-from slimserve.serve.llm_engine import EngineFull, LlmServed, Sampling, Sequence, Token
+from slimserve.serve.llm_engine import EngineFull, LlmServed, Sequence
+from slimserve.serve.llm_sampling import Sampling, Token
 from slimserve.serve.openai import OpenAIError
 
 

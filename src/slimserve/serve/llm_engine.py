@@ -35,33 +35,11 @@ from typing import Any
 import numpy as np
 
 from slimserve.core.errors import SlimserveError
+from slimserve.serve.llm_sampling import Sampling, Token, choose, prompt_lookup
 
 
 class EngineFull(SlimserveError):
     """The engine's queue is full: the client should retry later (HTTP 429)."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a sequence's tokens are chosen and when it ends."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    logprobs: int | None = None  # None: none; k: the chosen token's and the top k's
-
-
-@dataclass
-class Token:
-    """One generated token: its id, its log-probability and the top alternatives (when
-    asked), and why the sequence ended with it (None while it goes on)."""
-
-    token: int
-    logprob: float | None = None
-    top: list[tuple[int, float]] = field(default_factory=list)
-    finish: str | None = None
 
 
 @dataclass(eq=False)
@@ -97,6 +75,7 @@ class LlmEngine:
         chunk_tokens: int = 128,
         max_queue: int = 64,
         lookup_tokens: int = 0,
+        prefill: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -126,6 +105,13 @@ class LlmEngine:
         self.lock = threading.Condition()
         self.running = True
         self.stats = {"steps": 0, "generated": 0, "cancelled": 0, "drafted": 0, "accepted": 0}
+        # Prompt chunks on OpenVINO in this precision (the artifact's llm_prefill record,
+        # chosen by measurement: slimserve.llm_prefill); None: in ONNX Runtime.
+        self.prefill = None
+        if prefill is not None:
+            from slimserve.runtime.openvino_prefill import OpenvinoPrefill
+
+            self.prefill = OpenvinoPrefill(folder, prefill, threads)  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self._loop, name="slimserve-llm", daemon=True)
         self.thread.start()
 
@@ -237,9 +223,12 @@ class LlmEngine:
             start = sequence.length
             chunk = sequence.prompt[start : start + budget]
             budget -= len(chunk)
-            logits = self._run(
-                slice(sequence.slot, sequence.slot + 1), [chunk], [start + len(chunk)]
-            )
+            if self.prefill is not None:
+                logits = self._run_openvino(sequence.slot, start, chunk)
+            else:
+                logits = self._run(
+                    slice(sequence.slot, sequence.slot + 1), [chunk], [start + len(chunk)]
+                )
             sequence.length += len(chunk)
             if not sequence.prefilling:
                 sequence.first_token_at = time.perf_counter()
@@ -317,6 +306,17 @@ class LlmEngine:
         logits = binding.get_outputs()[-1].numpy()
         return np.asarray(logits if every_position else logits[:, -1, :], np.float32)
 
+    def _run_openvino(self, slot: int, start: int, chunk: list[int]) -> np.ndarray:
+        """A prompt chunk of the sequence in ``slot`` on OpenVINO, after its ``start``
+        cached tokens; the new keys and values go into the cache rows ONNX Runtime reads."""
+        assert self.prefill is not None
+        past = [buffer[slot : slot + 1, :, :start] for buffer in self.cache]
+        logits, presents = self.prefill.run(chunk, past if start else None)
+        end = start + len(chunk)
+        for buffer, present in zip(self.cache, presents, strict=True):
+            buffer[slot, :, start:end] = present[0, :, start:end]
+        return logits[-1:]
+
     def _emit(self, sequence: Sequence, logits: np.ndarray) -> None:
         token = choose(logits, sequence.sampling, sequence.rng)
         sequence.generated += 1
@@ -341,49 +341,6 @@ class LlmEngine:
                 self.slots[sequence.slot] = None
             sequence.cancelled = True
         sequence.emit(token)
-
-
-def prompt_lookup(history: list[int], count: int, longest: int = 3, shortest: int = 2) -> list[int]:
-    """Up to ``count`` tokens that followed the latest earlier occurrence of
-    ``history``'s last ``longest`` tokens (then fewer, down to ``shortest``) in
-    ``history``; none when they never occurred before. One-token matches are not used:
-    on text with nothing to copy they proposed drafts that were mostly rejected, which
-    cost more than they saved (BENCHMARKS.md, llm-lookup)."""
-    tokens = np.asarray(history, np.int64)
-    for size in range(min(longest, len(tokens) - 1), shortest - 1, -1):
-        tail = tokens[-size:]
-        starts = np.flatnonzero(tokens[: len(tokens) - size] == tail[0])
-        for start in starts[::-1]:
-            if np.array_equal(tokens[start : start + size], tail):
-                return [int(t) for t in tokens[start + size : start + size + count]]
-    return []
-
-
-def choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> Token:
-    """The next token: greedy at temperature 0, else sampled from the temperature-scaled
-    distribution cut to its top_k and top_p; with its log-probability (of the model's
-    distribution, as OpenAI reports it) and the top alternatives when asked."""
-    if sampling.temperature <= 0:
-        chosen = int(np.argmax(logits))
-    else:
-        scaled = logits.astype(np.float64) / sampling.temperature
-        order = np.argsort(-scaled)
-        if sampling.top_k > 0:
-            order = order[: sampling.top_k]
-        probs = np.exp(scaled[order] - scaled[order[0]])
-        probs /= probs.sum()
-        if sampling.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
-            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-        chosen = int(order[rng.choice(len(order), p=probs)])
-    if sampling.logprobs is None:
-        return Token(chosen)
-    shifted = logits.astype(np.float64) - logits.max()
-    log_probs = shifted - np.log(np.exp(shifted).sum())
-    count = sampling.logprobs
-    top: list[int] = list(np.argpartition(-log_probs, count)[:count]) if count else []
-    ranked = sorted(((int(t), float(log_probs[t])) for t in top), key=lambda p: -p[1])
-    return Token(chosen, float(log_probs[chosen]), ranked)
 
 
 @dataclass

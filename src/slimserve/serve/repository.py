@@ -5,6 +5,8 @@ names up in what was loaded, so a name can never reach outside the repository.""
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,8 @@ from slimserve.models.llm import LlmModel
 if TYPE_CHECKING:
     from slimserve.artifact import Artifact
     from slimserve.models import OnnxModel
+
+log = logging.getLogger("slimserve.serve")
 
 
 @dataclass
@@ -129,8 +133,25 @@ def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any
         config.llm_chunk_tokens,
         config.llm_max_queue,
         config.llm_lookup_tokens,
+        _prefill_precision(artifact),
     )
     return LlmServed(name, engine, load_tokenizer(model.folder), config.llm_max_tokens)
+
+
+def _prefill_precision(artifact: Artifact) -> str | None:
+    """The OpenVINO precision the artifact's prompts run in (None: ONNX Runtime), as the
+    run that built it measured; without OpenVINO installed, ONNX Runtime, with a warning."""
+    record = artifact.manifest.llm_prefill
+    if not record or record.get("runtime") != "openvino":
+        return None
+    if importlib.util.find_spec("openvino") is None:
+        log.warning(
+            "%s: its prompts were measured fastest on OpenVINO, which is not installed; they "
+            "run in ONNX Runtime (slower to the first token). pip install 'slimserve[openvino]'",
+            artifact.path,
+        )
+        return None
+    return str(record["precision"])
 
 
 def refuse_llm(artifact: Artifact, where: str = "Tensor serving") -> None:
