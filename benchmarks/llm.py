@@ -15,7 +15,9 @@ decode tokens/s at batch 1 (128 greedy tokens after it), aggregate new tokens/s 
 sequences decoded together (onnxruntime-genai; llama-cpp-python's API decodes one sequence,
 so it has none), and fidelity on windows of held-out prose (scikit-learn's dataset
 descriptions): mean KL of the next-token distributions against fp32, top-1 agreement,
-perplexity. Speeds are medians of interleaved rounds, 2 threads each. The machine's read
+perplexity. The faithful slimserve builds are also measured as `slimserve serve` runs them
+(its engine: prompts on OpenVINO, decode steps in ONNX Runtime). Speeds are medians of
+interleaved rounds, 2 threads each. The machine's read
 bandwidth (torch, 2 threads) is printed with each build's batch-1 ceiling: weight bytes
 read per token.
 """
@@ -61,6 +63,7 @@ LLAMACPP_FLAGS = {
     "avx512_bf16": "GGML_AVX512_BF16",
 }
 PROMPT_TOKENS, NEW_TOKENS, SEQUENCES = 256, 128, 8
+SERVED = ("slimserve gguf import (Q4_1 blocks, exact)", "slimserve int8 g32")
 
 
 def llamacpp_python() -> Path:
@@ -233,6 +236,43 @@ def og_speed(generator: Any, prompt: list[int], prompts: list[list[int]]) -> dic
     }
 
 
+def engine_speed(engine: Any, prompt: list[int], prompts: list[list[int]]) -> dict[str, float]:
+    """What `slimserve serve` runs (its continuous-batching engine): TTFT and batch-1 decode
+    from one greedy request, then 8 requests at once. Greedy up to NEW_TOKENS: a sequence
+    that ends early is timed on the tokens it made."""
+    import threading
+
+    from slimserve.serve.llm_sampling import Sampling
+
+    def run(batch: list[list[int]]) -> tuple[float, list[list[float]]]:
+        stamps: list[list[float]] = [[] for _ in batch]
+        done = threading.Semaphore(0)
+
+        def collect(row: int) -> Any:
+            def emit(token: Any) -> None:
+                stamps[row].append(time.perf_counter())
+                if token.finish:
+                    done.release()
+
+            return emit
+
+        started = time.perf_counter()
+        for row, tokens in enumerate(batch):
+            engine.submit(tokens, Sampling(max_tokens=NEW_TOKENS, temperature=0), collect(row))
+        for _ in batch:
+            done.acquire(timeout=600)
+        return started, stamps
+
+    started, [one] = run([prompt])
+    began, together = run(prompts)
+    ended = max(s[-1] for s in together)
+    return {
+        "ttft_ms": (one[0] - started) * 1000,
+        "decode_tokens_per_s": (len(one) - 1) / (one[-1] - one[0]),
+        "batch8_tokens_per_s": sum(len(s) for s in together) / (ended - began),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--update", type=Path)
@@ -272,6 +312,30 @@ def main() -> None:
             np.concatenate(reference.logits), np.concatenate(logits), targets
         ) | {"MB": weight_bytes(build) / 1e6}
         print(name, {k: round(v, 4) for k, v in rows[name].items()}, flush=True)
+    # The faithful builds as `slimserve serve` runs them: prompts on OpenVINO (its fastest
+    # precision on this CPU), decode steps in ONNX Runtime; fidelity of the prompt path.
+    from slimserve.runtime.openvino_prefill import OpenvinoPrefill, prefill_precisions
+    from slimserve.serve.config import ServeConfig
+    from slimserve.serve.llm_engine import LlmEngine
+
+    precision = prefill_precisions()[-1]
+    engines: dict[str, Any] = {}
+    for name in SERVED:
+        served = f"{name}, served: prompts on OpenVINO {precision}"
+        folder = builds[name]["path"]
+        full = OpenvinoPrefill(folder, precision, 2, last_only=False)
+        logits = [full.logits(w)[:-1] for w in windows]
+        del full
+        rows[served] = next_token_metrics(
+            np.concatenate(reference.logits), np.concatenate(logits), targets
+        ) | {"MB": rows[name]["MB"]}
+        config = ServeConfig()
+        engines[served] = LlmEngine(
+            folder, 2, SEQUENCES, config.llm_slot_tokens, config.llm_chunk_tokens,
+            prefill=precision,
+        )  # fmt: skip
+        builds[served] = {"kind": "engine", "path": folder}
+        print(served, {k: round(v, 4) for k, v in rows[served].items()}, flush=True)
     rows["transformers fp32 eager (the reference)"] = next_token_metrics(
         np.concatenate(reference.logits), np.concatenate(reference.logits), targets
     ) | {"MB": sum(f.stat().st_size for f in hf_folder.glob("*.safetensors")) / 1e6}
@@ -282,9 +346,13 @@ def main() -> None:
     speeds: dict[str, list[dict[str, float]]] = {name: [] for name in builds}
     for generator in generators.values():
         og_speed(generator, prompt[:16], prompts[:2])  # warm-up
+    for engine in engines.values():
+        engine_speed(engine, prompt[:16], prompts[:2])
     for _ in range(args.rounds):
         for name, build in builds.items():
-            if build["kind"] == "og":
+            if build["kind"] == "engine":
+                speeds[name].append(engine_speed(engines[name], prompt, prompts))
+            elif build["kind"] == "og":
                 speeds[name].append(og_speed(generators[name], prompt, prompts))
             else:
                 files = [str(prompt_file)] + (
@@ -294,6 +362,8 @@ def main() -> None:
                     build["kind"], "speed", str(build["path"]), *files, str(NEW_TOKENS), "2"
                 )
                 speeds[name].append(json.loads(measured))
+    for engine in engines.values():
+        engine.close()
     bandwidth = read_bandwidth()
     table = render(rows, speeds, builds, bandwidth)
     wall = time.perf_counter() - started
@@ -318,7 +388,10 @@ EXPLAINED = (
     "batch-1 limit if every token reads every weight once. Grids: the slimserve int4 rows "
     "and the builder's and llama.cpp's Q4_0 / Q4_K_M re-quantize the source's Q4_1 blocks; "
     "'gguf import' and llama.cpp Q4_1 keep them (their KL is what their activation "
-    "precision costs)."
+    "precision costs). 'served' rows: the same build in `slimserve serve`'s engine, prompts "
+    "on OpenVINO reading the same model file (chunks of 128 tokens, the server's default), "
+    "decode steps in ONNX Runtime; their KL and top-1 are the prompt path's (OpenVINO's "
+    "logits on the windows), the decode steps' are the row above's."
 )
 
 

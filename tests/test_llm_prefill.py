@@ -14,8 +14,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("openvino")
 pytest.importorskip("fastapi")
 
+from typer.testing import CliRunner
+
 import slimserve as ss
 from slimserve import llm_prefill
+from slimserve.cli import app
 from slimserve.runtime.openvino_prefill import OpenvinoPrefill, prefill_precisions
 from slimserve.serve.config import ServeConfig
 from slimserve.serve.repository import _served_llm
@@ -61,6 +64,8 @@ def test_openvino_prompts_are_measured_recorded_and_served(on_openvino: ss.RunRe
     assert record["fidelity"]["openvino f32"]["kl_divergence"] < 1e-5
     assert record["fidelity"]["openvino f32"]["top1_agreement"] == 1.0
     assert any("Prompts run in openvino" in n for n in manifest.notes)
+    shown = CliRunner().invoke(app, ["inspect", str(on_openvino.artifact.path)])
+    assert f"Prompts run in OpenVINO {record['precision']}" in shown.output, shown.output
     served = _served_llm("tiny", on_openvino.artifact, 2, ServeConfig())
     try:
         assert served.engine.prefill is not None

@@ -36,6 +36,8 @@ def inspect(
         if small := artifact.manifest.small_batches:
             line = f"Small batches (at most {small['max_tokens']} rows x tokens) run on "
             console.print(line + f"{small['file']} in {small['runtime']} ({small['stage']}).")
+        if prefill := artifact.manifest.llm_prefill:
+            console.print(f"Prompts run in OpenVINO {prefill['precision']}, decoding in ORT.")
         loaded: Any = artifact.model
         if loaded.format == "llm":
             _inspect_llm(loaded)

@@ -52,18 +52,21 @@ class OpenvinoPrefill:
         self.kv_heads = int(decoder["num_key_value_heads"])
         self.head_size = int(decoder["head_size"])
         core = ov.Core()
-        model = core.read_model(str(folder / decoder["filename"]))
+        proto, int8_compute = _folded_onnx(folder / decoder["filename"])
+        model = core.read_model(model=proto, weights=b"")
         if last_only:
             _head_on_last_position(model)
-        self.compiled = core.compile_model(
-            model,
-            "CPU",
-            {
-                "INFERENCE_NUM_THREADS": threads,
-                "INFERENCE_PRECISION_HINT": precision,
-                "PERFORMANCE_HINT": "LATENCY",
-            },
-        )
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if not int8_compute:
+            # OpenVINO quantizes the activations of products with compressed weights to
+            # int8 by default (groups of 32); a build whose products compute in float
+            # (MatMulNBits accuracy_level below 4) gets float products here too.
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
         self.names = [
@@ -95,6 +98,34 @@ class OpenvinoPrefill:
         """Every position's next-token logits for ``tokens`` (float32, [len, vocab]; built
         with ``last_only=False``)."""
         return self.run(tokens)[0]
+
+
+def _folded_onnx(path: Path) -> tuple[bytes, bool]:
+    """The model file (its external weights inlined) with every Reshape of a stored weight
+    to a stored shape done ahead: the gguf import shares the tied embedding's codes with
+    the head's through a Reshape, and OpenVINO's GatherBlockQuantized takes stored data
+    only (ONNX Runtime reads the file as it is). And whether its MatMulNBits compute in
+    int8 (accuracy_level 4)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    levels = {
+        attribute.i
+        for node in model.graph.node
+        if node.op_type == "MatMulNBits"
+        for attribute in node.attribute
+        if attribute.name == "accuracy_level"
+    }
+    stored = {i.name: i for i in model.graph.initializer}
+    for node in list(model.graph.node):
+        if node.op_type != "Reshape" or not all(name in stored for name in node.input):
+            continue
+        data, shape = (numpy_helper.to_array(stored[name]) for name in node.input)
+        dims = [int(d) or data.shape[i] for i, d in enumerate(shape)]  # 0: keep that dim
+        model.graph.initializer.append(numpy_helper.from_array(data.reshape(dims), node.output[0]))
+        model.graph.node.remove(node)
+    return model.SerializeToString(), levels == {4}
 
 
 def _head_on_last_position(model: Any) -> None:

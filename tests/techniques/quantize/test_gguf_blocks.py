@@ -61,6 +61,13 @@ def test_q4_1_blocks_are_re_expressed_exactly(
     assert made_by[table.input[0]] == "Reshape"  # the tied table reads the head's codes
     # 4.5-bit blocks, not float (the tiny folder also holds its tokenizer)
     assert imported.size_bytes < result.stages[0].size_bytes / 2
+    # OpenVINO (the engine's prompt runtime) reads the same file, the shared table included
+    pytest.importorskip("openvino")
+    from slimserve.runtime.openvino_prefill import OpenvinoPrefill
+
+    folder = result.artifact.model.folder  # type: ignore[union-attr]
+    prompts = OpenvinoPrefill(folder, "f32", last_only=False)
+    np.testing.assert_allclose(prompts.logits(tokens), reference, atol=1e-3)
 
 
 def test_rows_decode_as_llama_cpp_lays_them_out() -> None:
