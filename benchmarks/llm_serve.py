@@ -93,8 +93,9 @@ def build_artifact() -> Path:
     import slimserve as ss
 
     artifact = OUT / "smollm2-gguf"
-    if (artifact / "manifest.json").is_file():
-        return artifact
+    manifest = artifact / "manifest.json"
+    if manifest.is_file() and "llm_prefill" in json.loads(manifest.read_text()):
+        return artifact  # made by this version (it measured where prompts run)
     recipe = ss.parse_recipe(
         {
             "name": "smollm2-gguf",
@@ -163,12 +164,18 @@ def measure(url: str, model: str, prompts: list[str], tokenizer: Any) -> dict[st
     }
 
 
+def prefill_precision(artifact: Path) -> str | None:
+    """Where the artifact's prompts run, as its recipe run measured (None: ONNX Runtime)."""
+    record = json.loads((artifact / "manifest.json").read_text()).get("llm_prefill")
+    return str(record["precision"]) if record else None
+
+
 def in_process(artifact: Path, prompts: list[list[int]], slots: int) -> float:
     """New tokens/s of the same engine, N sequences at once, no HTTP."""
     from slimserve.serve.llm_engine import LlmEngine
     from slimserve.serve.llm_sampling import Sampling
 
-    engine = LlmEngine(artifact / "llm", 2, slots, 1024)
+    engine = LlmEngine(artifact / "llm", 2, slots, 1024, prefill=prefill_precision(artifact))
     done = threading.Semaphore(0)
     counts = [0]
 
@@ -253,7 +260,11 @@ def main() -> None:
     share = statistics.median(r["tokens_per_s"] for r in runs["slimserve"]) / ceiling
     headers = ["server", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "gap p99 ms", "errors"]
     table = markdown_table(headers, rows)
+    precision = prefill_precision(artifact)
+    where = f"OpenVINO {precision}" if precision else "ONNX Runtime"
     summary = (
+        f"slimserve's prompts ran in {where} (the artifact's measured choice), its decode "
+        "steps in ONNX Runtime. "
         f"slimserve / llama-server aggregate tokens/s: **{ratio:.2f}x**; slimserve's share of "
         f"its in-process ceiling ({ceiling:.1f} tokens/s, the same engine without HTTP): "
         f"{share:.2f}."

@@ -72,6 +72,16 @@ def test_openvino_prompts_are_measured_recorded_and_served(on_openvino: ss.RunRe
         assert served.engine.prefill.precision == record["precision"]
     finally:
         served.engine.close()
+    # the server's override: prompts with the decode steps, in ONNX Runtime
+    kept = _served_llm("tiny", on_openvino.artifact, 2, ServeConfig(llm_prefill="onnxruntime"))
+    try:
+        assert kept.engine.prefill is None
+    finally:
+        kept.engine.close()
+    refused = CliRunner().invoke(
+        app, ["serve", str(on_openvino.artifact.path), "--llm-prefill", "gpu"]
+    )
+    assert refused.exit_code != 0 and "llm_prefill" in refused.output, refused.output
 
 
 def test_openvino_logits_equal_onnx_runtimes_on_the_float_build(

@@ -109,6 +109,12 @@ def serve(
         help="Decoder LMs: prompt lookup decoding, tokens proposed per step from the prompt "
         "(greedy, one sequence decoding; exact). 0: off.",
     ),
+    llm_prefill: str = typer.Option(
+        "auto",
+        "--llm-prefill",
+        help="Decoder LMs: where prompts run. auto: where the artifact's recipe run measured "
+        "them fastest (OpenVINO or ONNX Runtime); onnxruntime: with the decode steps.",
+    ),
     log_format: str = typer.Option("text", "--log-format", help="Server log lines: text or json."),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log every inference request (costs throughput)."
@@ -164,6 +170,7 @@ def serve(
         llm_chunk_tokens=llm_chunk_tokens,
         llm_max_queue=llm_max_queue,
         llm_lookup_tokens=llm_lookup_tokens,
+        llm_prefill=llm_prefill,
     )
     logs.configure("json" if log_format == "json" else "text")
     if ray:

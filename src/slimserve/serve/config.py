@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -104,6 +106,12 @@ class ServeConfig(BaseModel):
         le=64,
         description="Decoder LMs: prompt lookup decoding, the most tokens proposed per step "
         "from earlier text (greedy requests while one sequence decodes; exact). 0: off.",
+    )
+    llm_prefill: Literal["auto", "onnxruntime"] = Field(
+        "auto",
+        description="Decoder LMs: where prompts run. auto: where the artifact's recipe run "
+        "measured them fastest within the goal (manifest.llm_prefill: OpenVINO or ONNX "
+        "Runtime); onnxruntime: always with the decode steps, in ONNX Runtime.",
     )
     truncate_text: bool = Field(
         True,
