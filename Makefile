@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/llm_serve.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_lookup.py --update BENCHMARKS.md
 	$(BIN)/python benchmarks/llm_prefill_kernels.py --update BENCHMARKS.md
+	$(BIN)/python benchmarks/llm_prefill.py --update BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks docs/gen.py
