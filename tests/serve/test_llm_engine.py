@@ -102,8 +102,10 @@ def test_prompts_on_openvino_give_the_tokens_of_onnx_runtime(folder: Path) -> No
     (the earlier chunks' cache read back by OpenVINO) or one."""
     prompts = [list(range(3, 43)), [7, 8, 9, 10, 11, 12, 13]]
     greedy = Sampling(max_tokens=20, temperature=0)
-    plain = LlmEngine(folder, slots=2, slot_tokens=128, chunk_tokens=16)
-    mixed = LlmEngine(folder, slots=2, slot_tokens=128, chunk_tokens=16, prefill="f32")
+    plain = LlmEngine(folder, slots=2, slot_tokens=128, chunk_tokens=16, idle_chunk_tokens=16)
+    mixed = LlmEngine(
+        folder, slots=2, slot_tokens=128, chunk_tokens=16, idle_chunk_tokens=16, prefill="f32"
+    )
     try:
         expected = [generate(plain, [p], greedy)[0] for p in prompts]
         assert [generate(mixed, [p], greedy)[0] for p in prompts] == expected

@@ -95,7 +95,8 @@ class ServeConfig(BaseModel):
         128,
         ge=1,
         description="Decoder LMs: prompt tokens prefilled between two decode steps (how long "
-        "a new prompt may hold back the other sequences' tokens).",
+        "a new prompt may hold back the other sequences' tokens; while none decodes, up to "
+        "512).",
     )
     llm_max_queue: int = Field(
         64, ge=0, description="Decoder LMs: sequences waiting for a slot; 429 above."

@@ -76,6 +76,7 @@ class LlmEngine:
         max_queue: int = 64,
         lookup_tokens: int = 0,
         prefill: str | None = None,
+        idle_chunk_tokens: int = 512,
     ) -> None:
         import onnxruntime as ort
 
@@ -101,6 +102,9 @@ class LlmEngine:
         self.slots: list[Sequence | None] = [None] * slots
         self.queue: deque[Sequence] = deque()
         self.max_queue, self.chunk_tokens = max_queue, chunk_tokens
+        # While no sequence decodes, nothing waits on a prompt: it goes in chunks this large
+        # (bounded: ONNX Runtime returns every position's logits, ~100 MB per 512 tokens).
+        self.idle_chunk_tokens = max(idle_chunk_tokens, chunk_tokens)
         self.lookup_tokens = lookup_tokens
         self.lock = threading.Condition()
         self.running = True
@@ -212,9 +216,12 @@ class LlmEngine:
 
     def _step(self, work: list[Sequence]) -> None:
         """Prompt chunks of the sequences still prefilling, oldest first, up to
-        ``chunk_tokens`` in all (a bounded stall for the others), then one decode step of
-        every sequence that has its first token."""
-        budget = self.chunk_tokens  # prompt tokens this step, first come first served
+        ``chunk_tokens`` in all (a bounded stall for the others; ``idle_chunk_tokens``
+        while none decodes), then one decode step of every sequence that has its first
+        token."""
+        waiting = any(not s.prefilling and s.next_token >= 0 and not s.cancelled for s in work)
+        # prompt tokens this step, first come first served
+        budget = self.chunk_tokens if waiting else self.idle_chunk_tokens
         for sequence in sorted(
             (s for s in work if s.prefilling and not s.cancelled), key=lambda s: s.queued_at
         ):
