@@ -389,7 +389,7 @@ EXPLAINED = (
     "and the builder's and llama.cpp's Q4_0 / Q4_K_M re-quantize the source's Q4_1 blocks; "
     "'gguf import' and llama.cpp Q4_1 keep them (their KL is what their activation "
     "precision costs). 'served' rows: the same build in `slimserve serve`'s engine, prompts "
-    "on OpenVINO reading the same model file (chunks of 128 tokens, the server's default), "
+    "on OpenVINO reading the same model file (the server's default chunks), "
     "decode steps in ONNX Runtime; their KL and top-1 are the prompt path's (OpenVINO's "
     "logits on the windows), the decode steps' are the row above's."
 )
