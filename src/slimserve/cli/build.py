@@ -72,7 +72,8 @@ def demo(
     anchors: bool = typer.Option(
         True,
         "--anchors/--no-anchors",
-        help="minilm: also time the one-line PyTorch/ORT recipes against the artifact.",
+        help="minilm: also time the one-line PyTorch/ORT recipes against the artifact; "
+        "smollm2: onnxruntime-genai's builder -p int8 / -p int4.",
     ),
 ) -> None:
     """Run a bundled example end to end and print the comparison table."""
@@ -104,6 +105,18 @@ def demo(
         )
         console.print(result.verdict, highlight=False)
         console.print(result.padding, highlight=False)
+    if example == "smollm2" and anchors:
+        from slimserve.examples import llm_anchors
+
+        with activity("comparing with the anchors") as update:
+            compared = llm_anchors.compare(out / recipe.name, log=lambda m: update(m, None))
+        print_table(
+            "Against onnxruntime-genai's builder (anchors), interleaved in this run; 2 threads",
+            llm_anchors.HEADERS,
+            compared.rows,
+            left={"build"},
+        )
+        console.print(compared.verdict, highlight=False)
 
 
 def _tune_llm(model: str, data: str, max_kl: float, out: Path) -> None:
