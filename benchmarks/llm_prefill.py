@@ -210,8 +210,8 @@ def main() -> None:
             "Command: `python benchmarks/llm_prefill.py --update BENCHMARKS.md` (in `make "
             f"bench`). CPU flags: {flags}. SmolLM2-135M-Instruct, 2 threads, medians of "
             f"{args.rounds} interleaved rounds through `slimserve serve`'s engine (its default "
-            "chunks: a prompt alone in one, greedy, 128 new tokens): TTFT after a 256-token prompt, "
-            "decode at batch 1 after it, 8 prompts of 64 tokens at once. Fidelity of the "
+            "chunks: a prompt alone in one, greedy, 128 new tokens): TTFT after a 256-token "
+            "prompt, decode at batch 1 after it, 8 prompts of 64 tokens at once. Fidelity of the "
             "prompt path on 8 windows of 256 tokens of scikit-learn's dataset descriptions "
             "against the float model (the decode steps run in ONNX Runtime in every row). "
             f"Whole run: {time.perf_counter() - started:.0f} s.\n\n" + table + "\n\n" + EXPLAINED
