@@ -132,3 +132,20 @@ def test_without_openvino_the_server_warns_and_uses_onnx_runtime(
         assert "pip install 'slimserve[openvino]'" in caplog.text
     finally:
         served.engine.close()
+
+
+def test_an_openvino_that_cannot_compile_the_model_leaves_prompts_in_onnx_runtime(
+    on_openvino: ss.RunResult, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenVINO refusing to compile (here: a precision it does not have): the engine warns
+    and serves with ONNX Runtime alone, rather than not starting."""
+    from slimserve.serve.llm_engine import LlmEngine
+
+    folder = on_openvino.artifact.model.folder  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, logger="slimserve.serve"):
+        engine = LlmEngine(folder, prefill="f64")
+    try:
+        assert engine.prefill is None
+        assert "they run in ONNX Runtime" in caplog.text
+    finally:
+        engine.close()

@@ -24,6 +24,7 @@ Every public method is thread-safe; ``emit`` callbacks run on the engine's threa
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -115,7 +116,15 @@ class LlmEngine:
         if prefill is not None:
             from slimserve.runtime.openvino_prefill import OpenvinoPrefill
 
-            self.prefill = OpenvinoPrefill(folder, prefill, threads)  # type: ignore[arg-type]
+            try:
+                self.prefill = OpenvinoPrefill(folder, prefill, threads)  # type: ignore[arg-type]
+            except Exception as exc:  # another OpenVINO than the one that measured it
+                logging.getLogger("slimserve.serve").warning(
+                    "%s: OpenVINO could not compile the model for prompts (%s); they run in "
+                    "ONNX Runtime.",
+                    folder,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                )
         self.thread = threading.Thread(target=self._loop, name="slimserve-llm", daemon=True)
         self.thread.start()
 
