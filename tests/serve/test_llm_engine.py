@@ -36,8 +36,9 @@ def generate(engine: LlmEngine, prompts: list[list[int]], sampling: Sampling) ->
 
         return emit
 
-    for row, prompt in enumerate(prompts):
-        engine.submit(prompt, sampling, collect(row))
+    with engine.lock:  # re-entrant: the engine admits them together, in one step
+        for row, prompt in enumerate(prompts):
+            engine.submit(prompt, sampling, collect(row))
     for _ in prompts:
         assert finished.acquire(timeout=60)
     return out

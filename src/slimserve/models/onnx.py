@@ -169,18 +169,24 @@ _INT8_OPS = {
 }
 
 
+def nbits_attribute(proto: onnx.ModelProto, name: str) -> set[int]:
+    """The values the model's MatMulNBits nodes give attribute ``name`` (bits,
+    accuracy_level, ...)."""
+    return {
+        a.i
+        for n in proto.graph.node
+        if n.op_type == "MatMulNBits"
+        for a in n.attribute
+        if a.name == name
+    }
+
+
 def precision(proto: onnx.ModelProto) -> str:
     """The lowest precision the model computes in: int4 (MatMulNBits with 4 bits), int8
     (quantized operators), float16 (half initializers), else float32."""
     ops = {node.op_type for node in proto.graph.node}
     if "MatMulNBits" in ops:
-        bits = {
-            a.i
-            for n in proto.graph.node
-            if n.op_type == "MatMulNBits"
-            for a in n.attribute
-            if a.name == "bits"
-        }
+        bits = nbits_attribute(proto, "bits")
         return "int4" if 4 in bits or not bits else "int8"
     if ops & _INT8_OPS:
         return "int8"

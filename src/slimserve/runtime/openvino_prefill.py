@@ -109,14 +109,10 @@ def _folded_onnx(path: Path) -> tuple[bytes, bool]:
     import onnx
     from onnx import numpy_helper
 
+    from slimserve.models.onnx import nbits_attribute
+
     model = onnx.load(str(path))
-    levels = {
-        attribute.i
-        for node in model.graph.node
-        if node.op_type == "MatMulNBits"
-        for attribute in node.attribute
-        if attribute.name == "accuracy_level"
-    }
+    levels = nbits_attribute(model, "accuracy_level")
     stored = {i.name: i for i in model.graph.initializer}
     for node in list(model.graph.node):
         if node.op_type != "Reshape" or not all(name in stored for name in node.input):
