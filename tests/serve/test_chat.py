@@ -153,7 +153,7 @@ def sequences(url: str, state: str = "running") -> float:
 def test_a_client_that_leaves_frees_its_slot(artifact: Path) -> None:
     # one prompt token per step: a long prompt keeps its slot for ~480 steps, and a chat
     # stream's first event (the role) comes before them
-    limits = LIMITS | {"llm_slot_tokens": 512, "llm_chunk_tokens": 1}
+    limits = LIMITS | {"llm_slot_tokens": 512, "llm_chunk_tokens": 1, "llm_idle_chunk_tokens": 1}
     with running(artifact, **limits) as (_, url):
         server = f"http://{url}"
         message = {"role": "user", "content": "word " * 95}

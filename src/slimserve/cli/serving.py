@@ -109,6 +109,12 @@ def serve(
         help="Decoder LMs: prompt lookup decoding, tokens proposed per step from the prompt "
         "(greedy, one sequence decoding; exact). 0: off.",
     ),
+    llm_idle_chunk_tokens: int = typer.Option(
+        512,
+        "--llm-idle-chunk-tokens",
+        min=1,
+        help="Decoder LMs: prompt tokens prefilled per step while no sequence decodes.",
+    ),
     llm_prefill: str = typer.Option(
         "auto",
         "--llm-prefill",
@@ -171,6 +177,7 @@ def serve(
         llm_max_queue=llm_max_queue,
         llm_lookup_tokens=llm_lookup_tokens,
         llm_prefill=llm_prefill,
+        llm_idle_chunk_tokens=llm_idle_chunk_tokens,
     )
     logs.configure("json" if log_format == "json" else "text")
     if ray:

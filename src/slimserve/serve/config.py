@@ -98,6 +98,12 @@ class ServeConfig(BaseModel):
         "a new prompt may hold back the other sequences' tokens; while none decodes, up to "
         "512).",
     )
+    llm_idle_chunk_tokens: int = Field(
+        512,
+        ge=1,
+        description="Decoder LMs: prompt tokens prefilled per step while no sequence decodes "
+        "(nothing waits on them; bounds a step's memory).",
+    )
     llm_max_queue: int = Field(
         64, ge=0, description="Decoder LMs: sequences waiting for a slot; 429 above."
     )

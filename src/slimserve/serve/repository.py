@@ -134,6 +134,7 @@ def _served_llm(name: str, artifact: Artifact, threads: int, config: Any) -> Any
         config.llm_max_queue,
         config.llm_lookup_tokens,
         _prefill_precision(artifact) if config.llm_prefill == "auto" else None,
+        config.llm_idle_chunk_tokens,
     )
     return LlmServed(name, engine, load_tokenizer(model.folder), config.llm_max_tokens)
 
